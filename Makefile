@@ -50,11 +50,14 @@ clean-nbs: $(STAMP)
 	$(BIN)/nbdev_clean
 
 # Execute notebooks so their outputs (figures) are stored, then clean, re-sync the text pairs and export.
+# NB takes notebook paths (nbs/NAME.ipynb); a newer nbs_py/NAME.py is synced into the notebook first.
 NB ?= $(wildcard nbs/*.ipynb nbs/tutorials/*.ipynb)
 nbs: $(STAMP)
+	@for f in $(NB); do rel=$${f#nbs/}; py=nbs_py/$${rel%.ipynb}.py; \
+	  if [ -f $$py ]; then $(BIN)/jupytext --quiet --sync $$py || exit 1; fi; done
 	$(PY) tools/run_nbs.py $(NB)
-	$(BIN)/nbdev_clean
-	for f in $(NB); do rel=$${f#nbs/}; $(BIN)/jupytext --quiet --to py:percent -o nbs_py/$${rel%.ipynb}.py $$f; done
+	@for f in $(NB); do rel=$${f#nbs/}; $(BIN)/nbdev_clean --fname $$f && \
+	  $(BIN)/jupytext --quiet --to py:percent -o nbs_py/$${rel%.ipynb}.py $$f || exit 1; done
 	$(BIN)/nbdev_export
 
 readme: $(STAMP)
