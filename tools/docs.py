@@ -15,6 +15,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MATHJAX_CONFIG = 'TeX-AMS-MML_HTMLorMML-full'  # the CHTML config is not in the packaged MathJax 2.7 copy
+MATHJAX_FONTS = ('<script type="text/x-mathjax-config">MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], '
+                 'webFont: "STIX-Web", preferredFont: null, imageFont: null}, SVG: {font: "STIX-Web"}});</script>')
 NETWORK_RE = re.compile(r'<(script|link|img|iframe)\b[^>]*\b(src|href)\s*=\s*["\']?\s*(https?:)?//', re.I)
 
 
@@ -52,6 +54,42 @@ def _clean(nb):
     return nb
 
 
+DIRECTIVE_RE = re.compile(r'^\s*#\|\s*([\w-]+)\s*:\s*(.*?)\s*$')
+ATTR_RE = re.compile(r'(\]\([^)]*\))\{[^}]*\}')  # Quarto link attributes: [text](url){target="_blank" ...}
+
+
+def _quarto_directives(nb):
+    "Apply the Quarto cell options nbdev leaves in processed notebooks (echo, output, include), as Quarto would."
+    import nbformat
+    cells = []
+    for c in nb.cells:
+        if c.cell_type == 'markdown':
+            c.source = ATTR_RE.sub(r'\1', c.source); cells.append(c); continue
+        if c.cell_type != 'code': cells.append(c); continue
+        lines, opts = c.source.splitlines(), {}
+        while lines and DIRECTIVE_RE.match(lines[0]):
+            k, v = DIRECTIVE_RE.match(lines[0]).groups(); opts[k] = v.strip('"\'').lower(); lines.pop(0)
+        c.source = '\n'.join(lines)
+        if opts.get('include') == 'false': continue
+        if opts.get('output') == 'false': c.outputs = []
+        if opts.get('output') == 'asis':
+            md = []
+            for o in c.get('outputs', []):
+                data = o.get('data', {})
+                txt = data.get('text/markdown') or (o.get('text') if o.get('output_type') == 'stream' else None) or ''
+                md.append(txt if isinstance(txt, str) else ''.join(txt))
+            if opts.get('echo') != 'false' and c.source.strip(): cells.append(c)
+            if ''.join(md).strip(): cells.append(nbformat.v4.new_markdown_cell(ATTR_RE.sub(r'\1', '\n'.join(md))))
+            continue
+        if opts.get('echo') == 'false':
+            c.metadata.setdefault('tags', []).append('remove_input')
+            if not c.get('outputs'): continue
+        if not c.source.strip() and not c.get('outputs'): continue
+        cells.append(c)
+    nb.cells = cells
+    return nb
+
+
 def _order(paths, base):
     "Reading order: index first, numbered notebooks, then tutorials."
     def key(p):
@@ -64,7 +102,7 @@ def _load(p):
     import nbformat
     nb = nbformat.read(p, as_version=4)
     meta = _front_matter(nb)
-    return _clean(nb), meta
+    return _quarto_directives(_clean(nb)), meta
 
 
 def _nav(pages, here, out):
@@ -88,6 +126,7 @@ NAV_CSS = """<style>
 def render_site(out: Path):
     "Render every processed notebook to `out/` as a static site with local MathJax; return the page list."
     from nbconvert import HTMLExporter
+    from nbconvert.preprocessors import TagRemovePreprocessor
     proc = _proc()
     nbs = _order([p for p in proc.rglob('*.ipynb') if '.ipynb_checkpoints' not in p.parts], proc)
     if out.exists(): shutil.rmtree(out)
@@ -100,9 +139,12 @@ def render_site(out: Path):
     for (p, nb, meta), (rel, title) in zip(loaded, pages):
         depth = len(Path(rel).parts) - 1
         mj = '../' * depth + f'mathjax/MathJax.js?config={MATHJAX_CONFIG}'
-        exp = HTMLExporter(template_name='lab', mathjax_url=mj)
+        exp = HTMLExporter(template_name='lab', mathjax_url=mj, exclude_input_prompt=True, exclude_output_prompt=True)
+        exp.register_preprocessor(TagRemovePreprocessor(remove_input_tags={'remove_input'}, enabled=True), enabled=True)
         body, res = exp.from_notebook_node(nb, resources={'metadata': {'name': title}})
         body = re.sub(r'<script[^>]*src="https://cdnjs[^"]*require[^"]*"[^>]*></script>', '', body)
+        # the packaged MathJax 2.7 ships only the STIX-Web fonts: tell the HTML-CSS output to use them
+        body = body.replace('<script type="text/x-mathjax-config">', MATHJAX_FONTS + '<script type="text/x-mathjax-config">', 1)
         head = f'<h1>{html.escape(title)}</h1>' + (f'<p class="semsim-desc">{html.escape(meta["description"])}</p>' if meta.get('description') else '')
         body = body.replace('<main>', '<main>' + head, 1) if '<main>' in body else body.replace('<body', '<body', 1)
         body = re.sub(r'(<body[^>]*>)', lambda m: m.group(1) + _nav(pages, rel, out) + NAV_CSS, body, count=1)
