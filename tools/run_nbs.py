@@ -5,7 +5,7 @@ exactly as `nbdev_test` skips them. Then run `nbdev_clean` to strip execution me
 
 Usage: python tools/run_nbs.py nbs/05_data.ipynb [more.ipynb ...] [--flags slow] [--timeout 600]
 """
-import argparse, re, sys, time
+import argparse, os, re, sys, time
 from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
@@ -39,6 +39,8 @@ def run(path, flags=(), timeout=600):
 
 
 if __name__ == '__main__':
+    # the kernel must use the inline backend so figures are stored: drop a non-interactive backend set for tests
+    os.environ.pop('MPLBACKEND', None)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('nbs', nargs='+')
     ap.add_argument('--flags', nargs='*', default=[])
