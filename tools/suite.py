@@ -47,6 +47,15 @@ def checks():
     r = run([str(BIN/'nbdev_clean')])
     record('notebooks are clean (nbdev_clean changes nothing)', r.returncode == 0 and tree_hash(nb_files()) == before,
            '' if tree_hash(nb_files()) == before else 'notebooks changed: run `make clean-nbs` and commit')
+    import json
+    unexecuted = []
+    for nb in nb_files():
+        cells = json.loads(nb.read_text(encoding='utf-8'))['cells']
+        plots = [c for c in cells if c['cell_type'] == 'code' and 'plt.' in ''.join(c['source'])
+                 and not any(d in ''.join(c['source']) for d in ('#| eval: false', '#| slow', '#| cuda'))]
+        images = sum('image/png' in o.get('data', {}) for c in cells if c['cell_type'] == 'code' for o in c.get('outputs', []))
+        if plots and not images: unexecuted.append(str(nb.relative_to(ROOT)))
+    record('notebooks that plot carry their figures (executed with `make nbs`)', not unexecuted, ', '.join(unexecuted))
     import jupytext
     stale = []
     for nb in nb_files():
