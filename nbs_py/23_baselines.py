@@ -52,6 +52,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import transformers
 transformers.utils.logging.disable_progress_bar(); transformers.utils.logging.set_verbosity_error()
+torch.set_num_threads(1)  # tiny tensors: threads only add overhead
 
 # %% [markdown]
 # ## Two loss conventions
