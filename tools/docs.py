@@ -105,21 +105,51 @@ def _load(p):
     return _quarto_directives(_clean(nb)), meta
 
 
+SECTIONS = {'0': 'Core library', '1': 'Formal ingredients', '2': 'Models', '3': 'Training and inference', '4': 'Analysis'}
+
+
+def _section(rel):
+    "Sidebar section of a page from its reading-order number (00–09 core, 10–19 ingredients, …) or folder."
+    p = Path(rel)
+    if len(p.parts) > 1: return p.parts[0].replace('_', ' ').capitalize()
+    if p.stem == 'index': return ''
+    return SECTIONS.get(p.stem[0], 'More') if p.stem[:2].isdigit() else 'More'
+
+
+def _href(rel, here):
+    return (Path(*(['..'] * (len(Path(here).parts) - 1)), rel) if len(Path(here).parts) > 1 else Path(rel)).as_posix()
+
+
 def _nav(pages, here, out):
-    "An HTML navigation bar linking every page, relative to `here`."
-    items = []
+    "A sidebar linking every page in reading order, grouped by section, relative to `here`."
+    items, current = [], None
     for rel, title in pages:
-        href = Path(*(['..'] * (len(Path(here).parts) - 1)), rel) if len(Path(here).parts) > 1 else Path(rel)
+        sec = _section(rel)
+        if sec != current:
+            if sec: items.append(f'<div class="sec">{html.escape(sec)}</div>')
+            current = sec
         cls = ' class="active"' if rel == here else ''
-        items.append(f'<a{cls} href="{href.as_posix()}">{html.escape(title)}</a>')
-    return ('<nav id="semsim-nav"><span class="brand">semsim</span>' + ''.join(items) + '</nav>')
+        items.append(f'<a{cls} href="{_href(rel, here)}">{html.escape(title)}</a>')
+    return '<nav id="semsim-nav"><a class="brand" href="' + _href('index.html', here) + '">semsim</a>' + ''.join(items) + '</nav>'
+
+
+def _pager(pages, here):
+    "Previous / next links in reading order."
+    rels = [r for r, _ in pages]; i = rels.index(here); out = []
+    if i > 0: out.append(f'<a href="{_href(rels[i-1], here)}">← {html.escape(pages[i-1][1])}</a>')
+    if i + 1 < len(rels): out.append(f'<a style="float:right" href="{_href(rels[i+1], here)}">{html.escape(pages[i+1][1])} →</a>')
+    return '<div id="semsim-pager">' + ''.join(out) + '</div>'
 
 
 NAV_CSS = """<style>
-#semsim-nav{position:sticky;top:0;z-index:10;background:#1f2937;padding:.5em 1em;display:flex;flex-wrap:wrap;gap:.3em 1em;font-family:sans-serif;font-size:14px}
-#semsim-nav a{color:#e5e7eb;text-decoration:none}#semsim-nav a.active{color:#fbbf24;font-weight:bold}
-#semsim-nav .brand{color:#fff;font-weight:bold;margin-right:1em}
+#semsim-nav{position:fixed;top:0;left:0;bottom:0;width:230px;overflow-y:auto;background:#1f2937;padding:1em .8em;font-family:sans-serif;font-size:14px;z-index:10}
+#semsim-nav a{display:block;color:#e5e7eb;text-decoration:none;padding:.15em 0 .15em .4em}#semsim-nav a.active{color:#fbbf24;font-weight:bold}
+#semsim-nav a.brand{color:#fff;font-weight:bold;font-size:18px;padding-left:0;margin-bottom:.6em}
+#semsim-nav .sec{color:#9ca3af;text-transform:uppercase;font-size:11px;letter-spacing:.05em;margin-top:1em}
+body{margin-left:250px !important}
+#semsim-pager{margin:3em 1em 2em 1em;padding-top:1em;border-top:1px solid #e5e7eb;font-family:sans-serif}
 .semsim-desc{font-size:1.15em;color:#4b5563;border-left:4px solid #d1d5db;padding-left:.8em;margin:0 0 1em 0}
+@media (max-width:800px){#semsim-nav{position:static;width:auto}body{margin-left:0 !important}}
 </style>"""
 
 
@@ -148,6 +178,7 @@ def render_site(out: Path):
         head = f'<h1>{html.escape(title)}</h1>' + (f'<p class="semsim-desc">{html.escape(meta["description"])}</p>' if meta.get('description') else '')
         body = body.replace('<main>', '<main>' + head, 1) if '<main>' in body else body.replace('<body', '<body', 1)
         body = re.sub(r'(<body[^>]*>)', lambda m: m.group(1) + _nav(pages, rel, out) + NAV_CSS, body, count=1)
+        body = body.replace('</main>', _pager(pages, rel) + '</main>', 1) if '</main>' in body else body.replace('</body>', _pager(pages, rel) + '</body>', 1)
         body = re.sub(r'<title>.*?</title>', f'<title>{html.escape(title)} – semsim</title>', body, count=1, flags=re.S)
         dest = out/rel
         dest.parent.mkdir(parents=True, exist_ok=True)
