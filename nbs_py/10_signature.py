@@ -593,9 +593,8 @@ def attention_received(A:ArrayLike, # attention probabilities, (..., heads, T, T
 
 # %% [markdown]
 # Two synthetic trajectories with $T = 64$ tokens in $d = 16$ dimensions: isotropic noise, and a random walk
-# $h_t = \sum_{s \le t} \epsilon_s$. The random walk is dominated by a few slow directions (its principal components
-# are the cosine modes of Brownian motion, $\sigma_i^2 \propto 1/(i - \tfrac12)^2$), so its spectral entropy is far below
-# that of the noise. The attention weights come from a random causal 4-head attention pattern; the early tokens
+# $h_t = \sum_{s \le t} \epsilon_s$. The random walk is dominated by a few slow directions (more than half of its
+# variance lies along the first principal axis), so its spectral entropy is far below that of the noise. The attention weights come from a random causal 4-head attention pattern; the early tokens
 # receive the most attention (every later query can see them), which moves the centre towards the start of the walk.
 
 # %%
@@ -624,6 +623,7 @@ for name, ts in sig.items(): print(f'{name:32s} H_PCA = {ts.H_pca:.3f}  H*_PCA =
 
 # %%
 assert sig['random walk'].H_pca < sig['noise'].H_pca - 1
+assert sig['random walk'].r[0] > 0.5 > 0.2 > sig['noise'].r[0]
 test_close(sig['random walk'].frob2.item(), (walk - walk.mean(0)).pow(2).sum().item(), eps=1e-8)
 torch.testing.assert_close(sig['noise'].frob2, (sig['noise'].sigma**2).sum())
 test_close(w.sum().item(), n_heads * T, eps=1e-9)
