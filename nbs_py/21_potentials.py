@@ -451,7 +451,7 @@ def autograd_force(P, xi, h):
 torch.manual_seed(0)
 xi, h = torch.randn(2, 5, 12, dtype=torch.float64), torch.randn(2, 5, 4, dtype=torch.float64)
 for kind in POTENTIALS:
-    P = sharpen(make_potential(kind, 12, 4, **({'K_mix': 3} if kind == 'sq3' else {})).double(), seed=1)
+    P = sharpen(make_potential(kind, 12, 4, **{'mlp': {'hidden': 64}, 'sq3': {'K_mix': 3}}.get(kind, {})).double(), seed=1)
     f = P.force(xi, h)
     test_eq(f.shape, (2, 5, 4)); test_eq(P.energy(xi, h).shape, (2, 5))
     e_fd = ((f - finite_diff_force(P, xi, h)).abs().max() / f.abs().max()).item()

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['ALPHA_MIN', 'ALPHA_MAX', 'DEFAULT_ALPHA_INITS', 'check_h', 'rel_err', 'XiPool', 'CumulativeMeanPool', 'decay_scan',
-           'log_spaced_alphas', 'EMAPool', 'make_xi_pool']
+__all__ = ['ALPHA_MIN', 'ALPHA_MAX', 'DEFAULT_ALPHA_INITS', 'S4D_MIN_NEG_RE', 'XI_POOL_KINDS', 'check_h', 'rel_err', 'XiPool',
+           'CumulativeMeanPool', 'decay_scan', 'log_spaced_alphas', 'EMAPool', 'legt_matrices', 'bilinear',
+           'ssm_kernel', 'causal_fft_conv', 'HiPPOLegTPool', 'cexpm1', 'S4DPool', 'make_xi_pool']
 
 # %% ../nbs/20_context.ipynb #da26c1cf
 def check_h(h:Tensor, # hidden states, (B,T,d)
@@ -33,6 +34,10 @@ def rel_err(a:Tensor, # computed, (..., K, d) or any shape
     if dim is None: return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
     dims = [i for i in range(b.dim()) if i != dim % b.dim()]
     return ((a - b).abs().amax(dims) / b.abs().amax(dims).clamp_min(1e-300)).max().item()
+
+def _work_dtype(h:Tensor):
+    "Pools compute in float32 at least: half precision is upcast (FFTs and scans need it)."
+    return torch.float32 if h.dtype in (torch.float16, torch.bfloat16) else h.dtype
 
 class XiPool(nn.Module):
     "Base class of causal context pools: `forward(h)` (B,T,d) -> `xi` (B,T,K,d), K = `n_channels`."
@@ -68,8 +73,9 @@ class CumulativeMeanPool(XiPool):
                ) -> Tensor: # xi, (B,T,1,d)
         check_h(h)
         B, T, d = h.shape
-        n = torch.arange(1, T + 1, device=h.device, dtype=h.dtype)
-        return (h.cumsum(1) / n[:, None])[:, :, None, :]
+        x = h.to(_work_dtype(h))
+        n = torch.arange(1, T + 1, device=h.device, dtype=x.dtype)
+        return (x.cumsum(1) / n[:, None])[:, :, None, :].to(h.dtype)
     def dense_weights(self, T:int, device=None, dtype=torch.float64) -> Tensor: # (1,T,T)
         t = torch.arange(1, T + 1, device=device, dtype=dtype)
         return (torch.ones(T, T, device=device, dtype=dtype).tril() / t[:, None])[None]
@@ -158,9 +164,10 @@ class EMAPool(XiPool):
                ) -> Tensor: # xi, (B,T,K,d)
         check_h(h)
         B, T, d = h.shape
-        la = self.log_alpha(h.dtype).to(h.device)
-        S = decay_scan(h[:, :, None, :].expand(B, T, self.n_channels, d), la, self.chunk)
-        return S / self._log_norm(T, la, h.device)[None, :, :, None]
+        x = h.to(_work_dtype(h))
+        la = self.log_alpha(x.dtype).to(h.device)
+        S = decay_scan(x[:, :, None, :].expand(B, T, self.n_channels, d), la, self.chunk)
+        return (S / self._log_norm(T, la, h.device)[None, :, :, None]).to(h.dtype)
     def dense_weights(self, T:int, device=None, dtype=torch.float64) -> Tensor: # (K,T,T)
         "Log-space construction with logsumexp row normalisation, as in the reference."
         la = self.log_alpha(dtype).to(device)
@@ -179,6 +186,159 @@ class EMAPool(XiPool):
         return S / Z[None, :, None], {'S': S, 'Z': Z}
     def extra_repr(self): return f"alpha_inits={self.alpha_inits}, learnable={self.raw_alpha.requires_grad}"
 
+# %% ../nbs/20_context.ipynb #03ea4ecb
+def legt_matrices(N:int, # state size (number of Legendre coefficients)
+                  dtype=torch.float64, device=None) -> tuple: # (A (N,N), B (N,))
+    "Continuous-time HiPPO-LegT matrices A_nk = -√((2n+1)(2k+1))·σ_nk, B_n = √(2n+1)."
+    if int(N) != N or N < 1: raise ValueError(f"N must be a positive integer, got {N}")
+    n = torch.arange(N, dtype=dtype, device=device)
+    r = torch.sqrt(2 * n + 1)
+    sign = torch.where(n[:, None] >= n[None, :], torch.ones((), dtype=dtype, device=device), (-1.0) ** (n[:, None] - n[None, :]))
+    return -r[:, None] * r[None, :] * sign, r
+
+def bilinear(A:Tensor, # continuous transition, (N,N)
+             B:Tensor, # continuous input map, (N,)
+             dt:Tensor|float, # step Δ
+            ) -> tuple: # (Â (N,N), B̂ (N,))
+    "Tustin discretisation: Â = (I - Δ/2 A)⁻¹(I + Δ/2 A), B̂ = (I - Δ/2 A)⁻¹ Δ B."
+    I = torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
+    L = I - dt / 2 * A
+    return torch.linalg.solve(L, I + dt / 2 * A), torch.linalg.solve(L, dt * B[:, None])[:, 0]
+
+def ssm_kernel(Ad:Tensor, # discrete transition Â, (N,N)
+               Bd:Tensor, # discrete input map B̂, (N,)
+               T:int, # kernel length
+              ) -> Tensor: # M[j] = Â^j B̂, (T,N)
+    "Convolution kernel of the linear recurrence c_t = Â c_{t-1} + B̂ u_t, by repeated squaring."
+    M, P = Bd[None], Ad
+    while M.shape[0] < T:
+        M = torch.cat([M, M @ P.T], 0)          # rows j + n: Â^n Â^j B̂
+        P = P @ P
+    return M[:T]
+
+def causal_fft_conv(h:Tensor, # inputs, (B,T,d)
+                    M:Tensor, # per-channel kernels, (T,K)
+                   ) -> Tensor: # y_t = Σ_{s≤t} M[t-s] h_s, (B,T,K,d)
+    "Causal convolution of every feature with K kernels, by FFT of length ≥ 2T."
+    T = h.shape[1]
+    n = 1 << (2 * T - 1).bit_length()
+    Hf = torch.fft.rfft(h, n=n, dim=1)                                    # (B,F,d)
+    Mf = torch.fft.rfft(M, n=n, dim=0)                                    # (F,K)
+    return torch.fft.irfft(Hf[:, :, None, :] * Mf[None, :, :, None], n=n, dim=1)[:, :T]
+
+def _kernel_device(device):
+    "float64 kernels are built on the input's device, except on MPS (no float64 there)."
+    return torch.device('cpu') if device is not None and torch.device(device).type == 'mps' else device
+
+# %% ../nbs/20_context.ipynb #f78c881d
+class HiPPOLegTPool(XiPool):
+    "K Legendre coefficients of a sliding window of ~θ tokens (HiPPO-LegT, bilinear), by FFT convolution."
+    def __init__(self, K:int=4, # number of channels = Legendre coefficients
+                 theta:float=200.0, # window length θ in tokens; Δ = 1/θ
+                 learnable_dt:bool=False): # learn log Δ
+        super().__init__()
+        if int(K) != K or K < 1: raise ValueError(f"K must be a positive integer, got {K}")
+        if not theta > 0: raise ValueError(f"theta must be > 0, got {theta}")
+        self.n_channels, self.theta, self.learnable_dt = int(K), float(theta), learnable_dt
+        if learnable_dt: self.log_dt = nn.Parameter(torch.tensor(math.log(1.0 / theta)))
+        self.reset_parameters()
+    def reset_parameters(self):
+        if self.learnable_dt:
+            with torch.no_grad(): self.log_dt.fill_(math.log(1.0 / self.theta))
+    def dt(self, device=None) -> Tensor: # Δ, scalar float64
+        "The discretisation step Δ (learnable or 1/θ)."
+        if self.learnable_dt: return self.log_dt.to(device=device, dtype=torch.float64).exp()
+        return torch.tensor(1.0 / self.theta, dtype=torch.float64, device=device)
+    def discrete(self, device=None) -> tuple: # (Â (K,K), B̂ (K,)) in float64
+        "Bilinear discretisation of the LegT matrices at the current Δ."
+        dev = _kernel_device(device)
+        A, B = legt_matrices(self.n_channels, torch.float64, dev)
+        return bilinear(A, B, self.dt(dev))
+    def kernel(self, T:int, device=None, dtype=torch.float64) -> Tensor: # M[j] = Â^j B̂, (T,K)
+        Ad, Bd = self.discrete(device)
+        return ssm_kernel(Ad, Bd, T).to(device=device, dtype=dtype)
+    def forward(self, h:Tensor, # hidden states, (B,T,d)
+               ) -> Tensor: # xi, (B,T,K,d)
+        check_h(h)
+        wd = _work_dtype(h)
+        return causal_fft_conv(h.to(wd), self.kernel(h.shape[1], h.device, wd)).to(h.dtype)
+    def dense_weights(self, T:int, device=None, dtype=torch.float64) -> Tensor: # (K,T,T), W_k[t,s] = M[t-s]_k
+        M = self.kernel(T, device, dtype)
+        i = torch.arange(T, device=device)
+        lag = i[:, None] - i[None, :]
+        return (M[lag.clamp(min=0)] * (lag >= 0)[..., None].to(dtype)).permute(2, 0, 1)
+    def init_state(self, B:int, d:int, device=None, dtype=torch.float32) -> dict:
+        return {'c': torch.zeros(B, self.n_channels, d, device=device, dtype=dtype)}
+    def step(self, state:dict, h_t:Tensor) -> tuple:
+        _check_step(self, state, h_t)
+        Ad, Bd = (x.to(device=h_t.device, dtype=h_t.dtype) for x in self.discrete(h_t.device))
+        c = torch.einsum('nm,bmd->bnd', Ad, state['c']) + Bd[None, :, None] * h_t[:, None, :]
+        return c, {'c': c}
+    def extra_repr(self): return f"K={self.n_channels}, theta={self.theta}, learnable_dt={self.learnable_dt}"
+
+# %% ../nbs/20_context.ipynb #91c2ea6e
+S4D_MIN_NEG_RE = 1e-3   # Re(λ) ≤ -1e-3 (REFERENCE §10.8)
+
+def cexpm1(z:Tensor) -> Tensor: # exp(z) - 1, accurate for small |z|, complex
+    "Complex expm1: e^x cos y - 1 = expm1(x) cos y - 2 sin²(y/2), imaginary part e^x sin y."
+    x, y = z.real, z.imag
+    return torch.complex(torch.expm1(x) * torch.cos(y) - 2 * torch.sin(y / 2) ** 2, torch.exp(x) * torch.sin(y))
+
+class S4DPool(XiPool):
+    "Diagonal complex SSM (S4D, zero-order hold): ξ^k_t = 2 Re(Σ_{s≤t} Â_k^(t-s) B̂_k h_s)."
+    def __init__(self, K:int=4, # number of channels (complex modes)
+                 init:str='legt', # 'legt' (LegT eigenvalues) or 'lin' (S4D-Lin)
+                 theta:float=200.0, # Δ is initialised to 1/θ
+                 chunk:int=64): # block length of the O(T) scan
+        super().__init__()
+        if int(K) != K or K < 1: raise ValueError(f"K must be a positive integer, got {K}")
+        if init not in ('legt', 'lin'): raise ValueError(f"init must be 'legt' or 'lin', got {init!r}")
+        if not theta > 0: raise ValueError(f"theta must be > 0, got {theta}")
+        self.n_channels, self.init, self.theta, self.chunk = int(K), init, float(theta), chunk
+        self.log_neg_re, self.imag = nn.Parameter(torch.empty(K)), nn.Parameter(torch.empty(K))
+        self.B_proj, self.log_dt = nn.Parameter(torch.empty(K)), nn.Parameter(torch.empty(()))
+        self.reset_parameters()
+    def reset_parameters(self):
+        K = self.n_channels
+        if self.init == 'legt': lam = torch.linalg.eigvals(legt_matrices(K)[0])
+        else: lam = torch.complex(torch.full((K,), -0.5, dtype=torch.float64), math.pi * (torch.arange(K, dtype=torch.float64) + 0.5))
+        with torch.no_grad():
+            self.log_neg_re.copy_(torch.log(-lam.real)); self.imag.copy_(lam.imag)
+            self.B_proj.fill_(1.0); self.log_dt.fill_(math.log(1.0 / self.theta))
+    def eigenvalues(self) -> Tensor: # λ_k, (K,) complex
+        "Continuous-time eigenvalues, real part clamped to ≤ -1e-3."
+        return torch.complex(-self.log_neg_re.exp().clamp(min=S4D_MIN_NEG_RE), self.imag)
+    def discrete(self, dtype=torch.float64) -> tuple: # (ln Â (K,), B̂ (K,)), complex
+        "ZOH discretisation: ln Â = λΔ, B̂ = expm1(λΔ)/λ · B, in the complex dtype matching `dtype`."
+        lam = self.eigenvalues()
+        la = lam * self.log_dt.exp()
+        Bd = cexpm1(la) / lam * self.B_proj
+        cd = torch.complex128 if dtype == torch.float64 else torch.complex64
+        return la.to(cd), Bd.to(cd)
+    def forward(self, h:Tensor, # hidden states, (B,T,d)
+               ) -> Tensor: # xi, (B,T,K,d)
+        check_h(h)
+        B, T, d = h.shape
+        wd = _work_dtype(h)
+        la, Bd = self.discrete(wd)
+        s = decay_scan(h.to(la.dtype)[:, :, None, :].expand(B, T, self.n_channels, d), la.to(h.device), self.chunk)
+        return (2 * (Bd.to(h.device)[None, None, :, None] * s).real).to(h.dtype)
+    def dense_weights(self, T:int, device=None, dtype=torch.float64) -> Tensor: # (K,T,T)
+        la, Bd = (x.to(device) for x in self.discrete(dtype))
+        i = torch.arange(T, device=device)
+        lag = i[:, None] - i[None, :]
+        W = 2 * (Bd[:, None, None] * torch.exp(lag.clamp(min=0).to(dtype)[None] * la[:, None, None])).real
+        return W * (lag >= 0).to(dtype)[None]
+    def init_state(self, B:int, d:int, device=None, dtype=torch.float32) -> dict:
+        cd = torch.complex128 if dtype == torch.float64 else torch.complex64
+        return {'s': torch.zeros(B, self.n_channels, d, device=device, dtype=cd)}
+    def step(self, state:dict, h_t:Tensor) -> tuple:
+        _check_step(self, state, h_t)
+        la, Bd = (x.to(h_t.device) for x in self.discrete(h_t.dtype))
+        s = la.exp()[None, :, None] * state['s'] + h_t[:, None, :].to(la.dtype)
+        return (2 * (Bd[None, :, None] * s).real).to(h_t.dtype), {'s': s}
+    def extra_repr(self): return f"K={self.n_channels}, init={self.init!r}, theta={self.theta}"
+
 # %% ../nbs/20_context.ipynb #b10be312
 def make_xi_pool(kind:str, # 'cummean', 'ema', 'hippo_legt' or 's4d'
                  n_channels:int=1, # K
@@ -196,7 +356,8 @@ def make_xi_pool(kind:str, # 'cummean', 'ema', 'hippo_legt' or 's4d'
                 DEFAULT_ALPHA_INITS if n_channels == 4 else log_spaced_alphas(n_channels, 100.0))
         if len(inits) != n_channels: raise ValueError(f"alpha_inits has {len(inits)} values but n_channels={n_channels}")
         return EMAPool(inits, **kw)
-    if kind in _EXTRA_POOLS: return _EXTRA_POOLS[kind](n_channels, **kw)
-    raise ValueError(f"unknown xi pool kind {kind!r}: expected one of {['cummean', 'ema'] + sorted(_EXTRA_POOLS)}")
+    if kind == 'hippo_legt': return HiPPOLegTPool(n_channels, **kw)
+    if kind == 's4d': return S4DPool(n_channels, **kw)
+    raise ValueError(f"unknown xi pool kind {kind!r}: expected one of {XI_POOL_KINDS}")
 
-_EXTRA_POOLS = {}   # filled below by the pools defined later in this chapter
+XI_POOL_KINDS = ('cummean', 'ema', 'hippo_legt', 's4d')
