@@ -88,11 +88,17 @@ class Potential(nn.Module):
         "Validate the shapes of `xi` and `h`, naming the problem; return ξ flattened."
         if not isinstance(h, Tensor) or h.dim() != 3: raise ValueError(f"h must have shape (B,T,d), got {tuple(getattr(h, 'shape', ()))}")
         if h.shape[-1] != self.d: raise ValueError(f"h has width {h.shape[-1]} but the potential was built for d={self.d}")
+        xi = self.check_xi(xi)
+        if xi.shape[:2] != h.shape[:2]: raise ValueError(f"xi {tuple(xi.shape)} and h {tuple(h.shape)} disagree on (B,T)")
+        if not h.is_floating_point(): raise TypeError(f"h must be a floating tensor, got {h.dtype}")
+        return xi
+    def check_xi(self, xi:Tensor, # context, (B,T,D_xi) or (B,T,K,d')
+                ) -> Tensor: # (B,T,D_xi)
+        "Validate ξ alone (a 4-D ξ is flattened)."
         if not isinstance(xi, Tensor) or xi.dim() not in (3, 4): raise ValueError(f"xi must have shape (B,T,D_xi), got {tuple(getattr(xi, 'shape', ()))}")
         if xi.dim() == 4: xi = xi.flatten(-2)
-        if xi.shape[:2] != h.shape[:2]: raise ValueError(f"xi {tuple(xi.shape)} and h {tuple(h.shape)} disagree on (B,T)")
         if xi.shape[-1] != self.d_xi: raise ValueError(f"xi has width {xi.shape[-1]} but the potential was built for d_xi={self.d_xi}")
-        if not (h.is_floating_point() and xi.is_floating_point()): raise TypeError(f"xi and h must be floating tensors, got {xi.dtype}, {h.dtype}")
+        if not xi.is_floating_point(): raise TypeError(f"xi must be a floating tensor, got {xi.dtype}")
         return xi
     def energy(self, xi:Tensor, # context, (B,T,D_xi)
                h:Tensor, # hidden states, (B,T,d)
@@ -233,7 +239,7 @@ class SQ1Potential(Potential):
         return 0.5 * (a * r * r).sum(-1) + b, a * r
     def energy(self, xi:Tensor, h:Tensor) -> Tensor: return self.energy_and_grad(self.check(xi, h), h)[0]
     def grad_h(self, xi:Tensor, h:Tensor) -> Tensor: return self.energy_and_grad(self.check(xi, h), h)[1]
-    def attractor_centres(self, xi:Tensor) -> Tensor: return self.mu_proj(xi)[..., None, :]   # (B,T,1,d)
+    def attractor_centres(self, xi:Tensor) -> Tensor: return self.mu_proj(self.check_xi(xi))[..., None, :]   # (B,T,1,d)
 
 
 # %% [markdown]
@@ -336,7 +342,7 @@ class SQ3Potential(Potential):
     def responsibilities(self, xi:Tensor, h:Tensor) -> Tensor: # q, (B,T,K)
         "Posterior weight q_k of each well at h."
         return torch.softmax(self._parts(self.check(xi, h), h)[0], -1)
-    def attractor_centres(self, xi:Tensor) -> Tensor: return self.mu_proj(xi).unflatten(-1, (self.K_mix, self.d))
+    def attractor_centres(self, xi:Tensor) -> Tensor: return self.mu_proj(self.check_xi(xi)).unflatten(-1, (self.K_mix, self.d))
     def extra_repr(self): return f"d_xi={self.d_xi}, d={self.d}, K_mix={self.K_mix}, tau={self.tau}"
 
 
@@ -634,6 +640,7 @@ test_fail(lambda: P.force(torch.randn(2, 3, 6), torch.randn(2, 3, 4)), contains=
 test_fail(lambda: P.force(torch.randn(2, 4, 8), torch.randn(2, 3, 4)), contains='disagree on (B,T)')
 test_fail(lambda: P.energy(torch.randn(2, 3, 8), torch.randn(3, 4)), contains='shape (B,T,d)')
 test_fail(lambda: make_potential('sq5', 8, 4), contains='unknown potential kind')
+test_fail(lambda: P.attractor_centres(torch.randn(2, 3, 6)), contains='d_xi=8')
 test_fail(lambda: SQ3Potential(8, 4, tau=0.0), contains='tau must be > 0')
 test_fail(lambda: MLPPotential(0, 4), contains='d_xi must be a positive integer')
 test_fail(lambda: MLPPotential(8, 4).attractor_centres(torch.randn(1, 2, 8)), contains='no closed-form attractor centres')
