@@ -5,8 +5,8 @@
 # %% ../nbs/11_wells.ipynb #b6441b24
 from __future__ import annotations
 import math, warnings
-from dataclasses import dataclass, field, fields, replace
-from typing import ClassVar, Optional, Sequence, Union
+from dataclasses import dataclass, fields
+from typing import ClassVar, Optional, Sequence
 
 import numpy as np
 import torch
