@@ -40,6 +40,18 @@
 # - **causality** (`causal_force`): the context is built from $h$ *detached*, so no token's force depends on a later token.
 
 # %%
+#| hide
+import warnings; warnings.filterwarnings('ignore', message='IProgress not found')
+import torch
+from fastcore.test import test_eq, test_fail, test_close
+import tempfile, time
+from pathlib import Path
+import matplotlib.pyplot as plt
+import transformers
+transformers.utils.logging.disable_progress_bar(); transformers.utils.logging.set_verbosity_error()
+torch.set_num_threads(1)  # tiny tensors: threads only add overhead
+
+# %%
 #| export
 from __future__ import annotations
 import math
@@ -57,16 +69,6 @@ from transformers.utils import ModelOutput
 from semsim.baselines import lm_loss, check_input_ids, check_inputs_embeds, prepare_generation_inputs
 from semsim.context import XiPool, make_xi_pool
 from semsim.potentials import Potential, make_potential
-
-# %%
-#| hide
-from fastcore.test import test_eq, test_fail, test_close
-import tempfile, time
-from pathlib import Path
-import matplotlib.pyplot as plt
-import transformers
-transformers.utils.logging.disable_progress_bar(); transformers.utils.logging.set_verbosity_error()
-torch.set_num_threads(1)  # tiny tensors: threads only add overhead
 
 # %% [markdown]
 # ## Configuration
@@ -131,6 +133,7 @@ class SPLMConfig(PretrainedConfig):
     mass_mode: str = 'global'       # 'global', 'embed_head' or 'logfreq'
     init_m: float = 1.0             # initial mass (global), or softplus of the initial bias (logfreq)
     logfreq_init_alpha: float = 0.1 # 'logfreq': initial α in m_t = softplus(b + α s(x_t)) + 1e-3
+    logfreq_dtype: Optional[str] = None  # 'logfreq': dtype of the mass computation ('float32' reproduces the reference)
     init_gamma: float = 1.0         # initial damping γ when it is learned
     fixed_gamma: Optional[float] = None  # a constant γ (no gradient); None: γ = softplus(raw_gamma) is learned
     learn_mgamma: bool = True       # learn the mass and damping scalars (else they are frozen buffers)
@@ -158,7 +161,8 @@ class SPLMConfig(PretrainedConfig):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{k} must be a positive integer, got {v!r}")
         for k, allowed in (('xi_pool', XI_POOLS), ('potential', POTENTIALS), ('mass_mode', MASS_MODES),
                            ('integrator', INTEGRATORS), ('lambda_v_points', ('all', 'input')),
-                           ('xi_s4d_init', ('legt', 'lin')), ('xi_alpha_dtype', (None, 'float32', 'float64'))):
+                           ('xi_s4d_init', ('legt', 'lin')), ('xi_alpha_dtype', (None, 'float32', 'float64')),
+                           ('logfreq_dtype', (None, 'float32', 'float64'))):
             if getattr(self, k) not in allowed: raise ValueError(f"{k} must be one of {allowed}, got {getattr(self, k)!r}")
         for k in ('dt', 'ln_eps', 'init_m', 'logfreq_init_alpha', 'tau', 'init_std', 'pos_init_std', 'xi_theta'):
             v = getattr(self, k)
@@ -247,7 +251,9 @@ test_eq(SPLMConfig(fixed_gamma=0.0).fixed_gamma, 0.0)
 # | `logfreq` | $\mathrm{softplus}(b_m + \alpha\, s(x_t)) + 10^{-3}$, $\alpha = \mathrm{softplus}(a)$ | `raw_m_bias`, `raw_logfreq_alpha`, frozen buffer `logfreq_surprisal` $= s$ |
 #
 # where $s(v) = -\ln \hat p(v)$ is the add-one unigram surprisal of the training split
-# (`semsim.data.logfreq_surprisal`), installed with `model.set_logfreq_surprisal(s)`.
+# (`semsim.data.logfreq_surprisal`), installed with `model.set_logfreq_surprisal(s)`. The reference kept that buffer in
+# float32 even in a float64 model, and since its scalars $b_m, a$ are 0-dimensional, torch's type promotion computed the
+# whole mass in float32; `logfreq_dtype='float32'` reproduces this (the default computes it in the model's dtype).
 #
 # **Damping** $\gamma = \mathrm{softplus}(\text{raw\_gamma})$ when learned, or the constant `fixed_gamma` (then
 # `raw_gamma` is a frozen buffer kept for checkpoint compatibility). With `learn_mgamma=False` all mass and damping
@@ -465,8 +471,9 @@ class SPLMForCausalLM(PreTrainedModel, GenerationMixin):
         if c.mass_mode == 'global': return (F.softplus(self.raw_m) + MASS_FLOOR).expand(B, T, 1)
         if c.mass_mode == 'embed_head': return F.softplus(self.mass_head(tok_emb)) + MASS_FLOOR
         if input_ids is None: raise ValueError("mass_mode='logfreq' needs input_ids (the surprisal is looked up by token id), also when inputs_embeds are given")
-        s = self.logfreq_surprisal[input_ids].to(tok_emb.dtype)
-        return (F.softplus(self.raw_m_bias + F.softplus(self.raw_logfreq_alpha) * s) + MASS_FLOOR)[..., None]
+        wd = getattr(torch, c.logfreq_dtype) if c.logfreq_dtype else tok_emb.dtype
+        s, b, a = self.logfreq_surprisal[input_ids].to(wd), self.raw_m_bias.to(wd), self.raw_logfreq_alpha.to(wd)
+        return (F.softplus(b + F.softplus(a) * s) + MASS_FLOOR).to(tok_emb.dtype)[..., None]
 
     def gamma(self) -> Tensor: # scalar γ
         "Damping γ: the fixed constant, else softplus(raw_gamma); 0 for the first-order integrator."

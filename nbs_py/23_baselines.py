@@ -30,6 +30,18 @@
 # (labels are the inputs, shifted inside) and the reference's (targets `y` already shifted by the data loader).
 
 # %%
+#| hide
+import warnings; warnings.filterwarnings('ignore', message='IProgress not found')
+import torch
+from fastcore.test import test_eq, test_fail, test_close
+import os, tempfile
+from pathlib import Path
+import matplotlib.pyplot as plt
+import transformers
+transformers.utils.logging.disable_progress_bar(); transformers.utils.logging.set_verbosity_error()
+torch.set_num_threads(1)  # tiny tensors: threads only add overhead
+
+# %%
 #| export
 from __future__ import annotations
 import math
@@ -43,16 +55,6 @@ from torch import Tensor
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers import initialization as hf_init
 from transformers.modeling_outputs import CausalLMOutput
-
-# %%
-#| hide
-from fastcore.test import test_eq, test_fail, test_close
-import os, tempfile
-from pathlib import Path
-import matplotlib.pyplot as plt
-import transformers
-transformers.utils.logging.disable_progress_bar(); transformers.utils.logging.set_verbosity_error()
-torch.set_num_threads(1)  # tiny tensors: threads only add overhead
 
 # %% [markdown]
 # ## Two loss conventions

@@ -77,6 +77,7 @@ class SPLMConfig(PretrainedConfig):
     mass_mode: str = 'global'       # 'global', 'embed_head' or 'logfreq'
     init_m: float = 1.0             # initial mass (global), or softplus of the initial bias (logfreq)
     logfreq_init_alpha: float = 0.1 # 'logfreq': initial α in m_t = softplus(b + α s(x_t)) + 1e-3
+    logfreq_dtype: Optional[str] = None  # 'logfreq': dtype of the mass computation ('float32' reproduces the reference)
     init_gamma: float = 1.0         # initial damping γ when it is learned
     fixed_gamma: Optional[float] = None  # a constant γ (no gradient); None: γ = softplus(raw_gamma) is learned
     learn_mgamma: bool = True       # learn the mass and damping scalars (else they are frozen buffers)
@@ -104,7 +105,8 @@ class SPLMConfig(PretrainedConfig):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{k} must be a positive integer, got {v!r}")
         for k, allowed in (('xi_pool', XI_POOLS), ('potential', POTENTIALS), ('mass_mode', MASS_MODES),
                            ('integrator', INTEGRATORS), ('lambda_v_points', ('all', 'input')),
-                           ('xi_s4d_init', ('legt', 'lin')), ('xi_alpha_dtype', (None, 'float32', 'float64'))):
+                           ('xi_s4d_init', ('legt', 'lin')), ('xi_alpha_dtype', (None, 'float32', 'float64')),
+                           ('logfreq_dtype', (None, 'float32', 'float64'))):
             if getattr(self, k) not in allowed: raise ValueError(f"{k} must be one of {allowed}, got {getattr(self, k)!r}")
         for k in ('dt', 'ln_eps', 'init_m', 'logfreq_init_alpha', 'tau', 'init_std', 'pos_init_std', 'xi_theta'):
             v = getattr(self, k)
@@ -307,8 +309,9 @@ class SPLMForCausalLM(PreTrainedModel, GenerationMixin):
         if c.mass_mode == 'global': return (F.softplus(self.raw_m) + MASS_FLOOR).expand(B, T, 1)
         if c.mass_mode == 'embed_head': return F.softplus(self.mass_head(tok_emb)) + MASS_FLOOR
         if input_ids is None: raise ValueError("mass_mode='logfreq' needs input_ids (the surprisal is looked up by token id), also when inputs_embeds are given")
-        s = self.logfreq_surprisal[input_ids].to(tok_emb.dtype)
-        return (F.softplus(self.raw_m_bias + F.softplus(self.raw_logfreq_alpha) * s) + MASS_FLOOR)[..., None]
+        wd = getattr(torch, c.logfreq_dtype) if c.logfreq_dtype else tok_emb.dtype
+        s, b, a = self.logfreq_surprisal[input_ids].to(wd), self.raw_m_bias.to(wd), self.raw_logfreq_alpha.to(wd)
+        return (F.softplus(b + F.softplus(a) * s) + MASS_FLOOR).to(tok_emb.dtype)[..., None]
 
     def gamma(self) -> Tensor: # scalar γ
         "Damping γ: the fixed constant, else softplus(raw_gamma); 0 for the first-order integrator."
