@@ -531,7 +531,9 @@ for kind in POTENTIALS:
 #
 # - SQ1: the force vanishes at the centre, $V(\mu) = b$, and $V$ is exactly quadratic: $V(\mu + s\,u) - b = s^2 (V(\mu+u) - b)$.
 # - SQ2 with $U = 0$ is SQ1; its energy equals the explicit quadratic form with the dense $A = UU^\top + \mathrm{diag}\,\lambda$.
-# - SQ3 with one well is SQ1 (log π = 0); as τ → 0 its energy tends to $\min_k E_k + b$; its responsibilities sum to one.
+# - SQ3 with one well is SQ1 (log π = 0); as τ → 0 its energy tends to $\min_k E_k + b$; its responsibilities sum to
+#   one; at τ = 1 with a stiffness shared by the wells, $V - b = -\log p(h) + \tfrac12 \sum_j \log(a_j / 2\pi)$ where
+#   $p$ is the Gaussian mixture with weights π, means μ_k and precisions a (checked against `torch.distributions`).
 # - SQ4 with α = 0 is SQ1.
 
 # %%
@@ -557,6 +559,13 @@ z, a3, r3, b3 = s3._parts(xi, h)
 E = 0.5 * (a3 * r3 * r3).sum(-1)
 test_close(s3.energy(xi, h), E.min(-1).values + b3, eps=1e-2)
 test_close(s3.responsibilities(xi, h).sum(-1), torch.ones(2, 5, dtype=torch.float64), eps=1e-12)
+# τ = 1 with one stiffness shared by all wells: V - b = -log p(h) + ½ Σ_j log(a_j/2π), p the Gaussian mixture
+s3 = sharpen(SQ3Potential(6, 3, K_mix=4, tau=1.0).double(), 8)
+with torch.no_grad(): s3.a_proj.weight.zero_(); s3.a_proj.bias.copy_(torch.tensor([0.3, -0.5, 1.2]).repeat(4))
+mu3, a3, logpi3, b3 = s3.wells(xi)
+mix = torch.distributions.MixtureSameFamily(torch.distributions.Categorical(logits=logpi3),
+        torch.distributions.Independent(torch.distributions.Normal(mu3, a3.rsqrt()), 1))
+test_close(s3.energy(xi, h) - b3, -mix.log_prob(h) + 0.5 * torch.log(a3[..., 0, :] / (2 * math.pi)).sum(-1), eps=1e-12)
 s4 = sharpen(SQ4Potential(6, 3).double(), 7)
 with torch.no_grad(): s4.alpha.zero_()
 test_close(s4.force(xi, h), s4.sq1.force(xi, h), eps=1e-13); test_close(s4.energy(xi, h), s4.sq1.energy(xi, h), eps=1e-13)
