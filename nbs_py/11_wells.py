@@ -521,8 +521,8 @@ test_close(dk.item(), (2 * g.a * 0.8 * x**2 * torch.exp(-0.64 * x**2)).sum().ite
 # Given distances $r_i$ and energies $E_i$ ($i = 1..n$), `fit_well` finds the parameters $θ$ of one form (plus $c$
 # unless `fit_c=False`) minimising the residual sum of squares
 # $$\mathrm{RSS} = \sum_i \big(E_i - V_θ(r_i)\big)^2,$$
-# by bounded least squares (`scipy.optimize.curve_fit`, trust-region reflective, every parameter $\ge 0$, exponents
-# $> 0$; a few starting points, the best kept). It reports
+# by bounded least squares (`scipy.optimize.curve_fit`, trust-region reflective; shape parameters $\ge 0$, exponents
+# $> 0$, $c$ free; a few starting points, the best kept). It reports
 # $$R^2 = 1 - \frac{\mathrm{RSS}}{\sum_i (E_i - \bar E)^2}, \qquad \mathrm{AIC} = n\ln(\mathrm{RSS}/n) + 2k,$$
 # with $k$ the number of fitted parameters including $c$. AIC ranks forms fitted to the *same* data (lower is
 # better); it says nothing about whether any of them fits — R² does. A fit that does not converge from any start is
