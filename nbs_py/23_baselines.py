@@ -221,9 +221,9 @@ class GPTBlock(nn.Module):
 
 
 # %% [markdown]
-# `MatchedGPTForCausalLM` is a `PreTrainedModel` with `GenerationMixin`. Its forward takes `input_ids` (B,T), or
-# `inputs_embeds` (B,T,d) = the token embeddings $E[\text{ids}]$ *before* positions are added (the causal probe
-# differentiates through them), and returns `loss` (Hugging Face shifted convention) when `labels` are given, the
+# `MatchedGPTForCausalLM` is a `PreTrainedModel` with `GenerationMixin`. Its forward takes `input_ids` (B,T) and/or
+# `inputs_embeds` (B,T,d) = the token embeddings $E[\text{ids}]$ *before* positions are added, which replace the lookup
+# (the causal probe differentiates through them; the SPLM takes both the same way), and returns `loss` (Hugging Face shifted convention) when `labels` are given, the
 # logits, and with `output_hidden_states=True` the $n_\text{layer}+1$ residual-stream states $x_0 \dots x_{n_\text{layer}}$
 # (before `ln_f`). The readout is computed with $E$ itself, so there is one tensor and nothing to re-tie after loading.
 # `_init_weights` sets the reference's scales; transformers 5 calls it on construction and for any weight missing from a
@@ -306,9 +306,13 @@ class MatchedGPTForCausalLM(PreTrainedModel, GenerationMixin):
                 **kwargs) -> CausalLMOutput:
         "Logits (B,T,V), optional loss and the n_layer+1 residual states."
         c = self.config
-        if (input_ids is None) == (inputs_embeds is None): raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        if inputs_embeds is None: inputs_embeds = self.E(check_input_ids(input_ids, c.vocab_size, c.max_len))
-        else: check_inputs_embeds(inputs_embeds, c.d, c.max_len)
+        if input_ids is None and inputs_embeds is None: raise ValueError("pass input_ids, inputs_embeds, or both")
+        if input_ids is not None: input_ids = check_input_ids(input_ids, c.vocab_size, c.max_len)
+        if inputs_embeds is None: inputs_embeds = self.E(input_ids)
+        else:
+            check_inputs_embeds(inputs_embeds, c.d, c.max_len)
+            if input_ids is not None and input_ids.shape != inputs_embeds.shape[:2]:
+                raise ValueError(f"input_ids {tuple(input_ids.shape)} and inputs_embeds {tuple(inputs_embeds.shape)} disagree on (B,T)")
         B, T, d = inputs_embeds.shape
         x = self.drop(inputs_embeds + self.P[:T])
         states = [x]
@@ -486,6 +490,7 @@ m = MatchedGPTForCausalLM(tiny)
 test_fail(lambda: m(torch.randint(0, 97, (1, 65))), contains='exceeds max_len')
 test_fail(lambda: m(torch.tensor([[1, 2, 97]])), contains='token ids must lie in [0, 97)')
 test_fail(lambda: m(torch.rand(1, 4)), contains='integer token ids')
-test_fail(lambda: m(), contains='exactly one of input_ids or inputs_embeds')
+test_fail(lambda: m(), contains='pass input_ids, inputs_embeds, or both')
+test_fail(lambda: m(torch.tensor([[1, 2, 3]]), inputs_embeds=torch.randn(1, 4, 32)), contains='disagree')
 test_fail(lambda: m(inputs_embeds=torch.randn(1, 4, 31)), contains='inputs_embeds must be (B,T,d)')
 test_fail(lambda: m(torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1, 2]])), contains='labels must have shape')

@@ -196,9 +196,13 @@ class MatchedGPTForCausalLM(PreTrainedModel, GenerationMixin):
                 **kwargs) -> CausalLMOutput:
         "Logits (B,T,V), optional loss and the n_layer+1 residual states."
         c = self.config
-        if (input_ids is None) == (inputs_embeds is None): raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        if inputs_embeds is None: inputs_embeds = self.E(check_input_ids(input_ids, c.vocab_size, c.max_len))
-        else: check_inputs_embeds(inputs_embeds, c.d, c.max_len)
+        if input_ids is None and inputs_embeds is None: raise ValueError("pass input_ids, inputs_embeds, or both")
+        if input_ids is not None: input_ids = check_input_ids(input_ids, c.vocab_size, c.max_len)
+        if inputs_embeds is None: inputs_embeds = self.E(input_ids)
+        else:
+            check_inputs_embeds(inputs_embeds, c.d, c.max_len)
+            if input_ids is not None and input_ids.shape != inputs_embeds.shape[:2]:
+                raise ValueError(f"input_ids {tuple(input_ids.shape)} and inputs_embeds {tuple(inputs_embeds.shape)} disagree on (B,T)")
         B, T, d = inputs_embeds.shape
         x = self.drop(inputs_embeds + self.P[:T])
         states = [x]

@@ -1,0 +1,360 @@
+# %% [markdown]
+# # Causal probe
+#
+# > Two tests that no prediction sees a later token — a perturbation test and a train-mode gradient-Jacobian test — that pass every semsim model built normally and flag every one built with the historical leak.
+
+# %%
+#| default_exp causal
+
+# %% [markdown]
+# A language model is **causal** when the logits at position $t$ are a function of tokens $x_{\le t}$ only. Attention
+# models get this from a mask; the SPLM gets it from building its context ξ from *detached* hidden states (see
+# `semsim.splm`). The reference's SPLMs lost it through autograd (REFERENCE §6): the force
+# $-\partial_{h_t}\sum_s V(\xi_s(h), h_s)$ picks up $\partial V_s/\partial\xi_s \cdot \partial\xi_s/\partial h_t$ from every
+# later $s$, and trained models learned to read the future through it. `causal_probe` implements the reference's two
+# probes (§6.1) for any semsim model:
+#
+# 1. **Perturbation test** (evaluation mode, gradients enabled since forces need them). Draw $x_a$ uniformly from the
+#    vocabulary with `seed`, let $x_b = x_a$ except $x_b[t_p] = (x_a[t_p] + 17) \bmod V$ at `t_pert` $= t_p$, and measure
+#    $$\Delta_\text{pre} = \max_{t < t_p}\max_v |z_a[t,v] - z_b[t,v]|$$
+#    (and, for information, $\Delta_\text{post}$ over $t \ge t_p$, which must be large). Pass: $\Delta_\text{pre} < 10^{-6}$.
+# 2. **Gradient-Jacobian test** (strictly stronger: **training mode**, so the second-order graph that training
+#    differentiates through is present). Take the token embeddings $e = E[x_a]$ as a fresh leaf, run the model on them
+#    and compute $g = \partial\big(\sum_v z[t_\ast, v]\big)/\partial e$ at $t_\ast$ = `t_target` (default `t_pert`).
+#    $$\Delta_\text{grad} = \max_{t' > t_\ast} \|g[t']\|_2 .$$
+#    Pass: $\Delta_\text{grad} < 10^{-6}$; as a sanity check $g[t'] \ne 0$ for some $t' \le t_\ast$ (otherwise the probe
+#    could not see anything).
+#
+# The model passes when both pass. By default the probe runs on a **float64 copy** of the model on the CPU: round-off
+# (about $10^{-7}$ relative in float32, e.g. through FFT convolutions) then cannot masquerade as a leak, the reference's
+# MPS limitation (no second-order autograd) does not arise, and the caller's model is left untouched.
+#
+# **A relative criterion as well.** The absolute threshold depends on the scale of the weights. A freshly initialised
+# MLP potential (last layer std 0.002) leaks only $\sim 10^{-8}$ in absolute terms — below $10^{-6}$, which is how the
+# reference's leak went unnoticed (it was "measured only on a freshly initialised model", REFERENCE §6.2) — while
+# training grows the same term to $10^{-1}$. In float64 a causal model's anti-causal terms are exactly zero or round-off
+# ($\lesssim 10^{-15}$ relative), so the probe also requires the *relative* leaks $\Delta_\text{pre}/\Delta_\text{post}$
+# and $\Delta_\text{grad}/\max_{t'\le t_\ast}\|g[t']\|$ to stay below `rel_tol` $= 10^{-9}$: six orders above
+# round-off, and a leak of any weight scale is caught. (In a float32 run only the absolute thresholds apply.)
+
+# %%
+#| hide
+import warnings; warnings.filterwarnings('ignore', message='IProgress not found')
+import torch
+from fastcore.test import test_eq, test_fail, test_close
+import itertools, math, time
+import matplotlib.pyplot as plt
+import transformers
+transformers.utils.logging.disable_progress_bar(); transformers.utils.logging.set_verbosity_error()
+torch.set_num_threads(1)  # tiny tensors: threads only add overhead
+
+# %%
+#| export
+from __future__ import annotations
+import copy, itertools, math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+# %% [markdown]
+# ## The report
+
+# %%
+#| export
+CAUSAL_TOL = 1e-6      # absolute pass threshold of both probes (REFERENCE §6.1, class smoke test)
+CAUSAL_REL_TOL = 1e-9  # relative pass threshold, applied when the probe runs in float64
+
+@dataclass
+class CausalReport:
+    "Result of `causal_probe`: both deltas, the sanity gradient and the verdicts."
+    model: str            # class name of the probed model
+    T: int                # sequence length
+    t_pert: int           # perturbed position
+    t_target: int         # position whose logits are differentiated
+    seed: int             # seed of the random tokens
+    dtype: str            # dtype the probe ran in
+    delta_pre: float      # max |Δlogits| before t_pert
+    delta_post: float     # max |Δlogits| from t_pert on (large for any model that uses its input)
+    grad_delta: float     # max_{t' > t_target} ‖∂Σ_v logits[t_target] / ∂e[t']‖
+    grad_self: float      # max_{t' ≤ t_target} of the same norm (sanity: must be > 0)
+    tol: float = CAUSAL_TOL               # absolute threshold
+    rel_tol: Optional[float] = CAUSAL_REL_TOL  # relative threshold (None: absolute only)
+    @property
+    def rel_pre(self) -> float: # Δ_pre / Δ_post
+        return self.delta_pre / self.delta_post if self.delta_post > 0 else (0.0 if self.delta_pre == 0 else math.inf)
+    @property
+    def rel_grad(self) -> float: # Δ_grad / |g_self|
+        return self.grad_delta / self.grad_self if self.grad_self > 0 else (0.0 if self.grad_delta == 0 else math.inf)
+    @property
+    def perturbation_passed(self) -> bool:
+        return self.delta_pre < self.tol and (self.rel_tol is None or self.rel_pre < self.rel_tol)
+    @property
+    def gradient_passed(self) -> bool:
+        return self.grad_delta < self.tol and self.grad_self > 0 and (self.rel_tol is None or self.rel_grad < self.rel_tol)
+    @property
+    def passed(self) -> bool: return self.perturbation_passed and self.gradient_passed
+    def __repr__(self):
+        v = 'PASSED' if self.passed else 'FLAGGED'
+        return (f"CausalReport({self.model}, {v}: Δ_pre={self.delta_pre:.2e} [{'ok' if self.perturbation_passed else 'LEAK'}], "
+                f"Δ_grad={self.grad_delta:.2e} [{'ok' if self.gradient_passed else 'LEAK'}], Δ_post={self.delta_post:.2e}, "
+                f"|g_self|={self.grad_self:.2e}, relative {self.rel_pre:.1e} / {self.rel_grad:.1e}, T={self.T}, "
+                f"t_pert={self.t_pert}, {self.dtype}, tol={self.tol:g}, rel_tol={self.rel_tol})")
+
+
+# %% [markdown]
+# ## The probe
+#
+# The probe needs only what every semsim language model offers: `config.vocab_size` and `config.max_len`,
+# `get_input_embeddings()`, and a forward that accepts `input_ids` together with `inputs_embeds` (the token embeddings
+# $E[x]$, which replace the lookup; positions are added inside; the ids remain available for per-token quantities such
+# as the logfreq mass).
+
+# %%
+#| export
+def _probe_copy(model, dtype, device):
+    "A detached copy of the model for probing (or the model itself when no conversion is asked)."
+    if dtype is None and device is None: return model
+    m = copy.deepcopy(model)
+    return m.to(device=device or next(model.parameters()).device, dtype=dtype or next(model.parameters()).dtype)
+
+def causal_probe(model, # a semsim language model (SPLMForCausalLM, MatchedGPTForCausalLM, ...)
+                 T:int=32, # sequence length
+                 t_pert:int=20, # position of the perturbed token
+                 seed:int=0, # seed of the random token ids
+                 t_target:Optional[int]=None, # position differentiated in the gradient test (default t_pert)
+                 dtype:Optional[torch.dtype]=torch.float64, # run on a copy in this dtype (None: the model as it is)
+                 device:Optional[str]='cpu', # run on a copy on this device (None: where the model is)
+                 tol:float=CAUSAL_TOL, # absolute threshold on Δ_pre and Δ_grad
+                 rel_tol:Optional[float]=CAUSAL_REL_TOL, # threshold on Δ_pre/Δ_post and Δ_grad/|g_self| (float64 runs only)
+                ) -> CausalReport:
+    "Perturbation and gradient-Jacobian causality probes (REFERENCE §6.1)."
+    cfg = getattr(model, 'config', None)
+    if cfg is None or not hasattr(model, 'get_input_embeddings'):
+        raise TypeError(f"causal_probe needs a semsim language model with .config and get_input_embeddings(), got {type(model).__name__}")
+    V, max_len = cfg.vocab_size, getattr(cfg, 'max_len', None) or cfg.max_position_embeddings
+    t_target = t_pert if t_target is None else t_target
+    if not (isinstance(T, int) and 2 <= T <= max_len): raise ValueError(f"T must be an integer in [2, max_len={max_len}], got {T!r}")
+    if not (isinstance(t_pert, int) and 1 <= t_pert < T): raise ValueError(f"t_pert must satisfy 1 <= t_pert < T={T}, got {t_pert!r}")
+    if not (isinstance(t_target, int) and 0 <= t_target < T - 1): raise ValueError(f"t_target must satisfy 0 <= t_target < T-1={T-1}, got {t_target!r}")
+    if V < 18: raise ValueError(f"the perturbation (x + 17) mod V needs a vocabulary of at least 18 tokens, got V={V}")
+    m = _probe_copy(model, dtype, device)
+    was_training, dev = m.training, next(m.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    xa = torch.randint(0, V, (1, T), generator=g).to(dev)
+    xb = xa.clone(); xb[0, t_pert] = (xa[0, t_pert] + 17) % V
+    try:
+        m.eval()
+        with torch.enable_grad():
+            za, zb = m(input_ids=xa).logits.detach(), m(input_ids=xb).logits.detach()
+        d_pre = (za[:, :t_pert] - zb[:, :t_pert]).abs().max().item()
+        d_post = (za[:, t_pert:] - zb[:, t_pert:]).abs().max().item()
+        m.train()
+        with torch.enable_grad():
+            e = m.get_input_embeddings()(xa).detach().requires_grad_(True)
+            z = m(input_ids=xa, inputs_embeds=e).logits
+            gr, = torch.autograd.grad(z[0, t_target].sum(), e)
+        norms = gr[0].norm(dim=-1)
+        g_delta, g_self = norms[t_target + 1:].max().item(), norms[:t_target + 1].max().item()
+    finally:
+        m.train(was_training)
+    run_dtype = next(m.parameters()).dtype
+    return CausalReport(type(model).__name__, T, t_pert, t_target, seed, str(run_dtype).replace('torch.', ''),
+                        d_pre, d_post, g_delta, g_self, tol, rel_tol if run_dtype == torch.float64 else None)
+
+def assert_causal(model, **kw) -> CausalReport:
+    "Trainer start-up guard: run `causal_probe` and raise RuntimeError unless it passes."
+    r = causal_probe(model, **kw)
+    if not r.passed: raise RuntimeError(f"causal probe failed: {r!r}")
+    return r
+
+
+# %% [markdown]
+# ## Examples
+#
+# The attention baseline and a default SPLM pass; the same SPLM with `causal_force=False` is flagged. (The imports of
+# the models are here, not above: `semsim.causal` itself depends on no model class.)
+
+# %%
+from semsim.baselines import MatchedGPTConfig, MatchedGPTForCausalLM
+from semsim.splm import SPLMConfig, SPLMForCausalLM
+
+# %%
+torch.manual_seed(0)
+gpt = MatchedGPTForCausalLM(MatchedGPTConfig(vocab_size=61, d=16, n_layer=2, n_head=2, max_len=48))
+splm = SPLMForCausalLM(SPLMConfig(vocab_size=61, d=16, max_len=48, L=3, v_hidden=32, v_depth=2, xi_pool='ema',
+                                  xi_channels=3, xi_fixed=False))
+r_gpt, r_splm = causal_probe(gpt), causal_probe(splm)
+splm.config.causal_force = False
+r_leak = causal_probe(splm)
+splm.config.causal_force = True
+for r in (r_gpt, r_splm, r_leak): print(r)
+assert r_gpt.passed and r_splm.passed and not r_leak.passed
+
+# %% [markdown]
+# The freshly initialised leaky model leaks only $\sim 10^{-7}$ in absolute terms: the reference's absolute threshold
+# alone would pass it, the relative criterion does not.
+
+# %%
+assert r_leak.grad_delta < CAUSAL_TOL and r_leak.delta_pre < CAUSAL_TOL
+assert r_leak.rel_grad > 100 * CAUSAL_REL_TOL
+print(f"leaky fresh model: Δ_grad = {r_leak.grad_delta:.1e} absolute, {r_leak.rel_grad:.1e} relative")
+
+# %% [markdown]
+# ## Why it matters: a leaky model reads the future
+#
+# On a stream of **i.i.d. uniform** tokens no causal model can do better than $\ln V$ nats per token: the next token
+# is independent of everything it may see. Training a small SPLM (EMA context, SQ1 wells) on such data, the causal
+# model stays at $\ln V$; the same model with `causal_force=False` drives its loss far below $\ln V$ — it predicts
+# tokens it cannot have seen — while its gradient-Jacobian leak grows by orders of magnitude from its initial value,
+# as in the reference (REFERENCE §6.2: training grew it from ~1e-7 at init to ~1e-1). The causal model's stays exactly 0.
+
+# %%
+V_IID = 32
+hist = {}
+for cf in (True, False):
+    torch.manual_seed(0)
+    m = SPLMForCausalLM(SPLMConfig(vocab_size=V_IID, d=16, max_len=32, L=2, xi_pool='ema', xi_channels=1,
+                                   xi_alpha_inits=(0.5,), xi_fixed=False, potential='sq1', fixed_gamma=0.3, causal_force=cf))
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(1)
+    losses, probes = [], []
+    for step in range(201):
+        if step % 25 == 0: probes.append((step, causal_probe(m, T=24, t_pert=16).grad_delta))
+        x = torch.randint(0, V_IID, (8, 24), generator=g)
+        loss = m(x, labels=x).loss
+        opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0); opt.step()
+        losses.append(loss.item())
+    hist[cf] = (losses, probes)
+fig, ax = plt.subplots(1, 2, figsize=(10, 3.4))
+for cf, lab in ((True, 'causal_force=True'), (False, 'causal_force=False (leak)')):
+    ax[0].plot(hist[cf][0], label=lab, lw=1)
+    st, gd = zip(*hist[cf][1]); ax[1].semilogy(st, [max(v, 1e-18) for v in gd], 'o-', label=lab)
+ax[0].axhline(math.log(V_IID), color='k', ls=':', label='ln V'); ax[0].set(xlabel='step', ylabel='training loss', title='i.i.d. uniform tokens'); ax[0].legend(fontsize=8)
+ax[1].axhline(CAUSAL_TOL, color='k', ls=':', label='tol 1e-6'); ax[1].set(xlabel='step', ylabel='Δ_grad (1e-18: exactly 0)', title='gradient-Jacobian leak'); ax[1].legend(fontsize=8)
+plt.tight_layout(); plt.show()
+
+# %%
+tail = {cf: sum(hist[cf][0][-20:]) / 20 for cf in hist}
+print(f"mean loss over the last 20 steps: causal {tail[True]:.3f}, leaky {tail[False]:.3f}, ln V = {math.log(V_IID):.3f}")
+print(f"leaky Δ_grad: {hist[False][1][0][1]:.1e} at init -> {max(v for _, v in hist[False][1]):.1e} during training")
+assert abs(tail[True] - math.log(V_IID)) < 0.05 and tail[False] < math.log(V_IID) - 1.0
+assert all(v == 0 for _, v in hist[True][1]) and max(v for _, v in hist[False][1]) > 1e3 * hist[False][1][0][1]
+
+
+# %% [markdown]
+# ## Tests
+#
+# **The probe passes every option combination built normally and flags every one built with the leak.** A covering
+# grid: every context pool (cumulative mean fixed from $h_0$ — the vanilla model, whose historical leak is confined
+# to the first step — cumulative mean recomputed, EMA, HiPPO-LegT, S4D) crossed with every potential (MLP, SQ1–SQ4),
+# with the mass modes, integrators, LayerNorm and fixed/learned γ cycled through the 25 cells so that each of their
+# values appears several times; each cell built with `causal_force=True` and `False`, at the default initialisation.
+
+# %%
+#| export
+def option_grid(full:bool=False) -> list:
+    "SPLM option combinations for causality tests: a covering grid (25 cells) or the full product (900)."
+    pools = [dict(xi_pool='cummean', xi_fixed=True), dict(xi_pool='cummean', xi_fixed=False),
+             dict(xi_pool='ema', xi_channels=3, xi_fixed=False), dict(xi_pool='hippo_legt', xi_channels=3, xi_fixed=False),
+             dict(xi_pool='s4d', xi_channels=2, xi_fixed=False)]
+    pots = [dict(potential=p) for p in ('mlp', 'sq1', 'sq2', 'sq3', 'sq4')]
+    masses, integs = ('global', 'embed_head', 'logfreq'), ('euler', 'verlet', 'first_order')
+    if full:
+        return [{**pl, **pt, 'mass_mode': ms, 'integrator': ig, 'ln_after_step': ln, 'fixed_gamma': fg}
+                for pl, pt, ms, ig, ln, fg in itertools.product(pools, pots, masses, integs, (False, True), (None, 0.3))]
+    return [{**pl, **pt, 'mass_mode': masses[(i + j) % 3], 'integrator': integs[(i + 2 * j) % 3],
+             'ln_after_step': bool((i + j) % 2), 'fixed_gamma': 0.3 if (i * 3 + j) % 2 else None}
+            for i, pl in enumerate(pools) for j, pt in enumerate(pots)]
+
+def probe_grid(grid:list, base:Optional[dict]=None, seed:int=0, **probe_kw) -> list:
+    "Probe every combination with causal_force True and False: list of (options, report_causal, report_leaky)."
+    from semsim.splm import SPLMConfig, SPLMForCausalLM
+    base = base or dict(vocab_size=61, d=16, max_len=48, L=3, v_hidden=32, v_depth=2)
+    out = []
+    for i, kw in enumerate(grid):
+        torch.manual_seed(seed + i)
+        m = SPLMForCausalLM(SPLMConfig(**base, **kw))
+        if kw.get('mass_mode') == 'logfreq': m.set_logfreq_surprisal(torch.rand(base['vocab_size']) * 10)
+        r_ok = causal_probe(m, **probe_kw)
+        m.config.causal_force = False
+        out.append((kw, r_ok, causal_probe(m, **probe_kw)))
+    return out
+
+
+# %% [markdown]
+# (`option_grid` and `probe_grid` are exported so that `tests/` and benchmarks can reuse them.)
+
+# %%
+t0 = time.time()
+res = probe_grid(option_grid())
+for kw, ok, bad in res:
+    assert ok.passed, (kw, ok)
+    assert not bad.passed, (kw, bad)
+print(f"{len(res)} cells × 2 probed in {time.time() - t0:.1f}s: all {len(res)} causal models pass, all {len(res)} leaky ones are flagged")
+for key, vals in (('xi_pool', ('cummean', 'ema', 'hippo_legt', 's4d')), ('potential', ('mlp', 'sq1', 'sq2', 'sq3', 'sq4')),
+                  ('mass_mode', ('global', 'embed_head', 'logfreq')), ('integrator', ('euler', 'verlet', 'first_order')),
+                  ('ln_after_step', (False, True)), ('fixed_gamma', (None, 0.3)), ('xi_fixed', (False, True))):
+    for v in vals: assert sum(kw[key] == v for kw, _, _ in res) >= 2, (key, v)
+
+# %% [markdown]
+# The causal models' deltas are exactly zero (gradient) or round-off (perturbation, through the FFT convolution of
+# HiPPO-LegT), and every leaky cell sits more than ten times above the relative threshold — the weakest are the fresh
+# MLP potentials, whose absolute leaks are far below the absolute one:
+
+# %%
+ok_pre = max(ok.delta_pre for _, ok, _ in res); ok_grad = max(ok.grad_delta for _, ok, _ in res)
+bad_rel = min(max(bad.rel_pre, bad.rel_grad) for _, _, bad in res)
+print(f"causal: max Δ_pre {ok_pre:.1e}, max Δ_grad {ok_grad:.1e};  leaky: smallest relative leak {bad_rel:.1e} (rel_tol {CAUSAL_REL_TOL:g})")
+fig, ax = plt.subplots(figsize=(9, 3.6))
+xs = range(len(res))
+ax.semilogy(xs, [max(b.rel_grad, 1e-18) for _, _, b in res], 'rv', label='leaky: Δ_grad/|g_self|')
+ax.semilogy(xs, [max(b.grad_delta, 1e-18) for _, _, b in res], 'r.', label='leaky: Δ_grad')
+ax.semilogy(xs, [max(o.grad_delta, o.delta_pre, 1e-18) for _, o, _ in res], 'g^', label='causal: max(Δ_grad, Δ_pre) (1e-18: 0)')
+ax.axhline(CAUSAL_TOL, color='k', ls=':', label='tol'); ax.axhline(CAUSAL_REL_TOL, color='k', ls='--', label='rel_tol')
+ax.set(xlabel='grid cell (pool × potential)', ylabel='leak')
+ax.legend(fontsize=7, ncol=3, loc='upper center', bbox_to_anchor=(0.5, -0.22)); plt.tight_layout(); plt.show()
+assert ok_pre < 1e-12 and ok_grad == 0 and bad_rel > 10 * CAUSAL_REL_TOL
+
+# %% [markdown]
+# The full product — 5 pools × 5 potentials × 3 masses × 3 integrators × LN on/off × γ fixed/learned, 900
+# combinations, each built both ways — runs in about a minute (`nbdev_test --flags slow`):
+
+# %%
+#| slow
+t0 = time.time()
+res_full = probe_grid(option_grid(full=True))
+assert all(ok.passed and not bad.passed for _, ok, bad in res_full)
+print(f"{len(res_full)} combinations × 2 probed in {time.time() - t0:.0f}s: all causal pass, all leaky flagged")
+
+# %% [markdown]
+# **The probe leaves the model as it was**: a float32 model in training mode comes back in float32, in training mode,
+# with identical parameters; `dtype=None` probes the model itself, in float32, where only the absolute thresholds
+# apply and a causal model still passes.
+
+# %%
+torch.manual_seed(1)
+m = SPLMForCausalLM(SPLMConfig(vocab_size=61, d=16, max_len=48, L=2, v_hidden=32, v_depth=2, xi_pool='hippo_legt', xi_channels=3, xi_fixed=False)).train()
+before = {k: v.clone() for k, v in m.state_dict().items()}
+r = causal_probe(m)
+assert m.training and next(m.parameters()).dtype == torch.float32
+for k, v in m.state_dict().items(): torch.testing.assert_close(v, before[k], atol=0, rtol=0)
+r32 = causal_probe(m, dtype=None, device=None)
+test_eq((r.dtype, r32.dtype, r32.rel_tol), ('float64', 'float32', None))
+assert r.passed and r32.passed and m.training
+
+# %% [markdown]
+# **The start-up guard** raises for a leaky model and returns the report otherwise; **bad arguments** are refused.
+
+# %%
+assert assert_causal(m).passed
+m.config.causal_force = False
+test_fail(lambda: assert_causal(m), contains='causal probe failed')
+m.config.causal_force = True
+test_fail(lambda: causal_probe(m, T=49), contains='T must be an integer in [2, max_len=48]')
+test_fail(lambda: causal_probe(m, T=32, t_pert=32), contains='t_pert must satisfy')
+test_fail(lambda: causal_probe(m, T=32, t_target=31), contains='t_target must satisfy')
+test_fail(lambda: causal_probe(torch.nn.Linear(2, 2)), contains='needs a semsim language model')
+tiny_vocab = SPLMForCausalLM(SPLMConfig(vocab_size=10, d=8, max_len=40, L=1, v_hidden=8, v_depth=1))
+test_fail(lambda: causal_probe(tiny_vocab), contains='at least 18 tokens')
