@@ -17,13 +17,13 @@ from transformers import initialization as hf_init
 from transformers.utils import ModelOutput
 
 from .baselines import lm_loss, check_input_ids, check_inputs_embeds, prepare_generation_inputs
+from .dynamics import damped_euler_step, first_order_step, verlet_kick, verlet_kick_drift
 from .context import XiPool, make_xi_pool
 from .potentials import Potential, make_potential
 
 # %% auto #0
 __all__ = ['XI_POOLS', 'POTENTIALS', 'MASS_MODES', 'INTEGRATORS', 'MASS_FLOOR', 'softplus_inv', 'SPLMConfig', 'pool_kwargs',
-           'potential_kwargs', 'euler_update', 'first_order_update', 'half_kick', 'SPLMMechanics', 'SPLMOutput',
-           'SPLMForCausalLM']
+           'potential_kwargs', 'SPLMMechanics', 'SPLMOutput', 'SPLMForCausalLM']
 
 # %% ../nbs/22_splm.ipynb #082e14cc
 XI_POOLS = ('cummean', 'ema', 'hippo_legt', 's4d')
@@ -183,30 +183,6 @@ def potential_kwargs(c:SPLMConfig) -> dict:
     return {'mlp': dict(hidden=c.v_hidden, depth=c.v_depth), 'sq1': {}, 'sq2': dict(rank=c.sq_rank),
             'sq3': dict(K_mix=c.K_mix, tau=c.tau),
             'sq4': dict(mlp_hidden=c.sq4_mlp_hidden, mlp_depth=c.sq4_mlp_depth, alpha_init=c.sq4_alpha_init)}[c.potential]
-
-# %% ../nbs/22_splm.ipynb #c8a69d22
-def euler_update(h:Tensor, # positions, (B,T,d)
-                 v:Tensor, # velocities, (B,T,d)
-                 f:Tensor, # forces, (B,T,d)
-                 m, # mass: scalar tensor or (B,T,1)
-                 gamma, # damping γ ≥ 0
-                 dt:float) -> Tuple[Tensor, Tensor]: # (h', v')
-    "Damped semi-implicit Euler: v' = (v + dt f/m)/(1 + dt γ), h' = h + dt v'."
-    v = (v + dt * f / m) / (1 + dt * gamma)
-    return h + dt * v, v
-
-def first_order_update(h:Tensor, # positions, (B,T,d)
-                       f:Tensor, # forces, (B,T,d)
-                       m, # mass: scalar tensor or (B,T,1)
-                       dt:float) -> Tuple[Tensor, Tensor]: # (h', f/m)
-    "Gradient flow: h' = h + dt f/m; also returns the velocity f/m."
-    v = f / m
-    return h + dt * v, v
-
-def half_kick(v:Tensor, f:Tensor, m, gamma, dt:float, damp_first:bool) -> Tensor:
-    "Verlet half step: Strang damping e^{-γdt/2} and the kick v + dt f/(2m), in the given order."
-    decay = torch.exp(-torch.as_tensor(gamma, dtype=v.dtype, device=v.device) * dt / 2)
-    return v * decay + 0.5 * dt * f / m if damp_first else (v + 0.5 * dt * f / m) * decay
 
 # %% ../nbs/22_splm.ipynb #801d1905
 @dataclass
@@ -370,16 +346,16 @@ class SPLMForCausalLM(PreTrainedModel, GenerationMixin):
             if c.integrator == 'verlet':
                 f, V = self._force(h, st); Vs.append(V)
                 for _ in range(c.L):
-                    v = half_kick(v, f, m, gamma, dt, damp_first=True)
-                    h = self._ln(h + dt * v)
+                    h, v = verlet_kick_drift(h, v, f, m, gamma, dt)
+                    h = self._ln(h)
                     f, V = self._force(h, st); Vs.append(V)
-                    v = half_kick(v, f, m, gamma, dt, damp_first=False)
+                    v = verlet_kick(v, f, m, gamma, dt)
                     hs.append(h); vs.append(v)
             else:
                 for _ in range(c.L):
                     f, V = self._force(h, st); Vs.append(V)
-                    if c.integrator == 'euler': h, v = euler_update(h, v, f, m, gamma, dt)
-                    else: h, v = first_order_update(h, f, m, dt)
+                    if c.integrator == 'euler': h, v = damped_euler_step(h, v, f, m, gamma, dt)
+                    else: h, v = first_order_step(h, f, m, dt), f / m
                     h = self._ln(h)
                     hs.append(h); vs.append(v)
             final_V = self._energy(h, st) if need_final_energy and c.integrator != 'verlet' else None
