@@ -253,7 +253,7 @@ class SPLMForCausalLM(PreTrainedModel, GenerationMixin):
 
     @torch.no_grad()
     def _init_weights(self, module:nn.Module):
-        "Reference init; potentials and pools use their own `reset_parameters` (never touching loaded weights)."
+        "Reference init; the potential and the pool use their own `reset_parameters` (never touching loaded weights)."
         c = self.config
         if isinstance(module, SPLMForCausalLM):
             hf_init.normal_(module.E.weight, mean=0.0, std=c.init_std)
@@ -261,7 +261,9 @@ class SPLMForCausalLM(PreTrainedModel, GenerationMixin):
             for n in self._SCALARS:
                 if hasattr(module, n): hf_init.constant_(getattr(module, n), module._scalar_init(n))
             if hasattr(module, 'mass_head'): hf_init.zeros_(module.mass_head.weight); hf_init.zeros_(module.mass_head.bias)
-        elif isinstance(module, (Potential, XiPool)): _guarded_reset(module, c.init_std)
+            return
+        for owner in (self.V_theta, self.xi_module):   # any submodule of the potential or the pool: reset its owner
+            if any(sub is module for sub in owner.modules()): _guarded_reset(owner, c.init_std); return
 
     def get_input_embeddings(self) -> nn.Embedding: return self.E
     def set_input_embeddings(self, value:nn.Embedding): self.E = value
@@ -404,10 +406,10 @@ class SPLMForCausalLM(PreTrainedModel, GenerationMixin):
                           ce_loss=ce, v_reg=v_reg, mechanics=mech)
 
 def _guarded_reset(module:nn.Module, std:float):
-    "Call module.reset_parameters() but keep every tensor transformers has already loaded."
+    "Call module.reset_parameters(), keeping every tensor transformers has loaded; then mark all as initialised."
     tensors = dict(module.named_parameters()); tensors.update(module.named_buffers())
+    if all(getattr(t, '_is_hf_initialized', False) for t in tensors.values()): return
     loaded = {k: t.detach().clone() for k, t in tensors.items() if getattr(t, '_is_hf_initialized', False)}
-    if tensors and len(loaded) == len(tensors): return
     if hasattr(module, 'reset_parameters'): module.reset_parameters()
     else:
         for sub in module.modules():
@@ -416,6 +418,7 @@ def _guarded_reset(module:nn.Module, std:float):
                 if sub.bias is not None: nn.init.zeros_(sub.bias)
     now = dict(module.named_parameters()); now.update(module.named_buffers())
     for k, v in loaded.items(): now[k].data.copy_(v)
+    for t in now.values(): t._is_hf_initialized = True   # transformers' flag: do not initialise again
 
 # %% ../nbs/22_splm.ipynb #55c2cc1f
 AutoConfig.register(SPLMConfig.model_type, SPLMConfig, exist_ok=True)
