@@ -534,6 +534,10 @@ class SPLMForCausalLM(PreTrainedModel, GenerationMixin):
                 attention_mask:Optional[Tensor]=None, # accepted for generate(); not used (causal model)
                 **kwargs) -> SPLMOutput:
         "Logits (B,T,V), loss when labels are given, and the trajectory on request."
+        if torch.is_inference_mode_enabled():   # forces need autograd, which inference mode forbids: run as no_grad
+            with torch.inference_mode(False), torch.no_grad():
+                cl = lambda t: t.clone() if isinstance(t, Tensor) else t
+                return self.forward(cl(input_ids), cl(labels), cl(inputs_embeds), output_hidden_states, output_mechanics)
         c = self.config
         if input_ids is None and inputs_embeds is None: raise ValueError("pass input_ids, inputs_embeds, or both")
         if input_ids is not None: input_ids = check_input_ids(input_ids, c.vocab_size, c.max_len)
@@ -771,7 +775,8 @@ for l in range(5): torch.testing.assert_close(M.potentials[l], mm.V_theta.energy
 
 # %% [markdown]
 # **Train and eval compute the same values**; only the graph differs (second order in training). Under
-# `torch.no_grad()` the outputs are equal and detached.
+# `torch.no_grad()` — and under `torch.inference_mode()`, which the forward turns into `no_grad` since forces need
+# autograd — the outputs are equal and detached.
 
 # %%
 torch.manual_seed(5)
@@ -779,8 +784,9 @@ mt = sharpen(SPLMForCausalLM(tiny_config(xi_pool='ema', xi_channels=2, xi_alpha_
 ids = torch.randint(0, 61, (2, 11))
 z_train = mt.train()(ids).logits; z_eval = mt.eval()(ids).logits
 with torch.no_grad(): z_ng = mt(ids).logits
-torch.testing.assert_close(z_train, z_eval, atol=1e-12, rtol=0); torch.testing.assert_close(z_ng, z_eval, atol=1e-12, rtol=0)
-assert z_train.requires_grad and not z_ng.requires_grad
+with torch.inference_mode(): z_inf = mt(ids).logits
+for z in (z_eval, z_ng, z_inf): torch.testing.assert_close(z, z_train, atol=1e-12, rtol=0)
+assert z_train.requires_grad and not z_ng.requires_grad and not z_inf.requires_grad
 
 # %% [markdown]
 # **λ_V regulariser**: the loss is the cross-entropy plus $\lambda_V$ times the mean of $V^2$ over the force

@@ -289,8 +289,8 @@ def check_fixture(path:Union[str, Path], # a reference fixture (.pt with a `sems
 
 
 # %% [markdown]
-# Every quantity of every fixture matches to 1e-8 (in fact to ~1e-15: the arithmetic is the same up to the order of
-# floating-point operations):
+# Every quantity of every fixture matches to 1e-8 — in fact to 1e-11 or better: the arithmetic is the same up to the
+# order of floating-point operations (the SQ3 model, whose wells are sharp, amplifies round-off the most):
 
 # %%
 fd = fixtures_dir()
@@ -299,7 +299,7 @@ if fd is not None:
     for name in FIXTURES:
         err = check_fixture(fd/f'{name}.pt')
         print(f"{name:18s} " + '  '.join(f'{k} {v:.1e}' for k, v in err.items()))
-        assert all(v < 1e-8 for v in err.values()), (name, err)
+        assert all(v < 1e-11 for v in err.values()), (name, err)
 else: print(f'${FIXTURES_ENV} not set: fixture comparison skipped')
 
 # %% [markdown]

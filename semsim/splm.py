@@ -372,6 +372,10 @@ class SPLMForCausalLM(PreTrainedModel, GenerationMixin):
                 attention_mask:Optional[Tensor]=None, # accepted for generate(); not used (causal model)
                 **kwargs) -> SPLMOutput:
         "Logits (B,T,V), loss when labels are given, and the trajectory on request."
+        if torch.is_inference_mode_enabled():   # forces need autograd, which inference mode forbids: run as no_grad
+            with torch.inference_mode(False), torch.no_grad():
+                cl = lambda t: t.clone() if isinstance(t, Tensor) else t
+                return self.forward(cl(input_ids), cl(labels), cl(inputs_embeds), output_hidden_states, output_mechanics)
         c = self.config
         if input_ids is None and inputs_embeds is None: raise ValueError("pass input_ids, inputs_embeds, or both")
         if input_ids is not None: input_ids = check_input_ids(input_ids, c.vocab_size, c.max_len)
