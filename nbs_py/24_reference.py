@@ -94,6 +94,12 @@ def read_checkpoint(ckpt:Union[dict, str, Path]) -> dict: # checkpoint dict, or 
 # `reference_config` returns the semsim config and the state dict renamed to semsim's parameter names (the only
 # rename: the structured potential's `V_theta.inner.` prefix is dropped). It fails with a message naming the missing
 # tensor or config entry when the checkpoint does not describe a model it knows.
+#
+# The fixtures pin down the reference's names for the MLP and SQ3 potentials, the EMA pool and the global and logfreq
+# masses. For the pools and heads they do not cover — HiPPO-LegT (`xi_module.log_dt` when Δ is learned), S4D
+# (`xi_module.log_neg_re`, …), the embed-head mass (`mass_head.*`), SQ1/SQ2/SQ4 — the loader recognises semsim's own
+# names (or a `variant` / `xi_pool` entry naming the pool); a reference checkpoint that names them differently fails
+# the strict load with the missing and unexpected keys listed.
 
 # %%
 #| export
