@@ -1,0 +1,1288 @@
+# %% [markdown]
+# # Training
+#
+# > One flat training loop for every semsim model, from a 2-core laptop to a GPU: reference recipes as presets, checkpoints that survive a kill and resume exactly, guards, distributed data parallel.
+
+# %%
+#| default_exp train
+
+# %% [markdown]
+# Every model of the SPLM family and its attention baseline is trained by the same loop, written here in one flat
+# function, `train(cfg)`. It follows the reference's recipe (REFERENCE §7.2):
+#
+# $$\mathcal{L}(\theta) = \frac{1}{BT}\sum_{b=1}^{B}\sum_{t=1}^{T} -\log \mathrm{softmax}\big(z_{b,t}\big)[y_{b,t}]
+#   \;+\; \lambda_V\,\overline{V_\theta^2},$$
+#
+# where $x \in \{0..V-1\}^{B\times T}$ (`x`) is a random window of the training stream, $y$ (`y`) the same window
+# shifted by one token (so $y_{b,t} = x_{b,t+1}$: **no further shift** is applied, unlike Hugging Face's `labels`
+# convention), $z = $ `model(x).logits` $\in\mathbb{R}^{B\times T\times V}$, and $\lambda_V\overline{V^2}$ the energy
+# regulariser that an SPLM adds itself (`out.v_reg`, configured by the model option `lambda_v`; absent for MatchedGPT).
+# The parameters move by **AdamW** with decoupled weight decay $w$ (`weight_decay`) over all parameters, betas
+# $(\beta_1, \beta_2) = (0.9, 0.95)$, after the gradient is **clipped** to global norm $c = 1$ (`grad_clip`):
+#
+# $$g \leftarrow g\cdot\min\!\big(1, c/\lVert g\rVert_2\big),\quad
+#   m \leftarrow \beta_1 m + (1-\beta_1) g,\quad s \leftarrow \beta_2 s + (1-\beta_2) g^2,\quad
+#   \theta \leftarrow \theta(1 - \eta_k w) - \eta_k\,\frac{m/(1-\beta_1^k)}{\sqrt{s/(1-\beta_2^k)} + \epsilon},$$
+#
+# with $k$ the 1-based step count and the learning rate $\eta_k$ (`lr_at`) rising linearly for $W$ (`warmup`) steps and
+# then following a cosine to zero at step $S$ (`max_steps`).
+#
+# Around that core the chapter builds what a long run needs: presets, typed overrides from the command line,
+# validation before any work, the causal probe as a start-up guard, a fixed validation set, atomic checkpoints
+# (Hugging Face safetensors + optimizer, schedule, data-sampler and RNG state) with an exact resume, a per-step JSONL
+# log, a loss-curve plot and a summary, bf16/TF32/`torch.compile` on CUDA and DDP through `torchrun`.
+
+# %%
+#| export
+from __future__ import annotations
+import argparse, contextlib, json, math, os, random, shutil, sys, time
+from dataclasses import dataclass, field, fields, asdict
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from semsim.core import atomic_write_text, set_seed, get_device
+from semsim.data import tokenize_corpus, get_batch, logfreq_surprisal, gpt2_tokenizer, GPT2_VOCAB_SIZE
+
+# %%
+#| hide
+from fastcore.test import test_eq, test_fail, test_close
+import tempfile, io, contextlib
+import matplotlib.pyplot as plt
+from semsim.data import load_corpus
+import transformers
+transformers.utils.logging.disable_progress_bar(); transformers.utils.logging.set_verbosity_error()
+torch.set_num_threads(1)  # tiny models: on a busy 2-core machine extra threads only add contention
+
+
+# %% [markdown]
+# ## Configuration
+#
+# A run is described by one `TrainConfig`. The generic size fields (`d`, `L`, `v_hidden`, `v_depth`, `max_len`,
+# `n_head`) use the reference's names and are mapped onto each model's own config (for MatchedGPT, `L` is its number
+# of blocks `n_layer`); any other field of the model's config goes in `model_args`. `RUNTIME_FIELDS` may differ when a
+# run is resumed; every other field must match the saved run.
+
+# %%
+#| export
+@dataclass
+class TrainConfig:
+    "One training run. Every field can be set from the command line with `--set key=value`."
+    # --- model
+    model: str = 'splm-em-ln'     # model family, a key of MODELS
+    d: int = 128                  # hidden size d
+    L: int = 8                    # integration steps (SPLM) or transformer blocks (MatchedGPT)
+    v_hidden: int = 512           # width of the V_θ MLP (SPLM)
+    v_depth: int = 3              # hidden layers of the V_θ MLP (SPLM)
+    max_len: int = 256            # positional-table rows; block_size may not exceed it
+    n_head: int = 4               # attention heads (MatchedGPT)
+    model_args: dict = field(default_factory=dict)  # further model-config fields, e.g. {'xi_channels': 4}
+    # --- data
+    corpus: str = 'tinyshakespeare'  # corpus name or text-file path (semsim.data.load_corpus)
+    val_frac: float = 0.05        # last fraction of the tokens held out (TinyStories has its own split)
+    compact_vocab: bool = False   # remap ids to the corpus's token types (CPU speed; deviates from the reference)
+    vocab_size: int = 0           # model vocabulary; 0 = the tokenizer's 50,257 (or the compact size)
+    # --- optimisation
+    batch_size: int = 16          # B, sequences per step (global: split evenly over DDP ranks)
+    block_size: int = 128         # T, tokens per sequence
+    max_steps: int = 4000         # optimizer steps S
+    lr: float = 5e-4              # peak learning rate η
+    warmup: int = 200             # W, linear warm-up steps, then cosine to 0
+    weight_decay: float = 0.01    # w, AdamW decoupled weight decay
+    no_decay_1d: bool = False     # exempt biases, norm gains and other 1-D tensors from decay (reference: decay all)
+    beta1: float = 0.9            # AdamW β1
+    beta2: float = 0.95           # AdamW β2
+    grad_clip: float = 1.0        # c, global gradient-norm clip
+    # --- evaluation, logging, checkpoints
+    eval_every: int = 200         # steps between evaluations (and at the last step)
+    eval_iters: int = 40          # fixed validation batches per evaluation
+    ckpt_every: int = 200         # steps between checkpoints (and at the last step)
+    seed: int = 0                 # seeds torch, numpy, python and the data stream (rank r draws with seed + r)
+    # --- hardware and run control
+    device: str = 'auto'          # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
+    amp: str = 'auto'             # 'auto' (bf16 autocast on CUDA only), 'bf16' or 'off'
+    compile: str = 'auto'         # torch.compile: 'auto' (CUDA, where valid), 'on' or 'off'
+    threads: int = 0              # torch CPU threads; 0 = torch's default
+    probe: bool = True            # causal probe before the first step; a leaking model is refused
+    progress: bool = True         # live progress bar
+    out: str = 'runs/train'       # run folder: log.jsonl, checkpoints, plots, summary
+    resume: bool = False          # continue the run in `out` from its latest checkpoint
+
+RUNTIME_FIELDS = ('device', 'threads', 'probe', 'progress', 'out', 'resume', 'ckpt_every')  # free to change on resume
+
+# %% [markdown]
+# The presets are the reference's configurations (REFERENCE §7.3), plus `demo`, the CPU-sized recipe of `make demo`:
+#
+# | preset | model | batch × block | steps | lr | wd | warm-up | eval | reference result |
+# |---|---|---|---|---|---|---|---|---|
+# | `smoke` | d 64, L 4, vh 128, vd 2, max_len 128 | 8 × 64 | 300 | 1e-3 | 0 | 20 | 50 / 20 | minutes on CPU |
+# | `shakespeare` | d 128, L 8, vh 512, vd 3, max_len 256 | 16 × 128 | 4000 | 5e-4 | 0.01 | 200 | 200 / 40 | em_ln **173.59**, MatchedGPT **149.80 ± 7.21** |
+# | `tinystories-pilot` | d 256, L 8, vh 1024, vd 3, max_len 1024 | 16 × 512 | 4000 | 5e-4 | 0.01 | 200 | 200 / 40 | multi-ξ **14.78** |
+# | `tinystories-scaleup` | same | 16 × 512 | 8000 | 5e-4 | 0.01 | 400 | 400 / 40 | MatchedGPT **7.81** |
+# | `tinystories-16k` | same, SQ3 K_mix 8, λ_V 0.01 | 16 × 512 | 16,000 | 5e-4 | 0.01 | 400 | 400 / 40 | SQ3 A2 **13.33** |
+# | `demo` | d 64, L 4, vh 128, vd 2, compact vocabulary | 8 × 64 | 800 | 2e-3 | 0.01 | 40 | 100 / 20 | (CPU, this repo) |
+#
+# TinyStories is the reference's split: the first train shard capped at 5M tokens, the whole validation split.
+
+# %%
+#| export
+PRESETS = {
+    'smoke': dict(model='splm-em-ln', d=64, L=4, v_hidden=128, v_depth=2, max_len=128, batch_size=8, block_size=64,
+                  max_steps=300, lr=1e-3, weight_decay=0.0, warmup=20, eval_every=50, eval_iters=20, ckpt_every=100),
+    'shakespeare': dict(model='splm-em-ln', d=128, L=8, v_hidden=512, v_depth=3, max_len=256, batch_size=16,
+                        block_size=128, max_steps=4000, lr=5e-4, weight_decay=0.01, warmup=200, eval_every=200,
+                        eval_iters=40, ckpt_every=200),
+    'tinystories-pilot': dict(model='splm-multixi', corpus='tinystories', d=256, L=8, v_hidden=1024, v_depth=3,
+                              max_len=1024, batch_size=16, block_size=512, max_steps=4000, lr=5e-4, weight_decay=0.01,
+                              warmup=200, eval_every=200, eval_iters=40, ckpt_every=200),
+    'tinystories-scaleup': dict(model='matched-gpt', corpus='tinystories', d=256, L=8, v_hidden=1024, v_depth=3,
+                                max_len=1024, batch_size=16, block_size=512, max_steps=8000, lr=5e-4,
+                                weight_decay=0.01, warmup=400, eval_every=400, eval_iters=40, ckpt_every=400),
+    'tinystories-16k': dict(model='splm-sq3', corpus='tinystories', d=256, L=8, v_hidden=1024, v_depth=3,
+                            max_len=1024, batch_size=16, block_size=512, max_steps=16000, lr=5e-4, weight_decay=0.01,
+                            warmup=400, eval_every=400, eval_iters=40, ckpt_every=400),
+    'demo': dict(model='splm-multixi', d=64, L=4, v_hidden=128, v_depth=2, max_len=128, batch_size=8, block_size=64,
+                 compact_vocab=True, max_steps=800, lr=2e-3, weight_decay=0.01, warmup=40, eval_every=100,
+                 eval_iters=20, ckpt_every=200, threads=1),
+}
+
+
+# %% [markdown]
+# ## Model families
+#
+# `MODELS` maps a family name to a `ModelSpec`: how to make its config from a `TrainConfig`, how to build it, whether
+# its force is an `autograd.grad` inside the forward (then evaluation needs gradients enabled and `torch.compile`
+# is not used), and which scalars to log. The SPLM families are the named configurations of `SPLMConfig.PRESETS`
+# (chapter SPLM) with the generic sizes on top; every one of them takes the logfreq surprisal of the training split
+# when its mass mode is `logfreq`. The registry is a plain dict: a new family is one more entry.
+
+# %%
+#| export
+@dataclass
+class ModelSpec:
+    "How the trainer builds and inspects one model family."
+    help: str                 # one line for --list
+    config_cls: Callable      # () -> the family's config class (imported lazily)
+    defaults: Callable        # (TrainConfig) -> model-config kwargs from the generic size fields
+    build: Callable           # (config, RunData) -> model
+    autograd_force: Callable = lambda m: False  # (model) -> True when the force is autograd.grad inside forward
+    stats: Callable = lambda m, x: {}            # (model, x) -> scalars for the log (γ, mass, ξ decays)
+
+def _matched_cls():
+    from semsim.baselines import MatchedGPTConfig
+    return MatchedGPTConfig
+
+def _matched_build(conf, data=None):
+    from semsim.baselines import MatchedGPTForCausalLM
+    return MatchedGPTForCausalLM(conf)
+
+def _splm_cls():
+    from semsim.splm import SPLMConfig
+    return SPLMConfig
+
+def _splm_build(conf, data=None):
+    from semsim.splm import SPLMForCausalLM
+    m = SPLMForCausalLM(conf)
+    if conf.mass_mode == 'logfreq' and data is not None: m.set_logfreq_surprisal(data.surprisal)
+    return m
+
+@torch.no_grad()
+def _splm_stats(m, x:Tensor) -> dict: # x: input ids, (B,T)
+    "γ, statistics of the per-token masses of the batch, and the EMA decays α_k when the pool has them."
+    ms = m.mass(x, m.E(x))[..., 0].float()
+    r = {'gamma': float(m.gamma()), 'mass_mean': float(ms.mean()), 'mass_std': float(ms.std()) if ms.numel() > 1 else 0.0,
+         'mass_min': float(ms.min()), 'mass_max': float(ms.max())}
+    a = getattr(m.xi_module, 'alpha', None)
+    if isinstance(a, Tensor): r['xi_alpha'] = [round(float(v), 6) for v in a]
+    return r
+
+def _splm_spec(preset:str, help:str) -> ModelSpec:
+    return ModelSpec(help, _splm_cls,
+                     lambda c: {**_splm_cls().PRESETS[preset], 'd': c.d, 'L': c.L, 'v_hidden': c.v_hidden,
+                                'v_depth': c.v_depth, 'max_len': c.max_len},
+                     _splm_build, autograd_force=lambda m: not m.V_theta.closed_form, stats=_splm_stats)
+
+MODELS = {
+    'splm-em-ln': _splm_spec('em_ln', 'SPLM em_ln: SARF ξ, logfreq mass, LayerNorm after each step, free γ (§5.3)'),
+    'splm-multixi': _splm_spec('multixi', 'multi-ξ SPLM: 4-channel EMA ξ, em_ln, γ 0.30 fixed (§5.4)'),
+    'splm-sq3': _splm_spec('sq3_multixi', 'multi-ξ SPLM with the SQ3 mixture potential, K_mix 8, λ_V 0.01 (§5.5)'),
+    'splm-vanilla': _splm_spec('vanilla', 'vanilla SPLM: cumulative-mean ξ fixed from h_0, global mass (§5.1)'),
+    'splm-sarf-logfreq': _splm_spec('sarf_logfreq', 'SARF-faithful SPLM with logfreq mass, no LN (§5.2)'),
+    'splm-em-sg': _splm_spec('em_sg', 'SPLM em_sg: input-state scale gauge λ_V0 = 1e-3 (§5.3)'),
+    'splm-first-order': _splm_spec('first_order', 'first-order ablation SPLM-1 (§5.6)'),
+    'splm-verlet': _splm_spec('verlet', 'velocity-Verlet SPLM (§5.7)'),
+    'splm-multixi-hippo': _splm_spec('multixi_hippo', 'multi-ξ SPLM, HiPPO-LegT pool θ = 200 (§5.4)'),
+    'splm-multixi-s4d': _splm_spec('multixi_s4d', 'multi-ξ SPLM, S4D pool (§5.4)'),
+    'matched-gpt': ModelSpec('MatchedGPT: the pre-LN GPT-2 attention baseline (§5.12)', _matched_cls,
+                             lambda c: dict(d=c.d, n_layer=c.L, n_head=c.n_head, max_len=c.max_len), _matched_build),
+}
+
+def model_fields(name:str) -> dict:
+    "Config fields of a model family with their default values (what `--set` may target beyond TrainConfig)."
+    if name not in MODELS: raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    return {k: v for k, v in MODELS[name].config_cls()().to_dict().items() if not k.startswith('_')}
+
+
+# %% [markdown]
+# ## Options from the command line
+#
+# `--set key=value` reaches any `TrainConfig` field and any field of the chosen model's config. The value is parsed
+# into the type of the field's current value (booleans accept `true/false/1/0/yes/no`; tuples accept `0.1,0.5` or
+# JSON). A key that is neither is an error that lists every valid key.
+
+# %%
+#| export
+def parse_value(text:str, like:Any, name:str='value'):
+    "Parse the string `text` into the type of `like` (the field's current value)."
+    t = text.strip()
+    try:
+        if isinstance(like, bool):
+            if t.lower() in ('1', 'true', 'yes', 'on'): return True
+            if t.lower() in ('0', 'false', 'no', 'off'): return False
+            raise ValueError
+        if isinstance(like, int): return int(t)
+        if isinstance(like, float): return float(t)
+        if isinstance(like, (tuple, list)):
+            items = json.loads(t) if t.startswith('[') else [s for s in t.strip('()').split(',') if s.strip()]
+            el = type(like[0]) if len(like) else None
+            return type(like)(parse_value(str(s), el(), name) if el in (int, float, bool) else s for s in items)
+        if isinstance(like, dict): return dict(json.loads(t))
+        if isinstance(like, str): return t
+        try: return json.loads(t)                                           # a field whose default is None
+        except json.JSONDecodeError:
+            if ',' in t: return [json.loads(s) for s in t.strip('()').split(',') if s.strip()]
+            return t
+    except (ValueError, TypeError, json.JSONDecodeError):
+        raise ValueError(f"option {name}: cannot parse {text!r} as {type(like).__name__}") from None
+
+def make_config(preset:Optional[str]=None, # a key of PRESETS; None starts from the TrainConfig defaults
+                sets:Sequence[str]=(), # 'key=value' strings naming TrainConfig or model-config fields
+                **overrides) -> TrainConfig:
+    "A TrainConfig from a preset, keyword overrides and typed `key=value` strings (applied last)."
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
+    tfields = [f.name for f in fields(TrainConfig)]
+    bad = [k for k in overrides if k not in tfields]
+    if bad: raise ValueError(f"unknown TrainConfig field(s) {bad}; valid: {', '.join(tfields)}")
+    cfg = TrainConfig(**{**(PRESETS[preset] if preset else {}), **overrides})
+    cfg.model_args = dict(cfg.model_args)
+    for s in sets:
+        if '=' not in s: raise ValueError(f"--set expects key=value, got {s!r}")
+        k, v = (x.strip() for x in s.split('=', 1))
+        if k in tfields and k != 'model_args': setattr(cfg, k, parse_value(v, getattr(cfg, k), k)); continue
+        mf = model_fields(cfg.model)
+        if k not in mf:
+            raise ValueError(f"unknown option {k!r}: neither a training field nor a field of the {cfg.model} config. "
+                             f"Training fields: {', '.join(f for f in tfields if f != 'model_args')}. "
+                             f"{cfg.model} fields: {', '.join(sorted(mf))}")
+        cfg.model_args[k] = parse_value(v, mf[k], k)
+    return cfg
+
+
+# %% [markdown]
+# A preset, a typed training override and a model option (the EMA decays of the multi-ξ pool, whose default is
+# `None`, so the comma list is read as numbers):
+
+# %%
+cfg = make_config('shakespeare', ['max_steps=50', 'no_decay_1d=true', 'xi_alpha_inits=0,0.5,0.9,0.99', 'lr=1e-3'],
+                  model='splm-multixi')
+test_eq((cfg.max_steps, cfg.no_decay_1d, cfg.lr, cfg.d, cfg.batch_size), (50, True, 1e-3, 128, 16))
+test_eq(cfg.model_args, {'xi_alpha_inits': [0, 0.5, 0.9, 0.99]})
+test_eq(make_config('smoke', ['xi_channels=4'], model='splm-multixi').model_args, {'xi_channels': 4})
+test_fail(lambda: make_config('shakespear'), contains="unknown preset 'shakespear'; known presets: smoke, shakespeare")
+test_fail(lambda: make_config('smoke', ['xi_chanels=4']), contains="unknown option 'xi_chanels'")
+test_fail(lambda: make_config('smoke', ['xi_chanels=4']), contains="xi_channels")   # the message lists the valid keys
+test_fail(lambda: make_config('smoke', ['max_steps=many']), contains="cannot parse 'many' as int")
+test_fail(lambda: make_config('smoke', ['probe=maybe']), contains="as bool")
+test_fail(lambda: make_config('smoke', ['max_steps']), contains='key=value')
+
+
+# %% [markdown]
+# ## Validation before any work
+#
+# Bad values fail at once, before the corpus is tokenized or a model built, with a message naming the field: sizes and
+# counts must be positive integers, `block_size` may not exceed the model's positional table, and model options are
+# checked against the model's config class (which validates its own values when built). A data vocabulary larger
+# than the model's is refused by `prepare_data` below.
+
+# %%
+#| export
+def model_kwargs(cfg:TrainConfig, vocab_size:int) -> dict:
+    "Keyword arguments of the model config: generic sizes, then `model_args`, then the vocabulary."
+    return {**MODELS[cfg.model].defaults(cfg), **cfg.model_args, 'vocab_size': vocab_size}
+
+def _max_len_of(kw:dict) -> Optional[int]:
+    for k in ('max_len', 'n_positions', 'max_position_embeddings'):
+        if k in kw: return int(kw[k])
+    return None
+
+def validate_config(cfg:TrainConfig) -> None:
+    "Refuse bad values before any work, naming the field."
+    if cfg.model not in MODELS: raise ValueError(f"unknown model {cfg.model!r}; known models: {', '.join(MODELS)}")
+    for k in ('d', 'L', 'batch_size', 'block_size', 'max_steps', 'eval_every', 'eval_iters', 'ckpt_every'):
+        v = getattr(cfg, k)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{k} must be a positive integer, got {v!r}")
+    for k in ('warmup', 'weight_decay', 'vocab_size', 'threads'):
+        if getattr(cfg, k) < 0: raise ValueError(f"{k} must be >= 0, got {getattr(cfg, k)!r}")
+    for k in ('lr', 'grad_clip'):
+        if not getattr(cfg, k) > 0: raise ValueError(f"{k} must be > 0, got {getattr(cfg, k)!r}")
+    if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1): raise ValueError(f"beta1 and beta2 must lie in [0, 1), got {cfg.beta1}, {cfg.beta2}")
+    if not 0 < cfg.val_frac < 1: raise ValueError(f"val_frac must lie in (0, 1), got {cfg.val_frac}")
+    if cfg.amp not in ('auto', 'bf16', 'off'): raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {cfg.amp!r}")
+    if cfg.compile not in ('auto', 'on', 'off'): raise ValueError(f"compile must be 'auto', 'on' or 'off', got {cfg.compile!r}")
+    mf = model_fields(cfg.model)
+    bad = [k for k in cfg.model_args if k not in mf]
+    if bad: raise ValueError(f"unknown option(s) {bad} for the {cfg.model} config; valid: {', '.join(sorted(mf))}")
+    ml = _max_len_of(model_kwargs(cfg, 1))
+    if ml is not None and cfg.block_size > ml:
+        raise ValueError(f"block_size {cfg.block_size} exceeds the model's max_len {ml} (its positional table): "
+                         f"lower block_size or raise max_len")
+    MODELS[cfg.model].config_cls()(**model_kwargs(cfg, max(cfg.vocab_size, 1)))   # the model's own checks
+
+
+# %%
+validate_config(make_config('shakespeare'))
+for p in PRESETS: validate_config(make_config(p))
+test_fail(lambda: validate_config(make_config('smoke', ['block_size=256'])), contains="block_size 256 exceeds the model's max_len 128")
+test_fail(lambda: validate_config(make_config('smoke', model='splm-em-lm')), contains="unknown model 'splm-em-lm'")
+test_fail(lambda: validate_config(make_config('smoke', ['batch_size=0'])), contains='batch_size must be a positive integer')
+test_fail(lambda: validate_config(make_config('smoke', ['lr=-1'])), contains='lr must be > 0')
+test_fail(lambda: validate_config(make_config('smoke', ['amp=fp8'])), contains="amp must be 'auto', 'bf16' or 'off'")
+test_fail(lambda: validate_config(make_config('smoke', ['xi_pool=gaussian'])), contains='xi_pool must be one of')
+test_fail(lambda: validate_config(make_config('smoke', ['n_head=3'], model='matched-gpt')), contains='divisible by n_head')
+
+
+# %% [markdown]
+# ## Data and the compact vocabulary
+#
+# `prepare_data` tokenizes the corpus with the exact GPT-2 BPE (cached; `semsim.data`) and computes the logfreq
+# surprisal $s(v) = -\ln\big((c_v+1)/(N+V)\big)$ of the training split that the `logfreq` mass reads.
+#
+# **Compact vocabulary (opt-in, a deviation from the reference).** On a CPU the 50,257-row embedding and readout
+# dominate the cost of a tiny model: with $d = 64$ they hold 3.2M of its parameters and the readout $h E^\top$ costs
+# $2dV$ FLOPs per token, more than everything else. With `compact_vocab=True` the ids are renumbered to the $V_c$
+# token types that occur in the corpus: compact id $i$ stands for GPT-2 id `vocab_map[i]` (sorted), so
+# $V_c = 11{,}706$ for Tiny Shakespeare (11,482 types in train plus 224 seen only in validation). The map is saved with
+# every checkpoint (`vocab_map.json`) and `VocabCodec` encodes and decodes through it, so generated text is decoded
+# correctly. The model no longer spends probability on the 38,551 GPT-2 tokens that never occur, so its perplexity is
+# **not comparable** with a 50,257-way model's: the parity presets keep the full BPE vocabulary.
+
+# %%
+#| export
+class VocabCodec:
+    "Text <-> model ids: GPT-2 BPE, optionally through a compact vocabulary `vocab_map` (model id -> GPT-2 id)."
+    def __init__(self, vocab_map:Optional[np.ndarray]=None, tokenizer=None):
+        self.tok = tokenizer or gpt2_tokenizer()
+        self.vocab_map = None if vocab_map is None else np.asarray(vocab_map, dtype=np.int64)
+        if self.vocab_map is not None:
+            self.lookup = np.full(max(self.tok.vocab_size, int(self.vocab_map.max()) + 1), -1, dtype=np.int64)
+            self.lookup[self.vocab_map] = np.arange(len(self.vocab_map))
+    @property
+    def vocab_size(self) -> int: return self.tok.vocab_size if self.vocab_map is None else len(self.vocab_map)
+    def to_model(self, gpt2_ids) -> np.ndarray:
+        "Map GPT-2 ids to model ids; an id outside a compact vocabulary is an error naming the token."
+        ids = np.asarray(gpt2_ids, dtype=np.int64)
+        if self.vocab_map is None: return ids
+        out = self.lookup[ids]
+        if (out < 0).any():
+            bad = int(ids[np.flatnonzero(out < 0)[0]])
+            raise ValueError(f"token {self.tok.decode([bad])!r} (GPT-2 id {bad}) is not in this run's compact vocabulary")
+        return out
+    def encode(self, text:str) -> list: return self.to_model(self.tok.encode(text)).tolist()
+    def decode(self, ids) -> str:
+        ids = np.asarray(ids.tolist() if isinstance(ids, Tensor) else ids, dtype=np.int64)
+        return self.tok.decode((ids if self.vocab_map is None else self.vocab_map[ids]).tolist())
+
+@dataclass
+class RunData:
+    "The token streams of a run in model ids, and what the model needs to know about them."
+    train: np.ndarray                 # training stream, (N_train,)
+    val: np.ndarray                   # validation stream, (N_val,)
+    vocab_size: int                   # V of the model
+    vocab_map: Optional[np.ndarray]   # compact id -> GPT-2 id, (V,), or None for plain GPT-2 ids
+    surprisal: Tensor                 # logfreq surprisal of the training split, (V,)
+
+def compact_vocabulary(*streams:np.ndarray) -> np.ndarray: # GPT-2 id streams
+    "The sorted token types occurring in the streams: compact id i stands for GPT-2 id `vocab_map[i]`."
+    return np.unique(np.concatenate([np.unique(np.asarray(s)) for s in streams])).astype(np.int64)
+
+def prepare_data(cfg:TrainConfig) -> RunData:
+    "Tokenize the corpus (cached), optionally compact the vocabulary, and check it against the model's."
+    train, val = tokenize_corpus(cfg.corpus, cfg.val_frac)
+    vocab_map = None
+    if cfg.compact_vocab:
+        vocab_map = compact_vocabulary(train, val)
+        codec = VocabCodec(vocab_map)
+        train, val, V = codec.to_model(train), codec.to_model(val), len(vocab_map)
+    else: train, val, V = np.asarray(train), np.asarray(val), GPT2_VOCAB_SIZE
+    hi = int(max(train.max(), val.max()))
+    if cfg.vocab_size:
+        if hi >= cfg.vocab_size:
+            raise ValueError(f"the data holds token ids up to {hi} but the model vocabulary is vocab_size={cfg.vocab_size}: "
+                             f"set vocab_size >= {hi + 1} (or 0 for the default), or use compact_vocab")
+        V = cfg.vocab_size
+    if min(len(train), len(val)) <= cfg.block_size:
+        raise ValueError(f"block_size {cfg.block_size} needs more tokens than a split holds (train {len(train)}, val {len(val)})")
+    return RunData(train, val, V, vocab_map, logfreq_surprisal(train, V))
+
+
+# %%
+data = prepare_data(make_config('smoke', compact_vocab=True))
+full = prepare_data(make_config('smoke'))
+codec = VocabCodec(data.vocab_map)
+test_eq((data.vocab_size, len(data.train), len(data.val)), (11_706, 321_124, 16_901))
+test_eq(len(np.unique(data.train)), 11_482)
+test_eq(data.vocab_map[data.train[:1000]], full.train[:1000])          # the remap is exactly invertible
+test_eq(codec.decode(data.train[:60]), gpt2_tokenizer().decode(full.train[:60]))
+s = "ROMEO:\nBut soft, what light through yonder window breaks?"
+test_eq(codec.decode(codec.encode(s)), s)
+test_fail(lambda: codec.encode('naïve ∑ᵢ'), contains="not in this run's compact vocabulary")
+test_fail(lambda: prepare_data(make_config('smoke', vocab_size=50_000)), contains='token ids up to 50255 but the model vocabulary is vocab_size=50000')
+print(f"compact vocabulary: {data.vocab_size:,} types; surprisal range [{data.surprisal.min():.3f}, {data.surprisal.max():.3f}] nats")
+
+
+# %% [markdown]
+# ## Learning-rate schedule
+#
+# With peak rate $\eta$ (`lr`), $W$ warm-up steps and $S$ steps in all, step $k = 0, 1, \dots$ (0-based) uses
+#
+# $$\eta_k = \eta\,\frac{k+1}{W} \;\; (k < W), \qquad
+#   \eta_k = \tfrac12\,\eta\,\Big(1 + \cos\big(\pi\,\tfrac{k - W}{S - W}\big)\Big) \;\; (k \ge W).$$
+
+# %%
+#| export
+def lr_at(step:int, # optimizer step k, 0-based
+          lr:float, warmup:int, max_steps:int) -> float:
+    "Linear warm-up lr·(k+1)/W, then cosine 0.5·lr·(1+cos(π·(k-W)/(S-W))) down to 0 at k = S."
+    if step < warmup: return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, max_steps - warmup)
+    return 0.5 * lr * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+# %% [markdown]
+# The schedule reaches the peak exactly at the end of warm-up, is continuous there, passes half the peak at the
+# midpoint of the cosine and ends at zero:
+
+# %%
+lr, W, S = 5e-4, 200, 4000
+test_close(lr_at(0, lr, W, S), lr / W, eps=1e-15)
+test_close(lr_at(W - 1, lr, W, S), lr, eps=1e-15); test_close(lr_at(W, lr, W, S), lr, eps=1e-15)
+test_close(lr_at(W + (S - W) // 2, lr, W, S), lr / 2, eps=1e-15)
+test_close(lr_at(S, lr, W, S), 0.0, eps=1e-15)
+ks = np.arange(S)
+etas = np.array([lr_at(k, lr, W, S) for k in ks])
+assert np.all(np.diff(etas[:W]) > 0) and np.all(np.diff(etas[W:]) <= 0)
+fig, ax = plt.subplots(figsize=(6, 2.6))
+ax.plot(ks, etas); ax.axvline(W, ls=':', c='gray')
+ax.set(xlabel='step k', ylabel='η_k', title='shakespeare preset: warm-up 200, cosine to 0 at 4000'); plt.tight_layout(); plt.show()
+
+
+# %% [markdown]
+# ## Optimiser
+#
+# AdamW over all parameters, as the reference did. With `no_decay_1d=True` the 1-D tensors (biases, LayerNorm gains,
+# the scalar mass and damping parameters, EMA decays) are exempt from weight decay, the common practice for
+# transformers; it is off by default so that the presets reproduce the reference.
+
+# %%
+#| export
+def make_optimizer(model:nn.Module, cfg:TrainConfig) -> torch.optim.AdamW:
+    "AdamW, betas (β1, β2), over all trainable parameters; 1-D tensors undecayed with `no_decay_1d`."
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.no_decay_1d:
+        groups = [{'params': [p for p in params if p.ndim >= 2], 'weight_decay': cfg.weight_decay},
+                  {'params': [p for p in params if p.ndim < 2], 'weight_decay': 0.0}]
+    else: groups = [{'params': params, 'weight_decay': cfg.weight_decay}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
+# %% [markdown]
+# Two steps of the optimizer equal the update written out above, in float64 to round-off:
+
+# %%
+torch.manual_seed(0)
+lin = nn.Linear(3, 2).double()
+c = make_config(weight_decay=0.1, lr=0.01)
+opt = make_optimizer(lin, c)
+theta = [p.detach().clone() for p in lin.parameters()]
+mom = [torch.zeros_like(p) for p in theta]; sec = [torch.zeros_like(p) for p in theta]
+for k in (1, 2):
+    grads = [torch.randn_like(p) for p in theta]
+    for p, g in zip(lin.parameters(), grads): p.grad = g.clone()
+    opt.step()
+    for i, g in enumerate(grads):
+        mom[i] = 0.9 * mom[i] + 0.1 * g; sec[i] = 0.95 * sec[i] + 0.05 * g * g
+        theta[i] = theta[i] * (1 - 0.01 * 0.1) - 0.01 * (mom[i] / (1 - 0.9**k)) / ((sec[i] / (1 - 0.95**k)).sqrt() + 1e-8)
+for p, t in zip(lin.parameters(), theta): torch.testing.assert_close(p.detach(), t, atol=1e-15, rtol=0)
+test_eq([g['weight_decay'] for g in make_optimizer(lin, make_config(no_decay_1d=True)).param_groups], [0.01, 0.0])
+test_eq([p.ndim for p in make_optimizer(lin, make_config(no_decay_1d=True)).param_groups[1]['params']], [1])
+
+
+# %% [markdown]
+# ## Loss
+#
+# `forward_loss` computes the cross-entropy from the logits itself, against targets that the data loader has already
+# shifted (the models' own `labels=` loss shifts again, the Hugging Face way, which would be off by one here), and adds
+# the model's energy regulariser `v_reg` $= \lambda_V\overline{V^2}$ when it returns one.
+
+# %%
+#| export
+def forward_loss(model:nn.Module, x:Tensor, # input ids, (B,T)
+                 y:Tensor): # targets: x shifted by one token, (B,T)
+    "(total, cross-entropy, output): mean CE of logits[b,t] against y[b,t] (no shift), plus the model's v_reg."
+    out = model(x)
+    logits = out.logits
+    B, T, V = logits.shape
+    ce = F.cross_entropy(logits.float().reshape(B * T, V), y.reshape(B * T))
+    reg = getattr(out, 'v_reg', None)
+    return (ce if reg is None else ce + reg), ce, out
+
+
+# %% [markdown]
+# The loss is the mean negative log-probability of the targets, and on the first $T-1$ positions it equals the model's
+# own shifted `labels=` loss on the unshifted window; for an SPLM with $\lambda_V > 0$ the total is CE + `v_reg`:
+
+# %%
+torch.manual_seed(0)
+mg = MODELS['matched-gpt']
+gpt = mg.build(mg.config_cls()(vocab_size=50, d=16, n_layer=1, n_head=2, max_len=32))
+win = torch.randint(0, 50, (3, 13)); x, y = win[:, :-1], win[:, 1:]
+total, ce, out = forward_loss(gpt, x, y)
+manual = -out.logits.log_softmax(-1).gather(-1, y[..., None]).mean()
+test_close(ce.item(), manual.item(), eps=1e-6); assert total is ce
+test_close(gpt(x, labels=x).loss.item(), F.cross_entropy(out.logits[:, :-1].reshape(-1, 50), y[:, :-1].reshape(-1)).item(), eps=1e-6)
+sp = MODELS['splm-em-ln']
+splm = sp.build(sp.config_cls()(**{**sp.defaults(make_config('smoke')), 'vocab_size': 50, 'd': 16, 'L': 2, 'lambda_v': 0.1}))
+total, ce, out = forward_loss(splm, x, y)
+test_close((total - ce).item(), out.v_reg.item(), eps=1e-7); assert out.v_reg.item() > 0
+
+
+# %% [markdown]
+# ## Guards
+#
+# **Causal probe.** Before the first step (and again on resume) the trainer runs `semsim.causal.causal_probe` on the
+# real model (REFERENCE §6.1): a token's logits must not change when a later token changes, and the gradient of a
+# position's logits with respect to later embeddings must vanish. A model that fails is refused with
+# `CausalLeakError` (the command exits with status 2). The probe runs on the CPU copy before the model moves to its
+# device, inside `torch.random.fork_rng`, so it changes neither the model, nor its gradients, nor any RNG stream.
+#
+# **Non-finite values.** A NaN or infinite loss or gradient norm stops the run *before* the update with
+# `NonFiniteError`, naming the step; nothing is saved, so `OUT/latest` still names the last good checkpoint (exit
+# status 3).
+
+# %%
+#| export
+class CausalLeakError(RuntimeError):
+    "The causal probe found that a token's logits depend on later tokens."
+
+class NonFiniteError(RuntimeError):
+    "A non-finite loss or gradient norm: the run stopped and kept its last good checkpoint."
+
+def probe_model(model:nn.Module, max_len:int):
+    "semsim's causal probe on `model` (T = min(32, max_len)), leaving its mode, gradients and the global RNG as they were."
+    from semsim.causal import causal_probe
+    T = min(32, max_len); t_pert = min(20, T - 4) if T > 8 else T // 2
+    was = model.training
+    with torch.random.fork_rng(devices=[]): rep = causal_probe(model, T=T, t_pert=t_pert, seed=0)
+    model.train(was); model.zero_grad(set_to_none=True)
+    return rep
+
+
+# %% [markdown]
+# ## Checkpoints
+#
+# A checkpoint is a folder `OUT/ckpt-<step>/` holding the model in Hugging Face format (`config.json`,
+# `model.safetensors`; `from_pretrained` opens it) and `trainer_state.pt` with everything else a resume needs: the
+# optimizer state, the step (the schedule is a function of it), every rank's data-sampler generator state, the
+# Python/NumPy/torch(/CUDA) RNG states, elapsed time, tokens seen, the best validation loss, the configuration and the
+# compact vocabulary map. It is written so that a kill at any moment leaves the last good checkpoint readable:
+#
+# 1. everything is written into a hidden temporary folder `OUT/.ckpt-<step>.tmp` and flushed to disk;
+# 2. the folder is renamed to `OUT/ckpt-<step>` (`os.replace`: it appears complete or not at all);
+# 3. the small pointer file `OUT/latest` is replaced atomically (`semsim.core.atomic_write_text`) to name it;
+# 4. only then are older checkpoint folders deleted.
+#
+# A reader follows `OUT/latest`, never a directory listing, so a half-written folder is never opened.
+
+# %%
+#| export
+CKPT_PREFIX = 'ckpt-'  # checkpoint folders OUT/ckpt-<step>/; OUT/latest names the newest complete one
+
+def latest_checkpoint(out:Union[str, Path]) -> Optional[Path]:
+    "The checkpoint folder named by `OUT/latest`, or None when the run has none yet."
+    p = Path(out)/'latest'
+    if not p.exists(): return None
+    ck = Path(out)/p.read_text().strip()
+    if not (ck/'trainer_state.pt').exists(): raise FileNotFoundError(f"{p} names {ck}, which is not a complete checkpoint")
+    return ck
+
+def _rng_state() -> dict:
+    "Python, NumPy, torch (and CUDA) RNG states, in types `torch.load(weights_only=True)` accepts."
+    st = np.random.get_state()
+    r = {'python': random.getstate(), 'numpy': [st[0], st[1].tolist(), int(st[2]), int(st[3]), float(st[4])],
+         'torch': torch.get_rng_state()}
+    if torch.cuda.is_available(): r['cuda'] = torch.cuda.get_rng_state_all()
+    return r
+
+def _set_rng_state(r:dict) -> None:
+    random.setstate((r['python'][0], tuple(r['python'][1]), r['python'][2]))
+    n = r['numpy']; np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(r['torch'])
+    if 'cuda' in r and torch.cuda.is_available(): torch.cuda.set_rng_state_all(r['cuda'])
+
+
+# %%
+#| export
+def _quiet_save(model:nn.Module, folder:Path):
+    "`save_pretrained` without transformers' per-shard progress bar."
+    from transformers.utils import logging as hf_logging
+    on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try: model.save_pretrained(folder)
+    finally:
+        if on: hf_logging.enable_progress_bar()
+
+def save_checkpoint(out:Union[str, Path], step:int, model:nn.Module, state:dict, keep:int=1) -> Path:
+    "Write OUT/ckpt-<step>/ completely (HF safetensors + trainer state), point OUT/latest at it, drop older ones."
+    out = Path(out)
+    final, tmp = out/f'{CKPT_PREFIX}{step}', out/f'.{CKPT_PREFIX}{step}.tmp'
+    if tmp.exists(): shutil.rmtree(tmp)
+    _quiet_save(model, tmp)
+    torch.save(state, tmp/'trainer_state.pt')
+    (tmp/'train_config.json').write_text(json.dumps(state['config'], indent=1))
+    if state.get('vocab_map') is not None: (tmp/'vocab_map.json').write_text(json.dumps(state['vocab_map']))
+    for f in tmp.iterdir():
+        with open(f, 'rb') as fh: os.fsync(fh.fileno())
+    if final.exists(): shutil.rmtree(final)
+    os.replace(tmp, final)                                  # 2. the folder appears complete or not at all
+    atomic_write_text(out/'latest', final.name + '\n')      # 3. then the pointer moves, atomically
+    ckpts = sorted((p for p in out.glob(f'{CKPT_PREFIX}*') if p.is_dir() and p.name[len(CKPT_PREFIX):].isdigit()),
+                   key=lambda p: int(p.name[len(CKPT_PREFIX):]))
+    for p in ckpts[:-keep]:                                 # 4. older checkpoints go last
+        if p != final: shutil.rmtree(p, ignore_errors=True)
+    for p in out.glob(f'.{CKPT_PREFIX}*.tmp'): shutil.rmtree(p, ignore_errors=True)
+    return final
+
+def load_weights(model:nn.Module, folder:Union[str, Path]) -> nn.Module:
+    "Load the safetensors weights of a checkpoint into `model`; tied weights come back through their twin."
+    from safetensors.torch import load_file
+    folder = Path(folder)
+    idx = folder/'model.safetensors.index.json'
+    files = sorted(set(json.loads(idx.read_text())['weight_map'].values())) if idx.exists() else ['model.safetensors']
+    sd = {}
+    for f in files: sd.update(load_file(folder/f))
+    try: missing, unexpected = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e: raise ValueError(f"checkpoint {folder} does not fit the model: {e}") from None
+    own = model.state_dict()
+    loaded = {own[k].data_ptr() for k in sd if k in own}
+    really = [k for k in missing if own[k].data_ptr() not in loaded]
+    if really or unexpected: raise ValueError(f"checkpoint {folder} does not fit the model: missing {really}, unexpected {unexpected}")
+    return model
+
+
+# %% [markdown]
+# A checkpoint round-trips the weights bit for bit; a crash while the next one is being written (here: a stale
+# temporary folder) leaves `latest` on the good one, and the next save clears the debris and the older folder:
+
+# %%
+with tempfile.TemporaryDirectory() as d:
+    st = {'step': 3, 'config': {'model': 'matched-gpt'}, 'vocab_map': None}
+    save_checkpoint(d, 3, gpt, st)
+    (Path(d)/'.ckpt-6.tmp').mkdir(); (Path(d)/'.ckpt-6.tmp'/'model.safetensors').write_bytes(b'half a file')
+    test_eq(latest_checkpoint(d).name, 'ckpt-3')
+    twin = mg.build(gpt.config); load_weights(twin, latest_checkpoint(d))
+    for (k, a), b in zip(gpt.state_dict().items(), twin.state_dict().values()): torch.testing.assert_close(a, b, rtol=0, atol=0)
+    save_checkpoint(d, 6, gpt, {**st, 'step': 6})
+    test_eq(sorted(p.name for p in Path(d).iterdir()), ['ckpt-6', 'latest'])
+    test_eq(torch.load(latest_checkpoint(d)/'trainer_state.pt', weights_only=True)['step'], 6)
+    test_fail(lambda: load_weights(MODELS['splm-em-ln'].build(splm.config), latest_checkpoint(d)), contains='does not fit the model')
+
+
+# %% [markdown]
+# ## Log, evaluation and distribution helpers
+#
+# `OUT/log.jsonl` has one JSON object per step: `step` (1-based count of updates done), `loss` (training CE, the mean
+# over ranks), `lr`, `grad_norm` (before clipping), the model's scalars (SPLM: `gamma`, `mass_mean/std/min/max` over
+# the batch, `xi_alpha` for EMA pools), `tokens_per_s`, `elapsed` (seconds of training, summed over resumes), and at
+# evaluation steps `val_loss` and `val_ppl` $= e^{\text{val\_loss}}$. A resumed run first truncates the log to its
+# checkpoint's step; a line torn by a kill mid-write is skipped when read.
+#
+# **Evaluation** is the mean CE over `eval_iters` validation batches drawn **once**, from a generator seeded with
+# `seed + 7919` that nothing else uses, so every evaluation of every run with the same seed, batch and block size
+# scores the same windows, whatever the model and however long it trained. Forces that come from `autograd.grad`
+# need gradients even in evaluation (REFERENCE §10.9), so for those models evaluation runs under
+# `torch.enable_grad()` (`create_graph` is off in eval mode); other models evaluate under `torch.no_grad()`.
+
+# %%
+#| export
+def read_log(path:Union[str, Path]) -> list:
+    "The records of a log.jsonl (a torn last line, left by a kill mid-write, is skipped)."
+    p, recs = Path(path), []
+    if not p.exists(): return recs
+    for line in p.read_text(encoding='utf-8').splitlines():
+        try: recs.append(json.loads(line))
+        except json.JSONDecodeError: pass
+    return recs
+
+def _truncate_log(path:Path, step:int) -> list:
+    "Keep the records up to `step`: a resumed run redoes everything after its checkpoint."
+    recs = [r for r in read_log(path) if r.get('step', 0) <= step]
+    atomic_write_text(path, ''.join(json.dumps(r) + '\n' for r in recs))
+    return recs
+
+def _jsonable(cfg:TrainConfig) -> dict: return json.loads(json.dumps(asdict(cfg)))
+
+def _config_diff(a:dict, b:dict) -> list:
+    "Fields (other than RUNTIME_FIELDS) on which two configurations differ."
+    return sorted(k for k in set(a) | set(b) if k not in RUNTIME_FIELDS and a.get(k) != b.get(k))
+
+def fixed_val_batches(val:np.ndarray, # validation stream, (N_val,)
+                      cfg:TrainConfig, device='cpu') -> list: # eval_iters pairs (x, y), each (batch_size, block_size)
+    "The run's validation batches: drawn once from a generator seeded seed + 7919 that nothing else uses."
+    g = torch.Generator().manual_seed(cfg.seed + 7_919)
+    return [get_batch(val, cfg.batch_size, cfg.block_size, g, device) for _ in range(cfg.eval_iters)]
+
+def evaluate(model:nn.Module, batches:Sequence, # (x, y) pairs, each (B,T)
+             autograd_force:bool, amp=contextlib.nullcontext) -> float: # mean validation CE
+    "Mean CE over the batches in eval mode; gradients stay enabled for autograd forces."
+    was = model.training; model.eval()
+    tot = 0.0
+    with (torch.enable_grad() if autograd_force else torch.no_grad()):
+        for x, y in batches:
+            with amp(): logits = model(x).logits
+            B, T, V = logits.shape
+            tot += F.cross_entropy(logits.detach().float().reshape(B * T, V), y.reshape(B * T)).item()
+    model.train(was)
+    return tot / max(1, len(batches))
+
+
+# %% [markdown]
+# **Distributed data parallel.** Launched by `torchrun --nproc_per_node N -m semsim.train ...`, each process reads
+# its rank from the environment and joins a process group (NCCL on GPUs, Gloo on CPUs). The global batch
+# `batch_size` is split evenly: rank $r$ draws `batch_size / N` windows per step from its **own** stream, a generator
+# seeded `seed + r`. DDP averages gradients across ranks, so one step equals a single-process step on the union of
+# the ranks' windows (`tests/test_train_ddp.py` checks the gradients to round-off for an SPLM, whose force is an
+# `autograd.grad` inside the forward, and for MatchedGPT). Rank 0 alone writes the log, checkpoints (gathering every
+# rank's generator state into them) and the summary; validation batches are shared out across ranks and the losses
+# summed.
+
+# %%
+#| export
+def _dist_setup(device:torch.device):
+    "(rank, world size, whether this call created the process group), from torchrun's environment."
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    if world == 1: return 0, 1, False
+    import torch.distributed as dist
+    if dist.is_initialized(): return dist.get_rank(), dist.get_world_size(), False
+    dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    return dist.get_rank(), dist.get_world_size(), True
+
+def _all_mean(x:float, world:int) -> float:
+    "Mean of a float over ranks."
+    if world == 1: return x
+    import torch.distributed as dist
+    t = torch.tensor([x], dtype=torch.float64); dist.all_reduce(t)
+    return t.item() / world
+
+def _gather_objects(obj, world:int) -> list:
+    if world == 1: return [obj]
+    import torch.distributed as dist
+    lst = [None] * world; dist.all_gather_object(lst, obj)
+    return lst
+
+def _barrier(world:int):
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+
+
+# %% [markdown]
+# **CUDA.** On a GPU the forward runs under bf16 autocast (`amp='auto'`; the loss is computed in float32), matmuls
+# and convolutions may use TF32, and `torch.compile` is applied where it is valid: MatchedGPT and the SPLMs whose
+# potential has a closed-form force (SQ1–SQ3). The MLP potential's force is `autograd.grad(V.sum(), h,
+# create_graph=True)` inside the forward, and training through it needs a double backward that `torch.compile`
+# does not support: those models stay eager, and the progress bar says so. None of this path runs on a CPU (amp is
+# off, nothing compiles), so CPU runs are bitwise reproducible.
+
+# %%
+#| export
+def _amp_ctx(cfg:TrainConfig, device:torch.device):
+    "bf16 autocast on CUDA under amp='auto' (anywhere under amp='bf16'); a no-op otherwise."
+    if cfg.amp == 'bf16' or (cfg.amp == 'auto' and device.type == 'cuda'):
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+def _use_compile(cfg:TrainConfig, device:torch.device, autograd_force:bool) -> tuple:
+    "(compile?, how): torch.compile cannot trace the double backward of an autograd force, so that path stays eager."
+    want = cfg.compile == 'on' or (cfg.compile == 'auto' and device.type == 'cuda')
+    if want and autograd_force: return False, 'eager (autograd force: double backward)'
+    return want, ('compiled' if want else 'eager')
+
+def build_model(cfg:TrainConfig, data:RunData) -> nn.Module:
+    "The model `cfg` names, sized for the data's vocabulary (weights drawn from the current RNG state)."
+    spec = MODELS[cfg.model]
+    return spec.build(spec.config_cls()(**model_kwargs(cfg, data.vocab_size)), data)
+
+def n_params(model:nn.Module) -> int:
+    "Number of distinct parameters (a tied embedding counts once)."
+    return sum(p.numel() for p in model.parameters())
+
+
+# %% [markdown]
+# ## The loop
+#
+# `train(cfg)` is the whole procedure, top to bottom: validate; set up the process group; refuse to overwrite an
+# existing run unless resuming (and then check the configuration matches the saved one); tokenize; seed and build the
+# model, load the checkpoint's weights, probe it; move it to the device; make the optimizer and restore its state, the
+# data generator and the RNGs; draw the fixed validation batches; then for each step: learning rate, batch, forward,
+# backward, clip, guard, update, log, and on schedule evaluate and checkpoint. At the end it writes the summary.
+
+# %%
+#| export
+def train(cfg:TrainConfig) -> dict: # the run's summary (rank 0; None on other ranks)
+    "Train the model `cfg` describes; see the chapter text for the procedure."
+    validate_config(cfg)
+    device = get_device(None if cfg.device == 'auto' else cfg.device)
+    rank, world, own_pg = _dist_setup(device)
+    try: return _train(cfg, device, rank, world)
+    finally:
+        if own_pg:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+
+
+# %%
+#| export
+def _train(cfg:TrainConfig, device:torch.device, rank:int, world:int) -> Optional[dict]:
+    spec, out, master = MODELS[cfg.model], Path(cfg.out), rank == 0
+    if world > 1 and device.type == 'cuda':
+        device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', rank))); torch.cuda.set_device(device)
+    if cfg.batch_size % world: raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {world}")
+    if cfg.threads: torch.set_num_threads(cfg.threads)
+    B, T = cfg.batch_size // world, cfg.block_size
+    # ---- resume, or a fresh start in an empty run folder
+    ckpt, state = latest_checkpoint(out), None
+    if ckpt is not None and not cfg.resume:
+        raise ValueError(f"{out} already holds a run (latest checkpoint {ckpt.name}): pass --resume to continue it, or choose another --out")
+    if ckpt is not None:
+        state = torch.load(ckpt/'trainer_state.pt', map_location='cpu', weights_only=True)
+        diff = _config_diff(state['config'], _jsonable(cfg))
+        if diff: raise ValueError(f"--resume: the configuration differs from the saved run's in {diff}; "
+                                  f"resume with the saved settings ({out/'train_config.json'})")
+        if state['world_size'] != world: raise ValueError(f"--resume: the run used {state['world_size']} processes, now {world}")
+    # ---- data (rank 0 tokenizes first, the others then read its cache)
+    if rank != 0: _barrier(world)
+    data = prepare_data(cfg)
+    if rank == 0: _barrier(world)
+    # ---- model: seed, build, load, probe (on the CPU), move
+    set_seed(cfg.seed)
+    model = build_model(cfg, data)
+    if state is not None: load_weights(model, ckpt)
+    if cfg.probe:
+        rep = probe_model(model, _max_len_of(model_kwargs(cfg, data.vocab_size)) or T)
+        if not rep.passed: raise CausalLeakError(f"causal probe failed before step {state['step'] if state else 0}: {rep}. "
+                                                 "Refusing to train a model whose logits see later tokens.")
+    model.to(device)
+    autograd_force = spec.autograd_force(model)
+    compiled, how = _use_compile(cfg, device, autograd_force)
+    amp = _amp_ctx(cfg, device)
+    if device.type == 'cuda': torch.backends.cuda.matmul.allow_tf32 = True; torch.backends.cudnn.allow_tf32 = True
+    opt = make_optimizer(model, cfg)
+    gen = torch.Generator().manual_seed(cfg.seed + rank)          # this rank's training stream
+    if state is not None:
+        opt.load_state_dict(state['optimizer']); gen.set_state(state['gen_states'][rank]); _set_rng_state(state['rng'])
+    val_batches = fixed_val_batches(data.val, cfg, device)
+    fwd = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        fwd = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None)
+    if compiled: fwd = torch.compile(fwd)
+    # ---- run folder and log
+    start = state['step'] if state else 0
+    elapsed0, best = (state['elapsed'], state['best_val']) if state else (0.0, float('inf'))
+    if master and state is not None: print(f"{cfg.model}: resumed from step {start} ({ckpt})", flush=True)
+    log_path = out/'log.jsonl'
+    if master:
+        out.mkdir(parents=True, exist_ok=True)
+        if state is not None: _truncate_log(log_path, start)
+        else: atomic_write_text(log_path, '')
+        atomic_write_text(out/'train_config.json', json.dumps(_jsonable(cfg), indent=1))
+        if data.vocab_map is not None: atomic_write_text(out/'vocab_map.json', json.dumps(data.vocab_map.tolist()))
+    from tqdm.auto import tqdm
+    bar = tqdm(total=cfg.max_steps, initial=start, disable=not (master and cfg.progress), unit='step',
+               desc=f'{cfg.model} ({how})', dynamic_ncols=True)
+    logf = open(log_path, 'a', encoding='utf-8') if master else None
+    t0, tok_step = time.time(), cfg.batch_size * T
+    model.train()
+    try:
+        for step in range(start, cfg.max_steps):
+            ts = time.time()
+            lr = lr_at(step, cfg.lr, cfg.warmup, cfg.max_steps)
+            for g in opt.param_groups: g['lr'] = lr
+            x, y = get_batch(data.train, B, T, gen, device)
+            with amp(): total, ce, _ = forward_loss(fwd, x, y)
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+            loss = _all_mean(ce.item(), world)
+            if not (math.isfinite(loss) and math.isfinite(gn)):
+                last = latest_checkpoint(out)
+                raise NonFiniteError(f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step {step + 1} "
+                                     f"(loss {loss}, grad norm {gn}): stopped before the update. "
+                                     + (f"The last good checkpoint is {last} (continue with --resume, e.g. at a lower lr)."
+                                        if last else "No checkpoint had been written yet."))
+            opt.step()
+            n = step + 1
+            rec = {'step': n, 'loss': loss, 'lr': lr, 'grad_norm': gn}
+            if total is not ce: rec['loss_total'] = _all_mean(total.item(), world)
+            rec.update(spec.stats(model, x))
+            rec['tokens_per_s'] = tok_step / max(time.time() - ts, 1e-9)
+            rec['elapsed'] = elapsed0 + time.time() - t0
+            if n % cfg.eval_every == 0 or n == cfg.max_steps:
+                mine = val_batches[rank::world]
+                rec['val_loss'] = _all_mean(evaluate(model, mine, autograd_force, amp) * len(mine), world) * world / len(val_batches)
+                rec['val_ppl'] = math.exp(min(rec['val_loss'], 700.0)); best = min(best, rec['val_loss'])
+            if master: logf.write(json.dumps(rec) + '\n'); logf.flush()
+            if n % cfg.ckpt_every == 0 or n == cfg.max_steps:
+                gens = _gather_objects(gen.get_state(), world)
+                if master:
+                    save_checkpoint(out, n, model, {
+                        'step': n, 'optimizer': opt.state_dict(), 'gen_states': gens, 'rng': _rng_state(),
+                        'elapsed': rec['elapsed'], 'best_val': best, 'world_size': world, 'config': _jsonable(cfg),
+                        'vocab_map': None if data.vocab_map is None else data.vocab_map.tolist()})
+                _barrier(world)
+            bar.update(1)
+            bar.set_postfix(loss=f'{loss:.3f}', tok_s=f"{rec['tokens_per_s']:,.0f}",
+                            **({'val_ppl': f"{rec['val_ppl']:.1f}"} if 'val_ppl' in rec else {}))
+    finally:
+        bar.close()
+        if logf: logf.close()
+    summary = write_summary(out, cfg, model, data, {'device': str(device), 'world_size': world, 'compile': how,
+                            'amp': 'off' if amp is contextlib.nullcontext else 'bf16'}) if master else None
+    _barrier(world)
+    return summary
+
+
+# %% [markdown]
+# ## Outputs
+#
+# At the end rank 0 writes `OUT/summary.json` (parameters, steps, tokens, final and best validation loss/PPL, the
+# mean training loss over the last 10 % of steps, wall time, median tokens/s, device, the configuration and a short
+# sample), `OUT/summary.md` (the same as a table, with the plot and the sample) and `OUT/loss_curve.png`. `load_run`
+# reopens a run (its latest checkpoint) for generation or analysis, with the codec that decodes its vocabulary;
+# `sample` draws a continuation by recomputing the context each token (top-k, temperature, seeded).
+
+# %%
+#| export
+def sample(model:nn.Module, codec:VocabCodec, prompt:str='\n', # text to continue
+           max_new_tokens:int=60, temperature:float=0.8, top_k:Optional[int]=40, seed:int=0) -> str:
+    "Prompt plus a sampled continuation (full recompute per token, context cropped to the model's max_len)."
+    if max_new_tokens < 0 or not temperature > 0: raise ValueError("max_new_tokens must be >= 0 and temperature > 0")
+    g = torch.Generator().manual_seed(seed)
+    dev = next(model.parameters()).device
+    ids = torch.tensor([codec.encode(prompt) or [0]], dtype=torch.long, device=dev)
+    ml = _max_len_of(model.config.to_dict()) or ids.shape[1] + max_new_tokens
+    was = model.training; model.eval()
+    with torch.enable_grad():
+        for _ in range(max_new_tokens):
+            z = model(ids[:, -ml:]).logits[0, -1].detach().float().cpu() / temperature
+            if top_k: z[z < z.topk(min(top_k, z.numel())).values[-1]] = -float('inf')
+            ids = torch.cat([ids, torch.multinomial(z.softmax(-1), 1, generator=g).to(dev)[None]], 1)
+    model.train(was)
+    return codec.decode(ids[0])
+
+def plot_run(records:Sequence[dict], label:str='', ax=None, color='C0'):
+    "Training CE (raw, faint, and smoothed) and validation CE against step."
+    import matplotlib.pyplot as plt
+    if ax is None: _, ax = plt.subplots(figsize=(6, 3.5))
+    st, lo = np.array([r['step'] for r in records]), np.array([r['loss'] for r in records])
+    ax.plot(st, lo, color=color, alpha=0.2, lw=0.8)
+    k = max(1, len(lo) // 30)
+    if len(lo) >= k: ax.plot(st[k - 1:], np.convolve(lo, np.ones(k) / k, mode='valid'), color=color, label=f'{label} train')
+    ev = [(r['step'], r['val_loss']) for r in records if 'val_loss' in r]
+    if ev: ax.plot(*zip(*ev), 'o--', color=color, label=f'{label} val')
+    ax.set(xlabel='step', ylabel='cross-entropy (nats)'); ax.legend()
+    return ax
+
+
+# %%
+#| export
+def write_summary(out:Union[str, Path], cfg:TrainConfig, model:nn.Module, data:RunData, info:dict) -> dict:
+    "summary.json, summary.md and loss_curve.png in the run folder, from its log."
+    import matplotlib.pyplot as plt
+    out = Path(out); recs = read_log(out/'log.jsonl')
+    ev = [r for r in recs if 'val_loss' in r]
+    tail = [r['loss'] for r in recs[-max(1, len(recs) // 10):]]
+    steps = recs[-1]['step'] if recs else 0
+    s = {'model': cfg.model, 'corpus': cfg.corpus, 'params': n_params(model), 'steps': steps,
+         'tokens': steps * cfg.batch_size * cfg.block_size,
+         'val_loss': ev[-1]['val_loss'] if ev else None, 'val_ppl': ev[-1]['val_ppl'] if ev else None,
+         'best_val_ppl': min(r['val_ppl'] for r in ev) if ev else None,
+         'train_loss_tail': float(np.mean(tail)) if tail else None, 'elapsed_s': recs[-1]['elapsed'] if recs else 0.0,
+         'tokens_per_s': float(np.median([r['tokens_per_s'] for r in recs])) if recs else None,
+         'vocab_size': data.vocab_size, 'compact_vocab': cfg.compact_vocab, **info, 'config': _jsonable(cfg)}
+    s['sample'] = sample(model, VocabCodec(data.vocab_map), '\n', 32, seed=cfg.seed)
+    atomic_write_text(out/'summary.json', json.dumps(s, indent=1))
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    plot_run(recs, cfg.model, ax)
+    ax.set_title(f"{cfg.model} on {cfg.corpus}" + (f": val PPL {s['val_ppl']:.2f}" if ev else ''))
+    fig.tight_layout(); fig.savefig(out/'loss_curve.png', dpi=110); plt.close(fig)
+    rows = [('parameters', f"{s['params']:,}"), ('steps', f"{steps:,}"), ('tokens seen', f"{s['tokens']:,}"),
+            ('final val CE / PPL', f"{s['val_loss']:.4f} / {s['val_ppl']:.2f}" if ev else '(no evaluation)'),
+            ('best val PPL', f"{s['best_val_ppl']:.2f}" if ev else '-'),
+            ('train CE, last 10 % of steps', f"{s['train_loss_tail']:.4f}" if tail else '-'),
+            ('training time', f"{s['elapsed_s']:.1f} s"), ('tokens/s (median step)', f"{s['tokens_per_s'] or 0:,.0f}"),
+            ('device', f"{info.get('device')} x {info.get('world_size')} ({info.get('compile')}, amp {info.get('amp')})"),
+            ('vocabulary', f"{data.vocab_size:,}" + (' (compact: corpus token types; deviates from the reference)' if cfg.compact_vocab else ''))]
+    md = [f"# {cfg.model} on {cfg.corpus}", '', '| quantity | value |', '|---|---|', *[f'| {a} | {b} |' for a, b in rows],
+          '', '![loss curve](loss_curve.png)', '', '## Sample', '', '```', s['sample'], '```', '',
+          '## Configuration', '', '```json', json.dumps(_jsonable(cfg), indent=1), '```', '']
+    atomic_write_text(out/'summary.md', '\n'.join(md))
+    return s
+
+def load_run(path:Union[str, Path]): # a run folder (its latest checkpoint) or a checkpoint folder
+    "(model in eval mode, VocabCodec, TrainConfig) of a saved run."
+    p = Path(path)
+    ck = latest_checkpoint(p) if (p/'latest').exists() else p
+    if ck is None or not (ck/'trainer_state.pt').exists(): raise FileNotFoundError(f"no checkpoint in {p}")
+    cfg = TrainConfig(**json.loads((ck/'train_config.json').read_text()))
+    vm = np.array(json.loads((ck/'vocab_map.json').read_text())) if (ck/'vocab_map.json').exists() else None
+    spec = MODELS[cfg.model]
+    conf = spec.config_cls().from_pretrained(ck)
+    model = spec.build(conf, None)
+    return load_weights(model, ck).eval(), VocabCodec(vm), cfg
+
+
+# %% [markdown]
+# ## Example: an SPLM and MatchedGPT on the first act of Tiny Shakespeare
+#
+# Two tiny models, the multi-ξ SPLM (4 EMA channels, LayerNorm after each step, logfreq mass) and MatchedGPT of the
+# same width and depth, trained for 100 steps each on the same windows (same seed) of the first 100,000 characters
+# of Tiny Shakespeare (30,645 GPT-2 tokens, 3,735 token types: the compact vocabulary keeps this a seconds-long CPU
+# example). The numbers are far from converged; what matters here is that both train and are scored on the same
+# fixed validation windows.
+
+# %%
+runs = tempfile.TemporaryDirectory()
+act1 = Path(runs.name)/'shakespeare-100k.txt'
+act1.write_text(load_corpus('tinyshakespeare')[:100_000], encoding='utf-8')
+tiny = dict(corpus=str(act1), d=32, L=2, v_hidden=64, v_depth=2, max_len=64, n_head=2, batch_size=8, block_size=32,
+            max_steps=100, lr=3e-3, warmup=10, eval_every=25, eval_iters=6, ckpt_every=50, compact_vocab=True, progress=False)
+summaries = {}
+for name in ('splm-multixi', 'matched-gpt'):
+    summaries[name] = train(make_config(model=name, out=f'{runs.name}/{name}', **tiny))
+fig, ax = plt.subplots(figsize=(7, 3.6))
+for i, name in enumerate(summaries): plot_run(read_log(f'{runs.name}/{name}/log.jsonl'), name, ax, f'C{i}')
+ax.set_title(f"100 steps of 8 x 32 tokens, compact vocabulary ({summaries['matched-gpt']['vocab_size']:,})"); plt.tight_layout(); plt.show()
+for name, s in summaries.items():
+    print(f"{name:13s} {s['params']:>8,} params  val PPL {s['val_ppl']:8.1f}  {s['tokens_per_s']:>7,.0f} tok/s  sample: {s['sample'][:70]!r}")
+
+# %% [markdown]
+# The run folder holds the log, the final checkpoint, the pointer, the plot and the summary; the log has one line per
+# step with the SPLM's damping, masses and EMA decays, and validation every 25 steps:
+
+# %%
+sp_dir = Path(runs.name)/'splm-multixi'
+test_eq(sorted(p.name for p in sp_dir.iterdir()),
+        ['ckpt-100', 'latest', 'log.jsonl', 'loss_curve.png', 'summary.json', 'summary.md', 'train_config.json', 'vocab_map.json'])
+recs = read_log(sp_dir/'log.jsonl')
+test_eq([r['step'] for r in recs], list(range(1, 101)))
+test_eq([r['step'] for r in recs if 'val_loss' in r], [25, 50, 75, 100])
+test_close(recs[-1]['gamma'], 0.30, eps=1e-6)                  # multi-ξ: γ fixed at 0.30
+test_eq(len(recs[-1]['xi_alpha']), 4); assert recs[-1]['mass_min'] > 1e-3
+test_eq(recs[0]['lr'], 3e-3 / 10); test_eq(recs[-1]['lr'], lr_at(99, 3e-3, 10, 100))
+assert all(r['grad_norm'] > 0 for r in recs) and recs[-1]['val_loss'] < recs[24]['val_loss']
+test_close(summaries['splm-multixi']['val_ppl'], math.exp(recs[-1]['val_loss']), eps=1e-9)
+print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in recs[-1].items()})
+
+# %% [markdown]
+# Both runs were scored on the same validation windows, and scoring is a pure function of the weights: evaluating
+# the reopened checkpoint again gives the logged number to round-off, and the reopened model decodes through the
+# saved vocabulary map:
+
+# %%
+m2, codec2, cfg2 = load_run(sp_dir)
+vb = fixed_val_batches(prepare_data(cfg2).val, cfg2)
+test_close(evaluate(m2, vb, True), recs[-1]['val_loss'], eps=1e-6)
+test_eq([torch.equal(a[0], b[0]) for a, b in zip(vb, fixed_val_batches(prepare_data(cfg2).val, cfg2))], [True] * 6)
+test_eq(codec2.decode(codec2.encode('First Citizen:')), 'First Citizen:')
+print(sample(m2, codec2, 'First Citizen:', 20, seed=1))
+
+# %% [markdown]
+# ## Resume is exact
+#
+# A run interrupted after a checkpoint and resumed must produce exactly the loss sequence of an uninterrupted run
+# (on a CPU, where every kernel is deterministic). Here the interruption is simulated in-process: a model family whose
+# forward raises at its 17th training call stops the run during step 17, after the checkpoint at step 10; resuming
+# truncates the log to step 10 and continues. The same property with a real `SIGKILL` of a separate training process
+# is tested in `tests/test_train_resume.py`.
+
+# %%
+crash = {'at': None, 'calls': 0}
+def _crashing_build(conf, data=None):
+    m = MODELS['splm-em-ln'].build(conf, data)
+    inner = m.forward
+    def forward(*a, **k):
+        if m.training:
+            crash['calls'] += 1
+            if crash['calls'] == crash['at']: raise RuntimeError('simulated kill')
+        return inner(*a, **k)
+    m.forward = forward
+    return m
+MODELS['test-crashing'] = ModelSpec('splm-em-ln that raises at a chosen training call (tests only)', _splm_cls,
+                                    MODELS['splm-em-ln'].defaults, _crashing_build, MODELS['splm-em-ln'].autograd_force,
+                                    MODELS['splm-em-ln'].stats)
+small = dict(tiny, model='test-crashing', d=16, max_steps=30, eval_every=10, ckpt_every=10, probe=False)
+train(make_config(out=f'{runs.name}/whole', **small))
+crash.update(at=17, calls=0)
+test_fail(lambda: train(make_config(out=f'{runs.name}/cut', **small)), contains='simulated kill')
+test_eq(latest_checkpoint(f'{runs.name}/cut').name, 'ckpt-10')
+test_eq(read_log(f'{runs.name}/cut/log.jsonl')[-1]['step'], 16)
+test_fail(lambda: train(make_config(out=f'{runs.name}/cut', **small)), contains='pass --resume')
+test_fail(lambda: train(make_config(out=f'{runs.name}/cut', resume=True, **{**small, 'lr': 1e-3})), contains="differs from the saved run's in ['lr']")
+crash['at'] = None
+train(make_config(out=f'{runs.name}/cut', resume=True, **small))
+whole, cut = read_log(f'{runs.name}/whole/log.jsonl'), read_log(f'{runs.name}/cut/log.jsonl')
+test_eq([r['step'] for r in cut], list(range(1, 31)))
+test_eq([r['loss'] for r in cut], [r['loss'] for r in whole])                     # bitwise equal floats
+test_eq([r.get('val_loss') for r in cut], [r.get('val_loss') for r in whole])
+test_eq([r['grad_norm'] for r in cut], [r['grad_norm'] for r in whole])
+print(f"30 steps, interrupted in step 17, resumed from step 10: {sum(a['loss'] == b['loss'] for a, b in zip(cut, whole))}/30 losses identical")
+
+
+# %% [markdown]
+# ## A non-finite loss stops the run and keeps the last good checkpoint
+#
+# A model family whose logits become NaN from its 25th training call: the run stops in step 25 with a message naming
+# the step, the log ends at step 24 and `latest` still names the checkpoint of step 20.
+
+# %%
+def _nan_build(conf, data=None):
+    m = MODELS['matched-gpt'].build(conf, data)
+    inner, calls = m.forward, [0]
+    def forward(*a, **k):
+        o = inner(*a, **k)
+        if m.training:
+            calls[0] += 1
+            if calls[0] >= 25: o.logits = o.logits * float('nan')
+        return o
+    m.forward = forward
+    return m
+MODELS['test-nan'] = ModelSpec('MatchedGPT whose logits turn NaN (tests only)', _matched_cls, MODELS['matched-gpt'].defaults, _nan_build)
+test_fail(lambda: train(make_config(out=f'{runs.name}/nan', **{**small, 'model': 'test-nan'})), contains='non-finite loss at step 25')
+test_eq(read_log(f'{runs.name}/nan/log.jsonl')[-1]['step'], 24)
+test_eq(latest_checkpoint(f'{runs.name}/nan').name, 'ckpt-20')
+test_eq(torch.load(latest_checkpoint(f'{runs.name}/nan')/'trainer_state.pt', weights_only=True)['step'], 20)
+for k in ('test-crashing', 'test-nan'): del MODELS[k]
+
+# %% [markdown]
+# ## The causal guard
+#
+# An SPLM built with `causal_force=False` reproduces the reference's historical leak (ξ built from the live state),
+# and the trainer refuses it before any step; the same model built normally passes the probe and trains.
+
+# %%
+leaky = make_config(out=f'{runs.name}/leaky', **{**tiny, 'model': 'splm-em-ln', 'max_steps': 2}, model_args={'causal_force': False})
+test_fail(lambda: train(leaky), contains='causal probe failed before step 0')
+assert not Path(leaky.out, 'log.jsonl').exists()
+test_eq(train(make_config(out=f'{runs.name}/sound', **{**tiny, 'model': 'splm-em-ln', 'max_steps': 2}))['steps'], 2)
+runs.cleanup()
+
+
+# %% [markdown]
+# ## Command line
+#
+# `semsim train` (and `python -m semsim.train`, which also works under `torchrun`) exposes `train`:
+#
+# ```sh
+# semsim train --preset shakespeare --model splm-multixi --set xi_channels=4 --out runs/x
+# semsim train --preset smoke --max-steps 50 --out runs/quick     # --max-steps shortens any preset
+# semsim train --out runs/x --resume                              # continue after a kill (the saved settings)
+# torchrun --nproc_per_node 2 -m semsim.train --preset smoke --out runs/ddp
+# semsim train --list                                             # presets and model families
+# ```
+#
+# Exit status: 0 done, 1 bad input (one line naming the problem), 2 causal leak refused, 3 non-finite loss.
+
+# %%
+#| export
+def add_train_args(p:argparse.ArgumentParser) -> None:
+    "Arguments of `semsim train` (also `python -m semsim.train`)."
+    p.add_argument('--preset', help=f"a recipe: {', '.join(PRESETS)} (default smoke; with --resume, the saved run's)")
+    p.add_argument('--model', help=f"model family: {', '.join(MODELS)}")
+    p.add_argument('--set', dest='sets', action='append', default=[], metavar='KEY=VALUE',
+                   help='override a training field or a model-config field (typed); repeatable')
+    p.add_argument('--out', help='run folder (default runs/<preset>-<model>)')
+    p.add_argument('--max-steps', type=int, help='shorten (or lengthen) the recipe')
+    p.add_argument('--resume', action='store_true', help='continue the run in --out from its latest checkpoint')
+    p.add_argument('--device', help="'cpu', 'cuda', 'mps' (default: the best available)")
+    p.add_argument('--no-progress', action='store_true', help='no progress bar')
+    p.add_argument('--list', action='store_true', help='list presets and model families, then exit')
+    p.add_argument('--print-config', action='store_true', help='print the resolved configuration as JSON, then exit')
+
+def config_from_args(args) -> TrainConfig:
+    "The TrainConfig a command line describes (a resumed run without --preset starts from its saved configuration)."
+    saved = Path(args.out)/'train_config.json' if args.out else None
+    base, preset = {}, args.preset or 'smoke'
+    if args.resume and args.preset is None and saved is not None and saved.exists():
+        base, preset = json.loads(saved.read_text()), None
+    over = {k: v for k, v in dict(model=args.model, out=args.out, max_steps=args.max_steps, device=args.device).items() if v is not None}
+    if args.no_progress: over['progress'] = False
+    cfg = make_config(preset, args.sets, **{**base, **over, 'resume': args.resume})
+    if not args.out: cfg.out = f"runs/{preset}-{cfg.model}"
+    return cfg
+
+def run_train(args) -> int:
+    "Run `semsim train`: exit status 0 done, 1 bad input, 2 causal leak refused, 3 non-finite loss."
+    if args.list:
+        print('presets:')
+        for k, v in PRESETS.items(): print(f"  {k:20s} {v['model']}, {v['max_steps']} steps of {v['batch_size']} x {v['block_size']}")
+        print('models:')
+        for k, s in MODELS.items(): print(f'  {k:20s} {s.help}')
+        return 0
+    try:
+        cfg = config_from_args(args)
+        if args.print_config: print(json.dumps(_jsonable(cfg), indent=1)); return 0
+        s = train(cfg)
+    except CausalLeakError as e: print(f'semsim train: refused: {e}', file=sys.stderr); return 2
+    except NonFiniteError as e: print(f'semsim train: stopped: {e}', file=sys.stderr); return 3
+    except (ValueError, FileNotFoundError, ConnectionError, ImportError, RuntimeError) as e:
+        print(f'semsim train: error: {e}', file=sys.stderr); return 1
+    if s is not None:
+        ppl = f"val PPL {s['val_ppl']:.2f} (best {s['best_val_ppl']:.2f})" if s['val_ppl'] else 'no evaluation'
+        print(f"{cfg.model}: {s['steps']} steps, {ppl}, {s['elapsed_s']:.0f} s; run folder {cfg.out}")
+    return 0
+
+def main(argv:Optional[Sequence[str]]=None) -> int:
+    "Entry point of `python -m semsim.train` (the same as `semsim train`)."
+    p = argparse.ArgumentParser(prog='semsim train', description='Train a semsim language model.')
+    add_train_args(p)
+    return run_train(p.parse_args(argv))
+
+
+# %%
+#| export
+#| eval: false
+if __name__ == '__main__': sys.exit(main())
+
+# %% [markdown]
+# The listing, a resolved configuration, and one-line errors with status 1:
+
+# %%
+buf = io.StringIO()
+with contextlib.redirect_stdout(buf): test_eq(main(['--list']), 0)
+assert 'tinystories-16k' in buf.getvalue() and 'matched-gpt' in buf.getvalue()
+buf = io.StringIO()
+with contextlib.redirect_stdout(buf): main(['--preset', 'shakespeare', '--model', 'matched-gpt', '--max-steps', '7', '--set', 'seed=3', '--print-config'])
+c = json.loads(buf.getvalue())
+test_eq((c['model'], c['max_steps'], c['seed'], c['d'], c['out']), ('matched-gpt', 7, 3, 128, 'runs/shakespeare-matched-gpt'))
+for argv, msg in [(['--preset', 'tiny'], 'unknown preset'), (['--set', 'colour=red'], "unknown option 'colour'"),
+                  (['--set', 'block_size=512'], "exceeds the model's max_len")]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err): test_eq(main(argv + ['--out', '/tmp/never-written']), 1)
+    assert msg in err.getvalue() and err.getvalue().count('\n') == 1, err.getvalue()
