@@ -161,24 +161,26 @@ def gelu_prime(z:Tensor) -> Tensor:
 def mlp_energy_and_force(pot:MLPPotential, # the MLP potential
                          xi:Tensor, # context, (B,T,D_xi)
                          h:Tensor, # hidden states, (B,T,d)
-                        ) -> tuple: # (V (B,T), f (B,T,d)), no graph
+                         need_energy:bool=True, # False: skip V's last product (decoding needs only f)
+                        ) -> tuple: # (V (B,T) or None, f (B,T,d)), no graph
     "V and f = -∂V/∂h of an MLP potential by a hand-written backward pass."
     lins = [m for m in pot.net if isinstance(m, nn.Linear)]
     a, zs = torch.cat([xi, h], -1), []
     for lin in lins[:-1]:
         z = F.linear(a, lin.weight, lin.bias); zs.append(z); a = F.gelu(z)
-    V = F.linear(a, lins[-1].weight, lins[-1].bias).squeeze(-1)
-    g = lins[-1].weight[0]                                                 # ∂V/∂a_{D-1}, (hidden,)
-    for i in range(len(zs) - 1, 0, -1): g = (g * gelu_prime(zs[i])) @ lins[i].weight
-    g = (g * gelu_prime(zs[0])) @ lins[0].weight[:, -h.shape[-1]:]         # only the h columns of the first layer
+    V = F.linear(a, lins[-1].weight, lins[-1].bias).squeeze(-1) if need_energy else None
+    g = lins[-1].weight[0].expand_as(a)                                    # ∂V/∂a_{D-1}
+    for i in range(len(zs) - 1, 0, -1): g = torch.ops.aten.gelu_backward(g, zs[i]) @ lins[i].weight  # g ⊙ GELU'(z) Wᵢ
+    g = torch.ops.aten.gelu_backward(g, zs[0]) @ lins[0].weight[:, -h.shape[-1]:]   # only the h columns of W₁
     return V, -g
 
 def fast_energy_and_force(pot:Potential, # any semsim potential
                           xi:Tensor, # context, (B,T,D_xi)
                           h:Tensor, # hidden states, (B,T,d)
+                          need_energy:bool=True, # False: the MLP skips its last product (V may then be None)
                          ) -> tuple: # (V (B,T), f (B,T,d)), no graph
     "Energy and force for inference: closed form where the potential has one, a manual backward for MLPs."
-    if type(pot) is MLPPotential: return mlp_energy_and_force(pot, xi, h)
+    if type(pot) is MLPPotential: return mlp_energy_and_force(pot, xi, h, need_energy)
     if type(pot) is SQ4Potential:
         Vs, gs = pot.sq1.energy_and_grad(xi, h)
         Vm, fm = mlp_energy_and_force(pot.mlp, xi, h)
@@ -196,6 +198,7 @@ class SPLMCache:
                  n_seen:int, # columns consumed, padding included
                  last_h:Tensor): # h_L of every row's last token, (B,d)
         self.stream, self.states, self.pos, self.n_seen, self.last_h = stream, states, pos, n_seen, last_h
+        self.max_pos = int(pos.max())  # largest next position (a Python int: no tensor reduction per token)
     def get_seq_length(self, layer_idx:int=0) -> int: return self.n_seen
     @property
     def batch_size(self) -> int: return self.pos.shape[0]
@@ -209,6 +212,7 @@ class SPLMCache:
         f = lambda t: fn(t) if t.dim() > 0 and t.shape[0] == B else t
         self.states = [{k: f(t) for k, t in st.items()} for st in self.states]
         self.pos, self.last_h = f(self.pos), f(self.last_h)
+        self.max_pos = int(self.pos.max())
     def reorder_cache(self, beam_idx:Tensor):
         "Select or reorder rows (beam search)."
         self._map_rows(lambda t: t.index_select(0, beam_idx.to(t.device)))
@@ -292,7 +296,7 @@ def splm_decode_step(model:SPLMForCausalLM, # the model the cache was built with
     if next_ids.dim() == 1: ids = next_ids[:, None]
     B, n = ids.shape
     if B != cache.batch_size: raise ValueError(f"next_ids has batch size {B} but the cache holds {cache.batch_size} sequences")
-    check_position(model, int(cache.pos.max()) + n - 1)
+    check_position(model, cache.max_pos + n - 1)
     c, out = model.config, []
     gamma, dt, pot, stream, states = model.gamma(), c.dt, model.V_theta, cache.stream, cache.states
     for j in range(n):
@@ -306,7 +310,7 @@ def splm_decode_step(model:SPLMForCausalLM, # the model the cache was built with
             else:
                 xi, states[l] = stream.step(states[l], h[:, 0])
                 xi = xi.reshape(B, 1, -1)
-            return fast_energy_and_force(pot, xi, h)[1]
+            return fast_energy_and_force(pot, xi, h, need_energy=False)[1]
         v = torch.zeros_like(h)
         if c.integrator == 'verlet':                                       # the same steps as SPLMForCausalLM.integrate
             f = force(0, h)
@@ -322,7 +326,7 @@ def splm_decode_step(model:SPLMForCausalLM, # the model the cache was built with
                 if c.integrator == 'euler': h, v = damped_euler_step(h, v, f, m, gamma, dt)
                 else: h = first_order_step(h, f, m, dt)
                 h = model._ln(h)
-        cache.last_h, cache.pos, cache.n_seen = h[:, 0], cache.pos + 1, cache.n_seen + 1
+        cache.last_h, cache.pos, cache.n_seen, cache.max_pos = h[:, 0], cache.pos + 1, cache.n_seen + 1, cache.max_pos + 1
         out.append(F.linear(h, model.E.weight))
     return torch.cat(out, 1), cache
 

@@ -1,0 +1,102 @@
+"""Shared helpers of the benchmarks: hardware description, interleaved median timing, JSON results.
+
+Each `bench_*.py` answers one question and prints its ratio on the last line. Results go to bench/results/ (ignored
+by git); `--save` also copies them to bench/measured/ (committed: the numbers the Performance page plots).
+"""
+import argparse, json, os, platform, shutil, statistics, subprocess, sys, time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS, MEASURED = ROOT / 'bench' / 'results', ROOT / 'bench' / 'measured'
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'): return line.split(':', 1)[1].strip()
+    except OSError: pass
+    return platform.processor() or platform.machine()
+
+
+def hardware() -> dict:
+    "What the numbers were measured on."
+    hw = dict(cpu=cpu_model(), cores=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
+              python=platform.python_version(), platform=platform.platform(), cuda=torch.cuda.is_available(),
+              load_avg_1_5_15=[round(x, 2) for x in os.getloadavg()], date=time.strftime('%Y-%m-%d %H:%M:%S'))
+    if torch.cuda.is_available(): hw['gpu'] = torch.cuda.get_device_name(0)
+    return hw
+
+
+def parser(doc:str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=doc)
+    p.add_argument('--threads', type=int, default=1, help='torch threads (default 1: on a shared 2-core machine a second thread stalls on descheduled peers)')
+    p.add_argument('--quick', action='store_true', help='small sizes, for checking the script (numbers not meaningful)')
+    p.add_argument('--save', action='store_true', help='also copy the JSON result to bench/measured/ (committed)')
+    return p
+
+
+def setup(args):
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    hw = hardware()
+    print('hardware:', json.dumps(hw))
+    if hw['load_avg_1_5_15'][0] > (os.cpu_count() or 1):
+        print(f"note: load average {hw['load_avg_1_5_15'][0]} exceeds the {os.cpu_count()} cores: timings are noisy")
+    return hw
+
+
+def sync():
+    if torch.cuda.is_available(): torch.cuda.synchronize()
+
+
+def interleaved(fns:dict, repeats:int=5, warmup:int=1) -> dict:
+    "Median seconds of each callable, the calls interleaved round-robin so that machine load hits all alike."
+    for _ in range(warmup):
+        for f in fns.values(): f()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            sync(); t0 = time.perf_counter(); f(); sync()
+            times[k].append(time.perf_counter() - t0)
+    return {k: dict(median_s=statistics.median(v), min_s=min(v), max_s=max(v), n=len(v)) for k, v in times.items()}
+
+
+def save(name:str, data:dict, args) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f'{name}.json'
+    path.write_text(json.dumps(data, indent=1))
+    if args.save and not args.quick:
+        MEASURED.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, MEASURED / path.name)
+    print(f'results: {path}' + (f' (copied to {MEASURED / path.name})' if args.save and not args.quick else ''))
+    return path
+
+
+def verdict(value:float, threshold:float, higher_is_better:bool=True) -> str:
+    ok = value >= threshold if higher_is_better else value <= threshold
+    return f"{'PASS' if ok else 'FAIL'} ({'>=' if higher_is_better else '<='} {threshold:g})"
+
+
+def generate_ready(model):
+    "The model itself when its class routes generate() through its cache; else the same weights in a class that does."
+    from semsim.splm import SPLMForCausalLM
+    from semsim.baselines import MatchedGPTForCausalLM
+    from semsim import streaming as S
+    if not type(model)._supports_default_dynamic_cache(): return model
+    is_splm = isinstance(model, SPLMForCausalLM)
+    base = SPLMForCausalLM if is_splm else MatchedGPTForCausalLM
+    class Routed(base):
+        @classmethod
+        def _supports_default_dynamic_cache(cls): return False
+        def prepare_inputs_for_generation(self, input_ids, **kwargs):
+            return (S.splm_generation_inputs if is_splm else S.gpt_generation_inputs)(self, input_ids, **kwargs)
+        def forward(self, input_ids=None, past_key_values=None, use_cache=None, attention_mask=None, logits_to_keep=0, **kwargs):
+            if past_key_values is not None or use_cache or (attention_mask is not None and not bool(attention_mask.all())):
+                if is_splm: return S.streaming_forward(self, input_ids, past_key_values, attention_mask, bool(use_cache), logits_to_keep=logits_to_keep, **kwargs)
+                return S.gpt_forward(self, input_ids, past_key_values, attention_mask, bool(use_cache), logits_to_keep, kwargs.get('labels'))
+            return super().forward(input_ids, attention_mask=attention_mask, **kwargs)
+    new = Routed(model.config).eval()
+    new.load_state_dict(model.state_dict())
+    return new

@@ -1,0 +1,69 @@
+"""Question 2: what do closed-form forces buy? SQ3 closed form vs autograd through the same V.
+
+SQ3 mixture potential at d = 256, K_xi = 4 (ξ width 1024), K_mix = 8, T = 512 (B = 4):
+(a) one force evaluation, f = -∂V/∂h, closed form vs torch.autograd.grad of the same energy (no graph kept);
+(b) one full training step of the sq3_multixi SPLM (L = 8, EMA K = 4, LN, logfreq mass, λ_V = 0.01, GPT-2 vocabulary):
+    forward with loss, backward through the forces (second order: create_graph), AdamW step — the potential's
+    `closed_form` switched off for the autograd side, same weights, same batch.
+Thresholds (issue 5): force ≥ 2×, training step ≥ 1.5×. Last line: the force ratio (and the step ratio).
+"""
+import sys
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+from _common import parser, setup, interleaved, save, verdict
+from semsim.potentials import SQ3Potential
+from semsim.splm import SPLMConfig, SPLMForCausalLM
+
+
+def main():
+    p = parser(__doc__)
+    p.add_argument('--repeats', type=int, default=7)
+    p.add_argument('--step-batch', type=int, default=2, help='batch of the training-step benchmark')
+    args = p.parse_args()
+    hw = setup(args)
+    d, Kxi, Kmix, T, B = (32, 4, 8, 64, 2) if args.quick else (256, 4, 8, 512, 4)
+    torch.manual_seed(0)
+    pot = SQ3Potential(Kxi * d, d, K_mix=Kmix)
+    xi, h = torch.randn(B, T, Kxi * d), torch.randn(B, T, d)
+    closed = lambda: pot.energy_and_force(xi, h)
+    def autograd():
+        pot.closed_form = False
+        try: return pot.energy_and_force(xi, h)
+        finally: pot.closed_form = True
+    (Vc, fc), (Va, fa) = closed(), autograd()
+    err = ((fc - fa).abs().max() / fa.abs().max()).item()
+    tf = interleaved({'closed_form': closed, 'autograd': autograd}, repeats=args.repeats)
+    force_ratio = tf['autograd']['median_s'] / tf['closed_form']['median_s']
+    print(f"force (B={B}, T={T}, d={d}, K_xi={Kxi}, K_mix={Kmix}): closed {1e3 * tf['closed_form']['median_s']:.1f} ms, "
+          f"autograd {1e3 * tf['autograd']['median_s']:.1f} ms, ratio {force_ratio:.2f}x, max rel diff {err:.1e}", flush=True)
+
+    cfg = SPLMConfig.preset('sq3_multixi', max_len=T, **(dict(d=d, vocab_size=1000) if args.quick else {}))
+    model = SPLMForCausalLM(cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    Bs = 1 if args.quick else args.step_batch
+    ids = torch.randint(0, cfg.vocab_size, (Bs, T))
+    def train_step(closed_form):
+        model.V_theta.closed_form = closed_form
+        try:
+            opt.zero_grad(set_to_none=True)
+            loss = model(ids, labels=ids).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            return loss.item()
+        finally: model.V_theta.closed_form = True
+    ts = interleaved({'closed_form': lambda: train_step(True), 'autograd': lambda: train_step(False)},
+                     repeats=max(3, args.repeats // 2), warmup=1)
+    step_ratio = ts['autograd']['median_s'] / ts['closed_form']['median_s']
+    print(f"training step (sq3_multixi, B={Bs}, T={T}, vocab {cfg.vocab_size}): closed {ts['closed_form']['median_s']:.2f} s, "
+          f"autograd {ts['autograd']['median_s']:.2f} s, ratio {step_ratio:.2f}x", flush=True)
+    save('forces', dict(question='SQ3 closed-form force vs autograd through the same V', hardware=hw,
+                        force=dict(B=B, T=T, d=d, K_xi=Kxi, K_mix=Kmix, times=tf, ratio=force_ratio, max_rel_diff=err, threshold=2.0),
+                        train_step=dict(B=Bs, T=T, config='sq3_multixi', vocab=cfg.vocab_size, times=ts, ratio=step_ratio, threshold=1.5)), args)
+    assert err < 1e-4, 'closed form and autograd disagree'
+    print(f"RESULT SQ3 closed-form vs autograd: force {force_ratio:.2f}x {verdict(force_ratio, 2)}; "
+          f"training step {step_ratio:.2f}x {verdict(step_ratio, 1.5)}")
+
+
+if __name__ == '__main__': main()

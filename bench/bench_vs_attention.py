@@ -1,0 +1,90 @@
+"""Question 4: per-token latency and memory of SPLM streaming against MatchedGPT with a KV cache, vs the context.
+
+Equal width and depth, d = 128 and L = 8 as in the reference, GPT-2 vocabulary, CPU fp32. Decoders:
+- SPLM em_ln with the MLP potential (force by the manual backward pass, `semsim.streaming`),
+- SPLM em_ln with the SQ3 potential (closed-form force),
+- MatchedGPT (4 heads, MLP ×4) with `KVCache`.
+For each context T: prefill a T-token prompt (batch 1), then time decode steps — 2 warm-up steps, then 16 steps per
+decoder interleaved round-robin, median per step (the reference's protocol: median of 16 tokens after 2 warm-ups).
+Batched decoding: the same caches repeated to batch 8 (`batch_repeat_interleave`) and timed again (per-token time =
+step time / 8). Memory: the bytes each decoder state holds per sequence. Crossover T*: the least-squares line of the
+attention latency against T meets the SPLM's mean latency (reference: T* ≈ 1,536 with an autograd-force decoder).
+Last line: T* for the MLP SPLM at batch 1 and batch 8.
+"""
+import statistics, sys, time
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+from _common import parser, setup, save, sync
+from semsim.splm import SPLMConfig, SPLMForCausalLM
+from semsim.baselines import MatchedGPTConfig, MatchedGPTForCausalLM
+from semsim.streaming import splm_prefill, splm_decode_step, gpt_forward
+
+
+def crossover(Ts, attn_ms, splm_ms):
+    "T where the least-squares line of attention latency against T reaches the mean SPLM latency."
+    n = len(Ts); mx, my = sum(Ts) / n, sum(attn_ms) / n
+    b = sum((x - mx) * (y - my) for x, y in zip(Ts, attn_ms)) / sum((x - mx) ** 2 for x in Ts)
+    a = my - b * mx
+    s = statistics.mean(splm_ms)
+    return dict(T_star=(s - a) / b if b > 0 else float('inf'), attn_intercept_ms=a, attn_slope_ms_per_token=b, splm_mean_ms=s,
+                first_grid_T_attention_slower=next((T for T, y in zip(Ts, attn_ms) if y > s), None))
+
+
+def main():
+    p = parser(__doc__)
+    p.add_argument('--steps', type=int, default=16)
+    p.add_argument('--batch', type=int, default=8, help='batched decoding size (0: skip)')
+    args = p.parse_args()
+    hw = setup(args)
+    Ts = [16, 64, 256] if args.quick else [16, 64, 256, 512, 1024, 1536, 2048, 3072, 4096, 8192, 16384]
+    V = 2000 if args.quick else 50257
+    max_len = Ts[-1] + 2 * args.steps + 16
+    torch.manual_seed(0)
+    models = {'splm_mlp': SPLMForCausalLM(SPLMConfig.preset('em_ln', max_len=max_len, vocab_size=V)).eval(),
+              'splm_sq3': SPLMForCausalLM(SPLMConfig.preset('em_ln', max_len=max_len, vocab_size=V, potential='sq3')).eval(),
+              'gpt_kv': MatchedGPTForCausalLM(MatchedGPTConfig(d=128, n_layer=8, n_head=4, max_len=max_len, vocab_size=V)).eval()}
+    ids = torch.randint(0, V, (1, Ts[-1] + 2 * args.steps + 8))
+    rows = []
+    for T in Ts:
+        t0 = time.perf_counter()
+        caches = {k: splm_prefill(m, ids[:, :T], logits_to_keep=1)[1] for k, m in models.items() if k != 'gpt_kv'}
+        caches['gpt_kv'] = gpt_forward(models['gpt_kv'], ids[:, :T], logits_to_keep=1).past_key_values
+        t_prefill = time.perf_counter() - t0
+        row = dict(T=T, bytes_per_sequence={k: c.nbytes for k, c in caches.items()})
+        for B in ([1] + ([args.batch] if args.batch > 1 else [])):
+            if B > 1:
+                for c in caches.values(): c.batch_repeat_interleave(B)
+            pos = {k: T for k in caches}
+            def step(k):
+                x = ids[:, pos[k]].expand(B)
+                if k == 'gpt_kv': gpt_forward(models[k], x[:, None], caches[k], logits_to_keep=1)
+                else: splm_decode_step(models[k], caches[k], x)
+                pos[k] += 1
+            times = {k: [] for k in caches}
+            for i in range(2 + args.steps):
+                for k in caches:
+                    sync(); t1 = time.perf_counter(); step(k); sync()
+                    if i >= 2: times[k].append(time.perf_counter() - t1)
+            row[f'ms_per_step_B{B}'] = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+            row[f'ms_per_token_B{B}'] = {k: v / B for k, v in row[f'ms_per_step_B{B}'].items()}
+        rows.append(row)
+        print(f"T={T:6d} (prefill {t_prefill:5.1f} s): " + '  '.join(f"B{B}: " + ', '.join(f"{k} {v:.2f}" for k, v in row[f'ms_per_token_B{B}'].items())
+              for B in ([1] + ([args.batch] if args.batch > 1 else []))) + ' ms/token;  bytes/seq ' +
+              ', '.join(f"{k} {v:,}" for k, v in row['bytes_per_sequence'].items()), flush=True)
+    res = {}
+    for B in ([1] + ([args.batch] if args.batch > 1 else [])):
+        attn = [r[f'ms_per_token_B{B}']['gpt_kv'] for r in rows]
+        for k in ('splm_mlp', 'splm_sq3'):
+            res[f'{k}_B{B}'] = crossover(Ts, attn, [r[f'ms_per_token_B{B}'][k] for r in rows])
+            c = res[f'{k}_B{B}']
+            print(f"crossover {k} batch {B}: T* = {c['T_star']:,.0f} (attention {c['attn_intercept_ms']:.2f} ms + {1e3 * c['attn_slope_ms_per_token']:.3f} ms per 1k tokens; "
+                  f"SPLM {c['splm_mean_ms']:.2f} ms; first grid T with attention slower: {c['first_grid_T_attention_slower']})")
+    save('vs_attention', dict(question='SPLM streaming vs MatchedGPT KV cache: latency and memory vs context', hardware=hw, d=128, L=8,
+                              vocab=V, steps=args.steps, batch=args.batch, rows=rows, crossover=res, reference_T_star=1536), args)
+    b = args.batch if args.batch > 1 else 1
+    print(f"RESULT crossover T* (SPLM MLP streaming vs MatchedGPT KV): batch 1 {res['splm_mlp_B1']['T_star']:,.0f}, "
+          f"batch {b} {res[f'splm_mlp_B{b}']['T_star']:,.0f}; SQ3 batch 1 {res['splm_sq3_B1']['T_star']:,.0f} (reference 1,536)")
+
+
+if __name__ == '__main__': main()
