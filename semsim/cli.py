@@ -8,7 +8,8 @@ import argparse, json, sys
 from typing import Callable, Optional, Sequence
 
 # %% auto #0
-__all__ = ['COMMANDS', 'command', 'build_parser', 'main', 'print_corpus_report', 'run_data', 'run_demo']
+__all__ = ['COMMANDS', 'ANALYSES', 'command', 'build_parser', 'main', 'print_corpus_report', 'run_data', 'run_demo',
+           'run_analyze']
 
 # %% ../nbs/09_cli.ipynb #2c2f26a0
 COMMANDS = {}  # name -> (help, add_arguments(parser), run(args) -> exit code)
@@ -37,7 +38,7 @@ def main(argv:Optional[Sequence[str]]=None) -> int: # arguments; default sys.arg
     args = p.parse_args(argv)
     if not args.command: p.print_help(); return 2
     try: return int(COMMANDS[args.command][2](args) or 0)
-    except (FileNotFoundError, ValueError, ConnectionError, ImportError) as e:
+    except (OSError, ValueError, ImportError) as e:  # OSError covers missing files, folders, offline downloads
         print(f"semsim {args.command}: error: {e}", file=sys.stderr)
         return 1
 
@@ -83,3 +84,39 @@ def _add_demo_args(p):
 def run_demo(args) -> int:
     print('== semsim demo: the data layer ==')
     return run_data(argparse.Namespace(corpus=args.corpus, val_frac=0.05, batch_size=2, block_size=48, seed=0, json=False))
+
+# %% ../nbs/09_cli.ipynb #ce8d9b9c
+ANALYSES = ('stp',)  # the analyses `semsim analyze` knows
+
+def _add_analyze_args(p):
+    p.add_argument('analysis', choices=ANALYSES, help='which analysis to run')
+    p.add_argument('--model', required=True, help="Hub name (gpt2, EleutherAI/pythia-160m) or a folder written by save_pretrained")
+    p.add_argument('--corpus', default=None, help='JSON {"domains": {name: [sentences]}}, a JSON list or a text file with one sentence per line (default: $SEMSIM_DATA_DIR/stp_corpus_50.json)')
+    p.add_argument('--out', required=True, help='output folder for stp_stats.json and the PNG figures')
+    p.add_argument('--tokenizer', default='auto', help="'auto' (the model's), 'gpt2', or a Hub name / folder")
+    p.add_argument('--layer', type=int, default=-1, help='hidden_states index of the token-axis trajectory (-1: last, post-final-norm)')
+    p.add_argument('--states', choices=['h', 'prenorm', 'postnorm'], default='h',
+                   help="'h': hidden_states[layer] (the reference's); 'prenorm' / 'postnorm': the input / output of the final norm")
+    p.add_argument('--n-perm', type=int, default=100, help='permutation-null shuffles')
+    p.add_argument('--n-random', type=int, default=500, help='random triples per sentence for the random-triplet STP')
+    p.add_argument('--seed', type=int, default=42, help='seed of the null and the random triplets')
+    p.add_argument('--max-length', type=int, default=256, help='truncation, in tokens')
+    p.add_argument('--device', default='cpu', help="'cpu', 'cuda', ...")
+    p.add_argument('--dtype', default='float32', help='float32, float16 or bfloat16')
+
+@command('analyze', 'Trajectory analyses of a model: `semsim analyze stp --model M --corpus FILE --out DIR`.', _add_analyze_args)
+def run_analyze(args) -> int:
+    import matplotlib
+    if 'matplotlib.pyplot' not in sys.modules: matplotlib.use('Agg')  # files only: no display needed
+    import transformers
+    transformers.logging.disable_progress_bar()  # keep stderr for errors: one line each
+    from semsim.stp import analyze_stp
+    st = analyze_stp(args.model, args.corpus, args.out, tokenizer=args.tokenizer, layer=args.layer, which=args.states,
+                     n_perm=args.n_perm, seed=args.seed, n_random=args.n_random, max_length=args.max_length,
+                     device=args.device, dtype=args.dtype)
+    h = st['headline']
+    print(f"{st['model']}: {h['n_triplets']:,} triplets in {st['n_trajectories']} sentences; "
+          f"|a_par|/|a_perp| {h['ratio']:.3f}; decelerating {h['frac_decel']:.1%}; "
+          f"z |a_par| {h['z_abs_a_par']:.2f}, z |a_perp| {h['z_a_perp']:.2f}; identity max error {h['identity_max_abs']:.1e}")
+    print(f"wrote {args.out}/stp_stats.json and stp_acceleration.png, stp_identity.png, stp_null.png")
+    return 0
