@@ -78,25 +78,3 @@ def verdict(value:float, threshold:float, higher_is_better:bool=True) -> str:
     ok = value >= threshold if higher_is_better else value <= threshold
     return f"{'PASS' if ok else 'FAIL'} ({'>=' if higher_is_better else '<='} {threshold:g})"
 
-
-def generate_ready(model):
-    "The model itself when its class routes generate() through its cache; else the same weights in a class that does."
-    from semsim.splm import SPLMForCausalLM
-    from semsim.baselines import MatchedGPTForCausalLM
-    from semsim import streaming as S
-    if not type(model)._supports_default_dynamic_cache(): return model
-    is_splm = isinstance(model, SPLMForCausalLM)
-    base = SPLMForCausalLM if is_splm else MatchedGPTForCausalLM
-    class Routed(base):
-        @classmethod
-        def _supports_default_dynamic_cache(cls): return False
-        def prepare_inputs_for_generation(self, input_ids, **kwargs):
-            return (S.splm_generation_inputs if is_splm else S.gpt_generation_inputs)(self, input_ids, **kwargs)
-        def forward(self, input_ids=None, past_key_values=None, use_cache=None, attention_mask=None, logits_to_keep=0, **kwargs):
-            if past_key_values is not None or use_cache or (attention_mask is not None and not bool(attention_mask.all())):
-                if is_splm: return S.streaming_forward(self, input_ids, past_key_values, attention_mask, bool(use_cache), logits_to_keep=logits_to_keep, **kwargs)
-                return S.gpt_forward(self, input_ids, past_key_values, attention_mask, bool(use_cache), logits_to_keep, kwargs.get('labels'))
-            return super().forward(input_ids, attention_mask=attention_mask, **kwargs)
-    new = Routed(model.config).eval()
-    new.load_state_dict(model.state_dict())
-    return new

@@ -12,7 +12,7 @@ import statistics, sys, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
-from _common import parser, setup, interleaved, save, verdict, generate_ready
+from _common import parser, setup, interleaved, save, verdict
 from semsim.splm import SPLMConfig, SPLMForCausalLM
 from semsim.streaming import splm_prefill, splm_decode_step
 
@@ -26,7 +26,7 @@ def main():
     prompt_len, new, short, long_ = (64, 32, 16, 256) if args.quick else (512, 256, 128, 2048)
     cfg = SPLMConfig.preset('em_ln', max_len=long_ + 2 * args.steps + 16, **(dict(vocab_size=5000) if args.quick else {}))
     torch.manual_seed(0)
-    model = generate_ready(SPLMForCausalLM(cfg).eval())
+    model = SPLMForCausalLM(cfg).eval()
     prompt = torch.randint(0, cfg.vocab_size, (1, prompt_len))
     kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
     ts = []

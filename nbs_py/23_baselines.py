@@ -140,7 +140,7 @@ class MatchedGPTConfig(PretrainedConfig):
     init_std: float = 0.02         # std of every Linear weight and of the token embedding E at initialisation
     pos_init_std: float = 0.02     # std of the positional table P at initialisation (0.02 for attention models)
     tie_word_embeddings: bool = True  # readout is E^T (always true for this model; kept for transformers)
-    use_cache: bool = False        # no KV cache: generate() re-runs the (short) context each step
+    use_cache: bool = True         # generate() decodes with a KV cache (semsim.streaming.KVCache); False: full recompute
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -294,17 +294,29 @@ class MatchedGPTForCausalLM(PreTrainedModel, GenerationMixin):
     def set_input_embeddings(self, value:nn.Embedding): self.E = value
     def get_output_embeddings(self): return None  # the readout is E itself: nothing separate to tie
 
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool: return False   # generate(): the model makes its own KVCache
+
     def prepare_inputs_for_generation(self, input_ids:Tensor, **kwargs) -> dict:
-        return prepare_generation_inputs(input_ids, self.config.max_len, **kwargs)
+        "use_cache: a KVCache and, once it exists, only the new token; else the last max_len tokens (semsim.streaming)."
+        from semsim.streaming import gpt_generation_inputs
+        return gpt_generation_inputs(self, input_ids, **kwargs)
 
     def forward(self, input_ids:Optional[Tensor]=None, # token ids, (B,T)
                 labels:Optional[Tensor]=None, # ids for the shifted HF loss, (B,T); -100 ignored
                 inputs_embeds:Optional[Tensor]=None, # token embeddings E[ids] without positions, (B,T,d)
                 output_hidden_states:Optional[bool]=None, # return x_0 ... x_L
                 return_dict:Optional[bool]=None,
-                attention_mask:Optional[Tensor]=None, # accepted for generate(); padding is not masked (causal model)
+                attention_mask:Optional[Tensor]=None, # (B,T) left padding, 1 = token; rows then run as if alone
+                past_key_values=None, # a KVCache (or transformers Cache): attend over it (semsim.streaming)
+                use_cache:Optional[bool]=None, # True: keep and return the keys and values
+                logits_to_keep:int=0, # with a cache or padding: 0 all positions, k the last k
                 **kwargs) -> CausalLMOutput:
         "Logits (B,T,V), optional loss and the n_layer+1 residual states."
+        if past_key_values is not None or use_cache or (attention_mask is not None and not bool(attention_mask.all())):
+            if inputs_embeds is not None or output_hidden_states: raise ValueError("inputs_embeds / output_hidden_states are not supported with a KV cache or padding")
+            from semsim.streaming import gpt_forward   # KV cache, or left padding (semsim.streaming)
+            return gpt_forward(self, input_ids, past_key_values, attention_mask, bool(use_cache), logits_to_keep, labels)
         c = self.config
         if input_ids is None and inputs_embeds is None: raise ValueError("pass input_ids, inputs_embeds, or both")
         if input_ids is not None: input_ids = check_input_ids(input_ids, c.vocab_size, c.max_len)
@@ -466,18 +478,21 @@ torch.testing.assert_close(m2(ids).logits, m(ids).logits, atol=0, rtol=0)
 for (k, p), (k2, p2) in zip(m.state_dict().items(), m2.state_dict().items()): test_eq(k, k2); torch.testing.assert_close(p, p2, atol=0, rtol=0)
 
 # %% [markdown]
-# **Generation** without a cache: greedy decoding equals an explicit argmax loop, sampling is reproducible under a seed
-# and contexts longer than `max_len` are cropped to the last `max_len` tokens.
+# **Generation** by default decodes with the KV cache of `semsim.streaming` (positions past `max_len` are an error
+# there). Without a cache (`use_cache=False`): greedy decoding equals an explicit argmax loop, sampling is
+# reproducible under a seed, contexts longer than `max_len` are cropped to the last `max_len` tokens, and the cached
+# decoder gives the same tokens.
 
 # %%
 torch.manual_seed(4)
 m = MatchedGPTForCausalLM(MatchedGPTConfig(vocab_size=97, d=32, max_len=16, n_layer=2, n_head=4)).eval()
 prompt = torch.randint(0, 97, (2, 5))
-g = m.generate(prompt, max_new_tokens=14, do_sample=False, pad_token_id=0)
+g = m.generate(prompt, max_new_tokens=14, do_sample=False, pad_token_id=0, use_cache=False)
 seq = prompt.clone()
 with torch.no_grad():
     for _ in range(14): seq = torch.cat([seq, m(seq[:, -16:]).logits[:, -1].argmax(-1, keepdim=True)], 1)
 test_eq(g, seq)
+test_eq(m.generate(prompt, max_new_tokens=11, do_sample=False, pad_token_id=0), g[:, :16])   # KV cache: same tokens
 torch.manual_seed(5); s1 = m.generate(prompt, max_new_tokens=6, do_sample=True, top_k=20, pad_token_id=0)
 torch.manual_seed(5); s2 = m.generate(prompt, max_new_tokens=6, do_sample=True, top_k=20, pad_token_id=0)
 test_eq(s1, s2); test_eq(s1.shape, (2, 11))

@@ -90,7 +90,7 @@ class SPLMConfig(PretrainedConfig):
     init_std: float = 0.02          # std of E (and of any Linear not owned by a potential or pool)
     pos_init_std: float = 0.01      # std of P (0.01 for the SPLM)
     tie_word_embeddings: bool = True  # readout is E^T (always)
-    use_cache: bool = False         # no KV cache: generate() re-runs the context each step
+    use_cache: bool = True          # generate() decodes with the recurrent SPLMCache (semsim.streaming); False: full recompute
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -277,8 +277,13 @@ class SPLMForCausalLM(PreTrainedModel, GenerationMixin):
         if not torch.isfinite(s).all(): raise ValueError("surprisal has non-finite values")
         with torch.no_grad(): self.logfreq_surprisal.copy_(s.to(self.logfreq_surprisal))
 
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool: return False   # generate(): the model makes its own SPLMCache
+
     def prepare_inputs_for_generation(self, input_ids:Tensor, **kwargs) -> dict:
-        return prepare_generation_inputs(input_ids, self.config.max_len, **kwargs)
+        "use_cache: the SPLMCache and, once it exists, only the new token; else the last max_len tokens (semsim.streaming)."
+        from semsim.streaming import splm_generation_inputs
+        return splm_generation_inputs(self, input_ids, **kwargs)
 
     def mass(self, input_ids:Optional[Tensor], # token ids, (B,T) (needed by 'logfreq')
              tok_emb:Tensor) -> Tensor: # E[x], (B,T,d)
@@ -369,13 +374,23 @@ class SPLMForCausalLM(PreTrainedModel, GenerationMixin):
                 output_hidden_states:Optional[bool]=None, # return h_0 ... h_L
                 output_mechanics:bool=False, # return positions, velocities, masses, potentials
                 return_dict:Optional[bool]=None,
-                attention_mask:Optional[Tensor]=None, # accepted for generate(); not used (causal model)
+                attention_mask:Optional[Tensor]=None, # (B,T) left padding, 1 = token; rows then run as if alone
+                past_key_values=None, # an SPLMCache: decode the new tokens from it (semsim.streaming)
+                use_cache:Optional[bool]=None, # True: prefill and return an SPLMCache
+                logits_to_keep:int=0, # with a cache or padding: 0 all positions, k the last k
                 **kwargs) -> SPLMOutput:
         "Logits (B,T,V), loss when labels are given, and the trajectory on request."
         if torch.is_inference_mode_enabled():   # forces need autograd, which inference mode forbids: run as no_grad
             with torch.inference_mode(False), torch.no_grad():
                 cl = lambda t: t.clone() if isinstance(t, Tensor) else t
-                return self.forward(cl(input_ids), cl(labels), cl(inputs_embeds), output_hidden_states, output_mechanics)
+                return self.forward(cl(input_ids), cl(labels), cl(inputs_embeds), output_hidden_states, output_mechanics,
+                                    attention_mask=cl(attention_mask), past_key_values=past_key_values, use_cache=use_cache,
+                                    logits_to_keep=logits_to_keep)
+        if past_key_values is not None or use_cache or (attention_mask is not None and not bool(attention_mask.all())):
+            if output_mechanics or output_hidden_states: raise ValueError("output_mechanics / output_hidden_states need the parallel forward: call without a cache or padding")
+            from semsim.streaming import streaming_forward   # recurrent cache, or left padding (semsim.streaming)
+            return streaming_forward(self, input_ids, past_key_values, attention_mask, bool(use_cache), labels=labels,
+                                     logits_to_keep=logits_to_keep, inputs_embeds=inputs_embeds)
         c = self.config
         if input_ids is None and inputs_embeds is None: raise ValueError("pass input_ids, inputs_embeds, or both")
         if input_ids is not None: input_ids = check_input_ids(input_ids, c.vocab_size, c.max_len)

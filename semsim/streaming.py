@@ -227,7 +227,8 @@ class SPLMCache:
 # %% ../nbs/31_streaming.ipynb #6cec0b37
 def check_streamable(model:SPLMForCausalLM):
     "Raise a clear error for models that no recurrent state can reproduce."
-    if not isinstance(model, SPLMForCausalLM): raise TypeError(f"expected an SPLMForCausalLM, got {type(model).__name__}")
+    if not all(hasattr(model, a) for a in ('integrate', 'V_theta', 'xi_module', 'E', 'P')):   # duck-typed: notebooks redefine the class
+        raise TypeError(f"expected an SPLMForCausalLM, got {type(model).__name__}")
     if not model.config.causal_force:
         raise ValueError("causal_force=False (the historical leak) is not causal: token t's force depends on later tokens "
                          "through ξ, so no streaming state can reproduce it; use use_cache=False (full recompute)")
@@ -351,7 +352,7 @@ def streaming_forward(model:SPLMForCausalLM, # a causal SPLM
     if input_ids is None: raise ValueError("pass input_ids")
     if past_key_values is None: logits, cache = splm_prefill(model, input_ids, attention_mask, logits_to_keep)
     else:
-        if not isinstance(past_key_values, SPLMCache):
+        if not all(hasattr(past_key_values, a) for a in ('stream', 'states', 'pos')):
             raise TypeError(f"past_key_values must be the SPLMCache of an earlier call with use_cache=True, got {type(past_key_values).__name__}")
         ids = input_ids if input_ids.dim() == 2 else input_ids[None]
         _check_new_tokens_mask(attention_mask, ids.shape[0], past_key_values.get_seq_length(), ids.shape[1])
@@ -380,7 +381,8 @@ def generation_inputs(model, input_ids:Tensor, # all ids so far, (B,T)
     return out
 
 def splm_generation_inputs(model:SPLMForCausalLM, input_ids:Tensor, **kwargs) -> dict:
-    "The SPLM's `prepare_inputs_for_generation` (the cache is created by the prefill)."
+    "The SPLM's `prepare_inputs_for_generation` (the cache is created by the prefill; the leak mode always recomputes)."
+    if not model.config.causal_force: kwargs['use_cache'] = False          # no state can reproduce the acausal leak
     return generation_inputs(model, input_ids, lambda: None, **kwargs)
 
 # %% ../nbs/31_streaming.ipynb #35edbe6c
@@ -438,7 +440,7 @@ def gpt_forward(model:MatchedGPTForCausalLM, # the attention baseline
                 labels:Optional[Tensor]=None, # ids for the shifted loss
                 **kwargs) -> CausalLMOutputWithPast:
     "MatchedGPT forward with a KV cache; positions and keys follow the left-padding mask."
-    if not isinstance(model, MatchedGPTForCausalLM): raise TypeError(f"expected a MatchedGPTForCausalLM, got {type(model).__name__}")
+    if not all(hasattr(model, a) for a in ('blocks', 'ln_f', 'E', 'P')): raise TypeError(f"expected a MatchedGPTForCausalLM, got {type(model).__name__}")
     c = model.config
     ids = check_token_ids(model, input_ids)
     B, n = ids.shape

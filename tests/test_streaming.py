@@ -9,8 +9,7 @@ import torch.nn as nn
 
 from semsim.splm import SPLMConfig, SPLMForCausalLM
 from semsim.baselines import MatchedGPTConfig, MatchedGPTForCausalLM
-from semsim.streaming import (KVCache, SPLMCache, gpt_forward, splm_decode_step, splm_prefill, streaming_forward,
-                              splm_generation_inputs, gpt_generation_inputs)
+from semsim.streaming import KVCache, SPLMCache, gpt_forward, splm_decode_step, splm_prefill, streaming_forward
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 61
@@ -27,26 +26,6 @@ def splm(seed=0, **kw):
             if isinstance(mod, nn.Linear): mod.weight.normal_(0, 0.3)
     if m.config.mass_mode == 'logfreq': m.set_logfreq_surprisal(torch.rand(VOCAB) * 5)
     return m
-
-
-def routed(model):
-    "The model if its class already routes generate() through its cache, else the same weights in a class that does."
-    if not type(model)._supports_default_dynamic_cache(): return model
-    is_splm = isinstance(model, SPLMForCausalLM)
-    base = SPLMForCausalLM if is_splm else MatchedGPTForCausalLM
-    class Routed(base):
-        @classmethod
-        def _supports_default_dynamic_cache(cls): return False
-        def prepare_inputs_for_generation(self, input_ids, **kwargs):
-            return (splm_generation_inputs if is_splm else gpt_generation_inputs)(self, input_ids, **kwargs)
-        def forward(self, input_ids=None, past_key_values=None, use_cache=None, attention_mask=None, logits_to_keep=0, **kwargs):
-            if past_key_values is not None or use_cache or (attention_mask is not None and not bool(attention_mask.all())):
-                if is_splm: return streaming_forward(self, input_ids, past_key_values, attention_mask, bool(use_cache), logits_to_keep=logits_to_keep, **kwargs)
-                return gpt_forward(self, input_ids, past_key_values, attention_mask, bool(use_cache), logits_to_keep, kwargs.get('labels'))
-            return super().forward(input_ids, attention_mask=attention_mask, **kwargs)
-    new = Routed(model.config).eval()
-    new.load_state_dict(model.state_dict())
-    return new
 
 
 CONFIGS = [dict(), dict(xi_fixed=False, ln_after_step=True, mass_mode='logfreq'),
@@ -68,8 +47,16 @@ def test_decode_equals_full_forward(kw):
     assert cache.n_seen == 20 and cache.pos.tolist() == [20, 20]
 
 
+def test_generate_defaults_to_the_cache():
+    assert SPLMConfig().use_cache and MatchedGPTConfig().use_cache
+    m = splm(2, max_len=12)
+    prompt = torch.randint(0, VOCAB, (1, 4))
+    with pytest.raises(ValueError, match='past max_len=12'): m.generate(prompt, max_new_tokens=12, pad_token_id=0)
+    assert m.generate(prompt, max_new_tokens=12, pad_token_id=0, use_cache=False).shape == (1, 16)   # recompute crops
+
+
 def test_generate_200_tokens_identical():
-    m = routed(splm(3, **CONFIGS[1]))
+    m = splm(3, **CONFIGS[1])
     prompt = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(4))
     kw = dict(max_new_tokens=200, do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_logits=True)
     a, b = m.generate(prompt, use_cache=True, **kw), m.generate(prompt, use_cache=False, **kw)
@@ -79,7 +66,7 @@ def test_generate_200_tokens_identical():
 
 
 def test_generate_left_padded_batch_equals_rows_alone():
-    for m in (routed(splm(5, **CONFIGS[2])), routed(MatchedGPTForCausalLM(MatchedGPTConfig(vocab_size=VOCAB, d=12, n_layer=2, n_head=2, max_len=64)).eval())):
+    for m in (splm(5, **CONFIGS[2]), MatchedGPTForCausalLM(MatchedGPTConfig(vocab_size=VOCAB, d=12, n_layer=2, n_head=2, max_len=64)).eval()):
         g = torch.Generator().manual_seed(6)
         rows = [torch.randint(0, VOCAB, (n,), generator=g) for n in (4, 9, 6)]
         ids, mask = torch.zeros(3, 9, dtype=torch.long), torch.zeros(3, 9, dtype=torch.long)
