@@ -46,7 +46,7 @@ torch.set_num_threads(1)  # tiny tensors: threads only add overhead
 from __future__ import annotations
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Literal, Optional, Tuple  # Literal: transformers config annotations name it; show_doc evaluates them here
 
 import torch
 import torch.nn as nn
