@@ -54,7 +54,8 @@ clean-nbs: $(STAMP)
 NB ?= $(wildcard nbs/*.ipynb nbs/tutorials/*.ipynb)
 nbs: $(STAMP)
 	@for f in $(NB); do rel=$${f#nbs/}; py=nbs_py/$${rel%.ipynb}.py; \
-	  if [ -f $$py ]; then $(BIN)/jupytext --quiet --sync $$py || exit 1; fi; done
+	  if [ -f $$py ] && [ ! -f $$f ]; then $(BIN)/jupytext --quiet --to ipynb -o $$f $$py || exit 1; \
+	  elif [ -f $$py ]; then $(BIN)/jupytext --quiet --sync $$py || exit 1; fi; done
 	$(PY) tools/run_nbs.py $(NB)
 	@for f in $(NB); do rel=$${f#nbs/}; $(BIN)/nbdev_clean --fname $$f && \
 	  $(BIN)/jupytext --quiet --to py:percent -o nbs_py/$${rel%.ipynb}.py $$f || exit 1; done
