@@ -15,7 +15,8 @@
 #
 # | subcommand | what it does | chapter |
 # |---|---|---|
-# | `semsim demo` | the main job (`make demo`) | this one |
+# | `semsim demo` | the main job (`make demo`): corpus statistics, then an SPLM and MatchedGPT trained side by side on Tiny Shakespeare, their validation perplexities, causal probes, samples and plots | this one, Training |
+# | `semsim train --preset P --model M --set k=v --out DIR [--resume]` | train any semsim model from a preset | Training |
 # | `semsim data [CORPUS]` | corpus statistics and a sample batch decoded back to text | Data |
 # | `semsim analyze stp --model M --corpus FILE --out DIR` | the STP–acceleration study of a model's hidden-state trajectories: JSON of every statistic + figures | STP and acceleration |
 
@@ -56,8 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
         add(sp)
     return p
 
+FORWARDED = {'train': 'semsim.train'}  # subcommands whose arguments are parsed by their module's own main(argv)
+
 def main(argv:Optional[Sequence[str]]=None) -> int: # arguments; default sys.argv[1:]
     "Entry point of the `semsim` command."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in FORWARDED:
+        import importlib
+        return int(importlib.import_module(FORWARDED[argv[0]]).main(argv[1:]) or 0)
     p = build_parser()
     args = p.parse_args(argv)
     if not args.command: p.print_help(); return 2
@@ -110,20 +117,100 @@ def run_data(args) -> int:
 
 
 # %% [markdown]
-# ## `semsim demo`: the main job
+# ## `semsim train`: training
 #
-# `make demo` runs `semsim demo`. It grows with the project; today it loads Tiny Shakespeare, tokenizes it and prints
-# the corpus statistics and a decoded sample batch.
+# `semsim train ...` hands its arguments to `semsim.train.main` (chapter *Training*), which defines them: presets,
+# `--model`, `--set key=value`, `--max-steps`, `--out`, `--resume`. The module is imported only when the subcommand
+# runs.
 
 # %%
 #| export
+@command('train', 'Train a semsim model: presets, --set overrides, atomic checkpoints, --resume (semsim train --help).',
+         lambda p: p.add_argument('args', nargs=argparse.REMAINDER, help='arguments of semsim.train'))
+def run_train_command(args) -> int:
+    from semsim.train import main as train_main
+    return train_main(args.args)
+
+
+# %% [markdown]
+# ## `semsim demo`: the main job
+#
+# `make demo` runs `semsim demo`. It prints the corpus statistics and a decoded sample batch of Tiny Shakespeare
+# (chapter *Data*), then trains two models side by side with the `demo` preset of the *Training* chapter: the multi-ξ
+# SPLM (4-channel EMA context, LayerNorm after each step, logfreq mass, γ = 0.30) and MatchedGPT of the same width
+# and depth, each in its own process with one CPU thread, on the same windows. The preset is CPU-sized (d 64, 4
+# steps/blocks, 800 steps of 8 × 64 tokens) and uses the **compact vocabulary** (the corpus's 11,706 token types), a
+# deviation from the reference that makes the perplexities not comparable with its 50,257-way numbers. Then it
+# prints both validation perplexities side by side, runs the causal probe on each trained model, samples a
+# continuation of the same prompt from each and writes the plots: `OUT/loss_curves.png` (both runs) and each run's
+# `loss_curve.png` and `summary.md`. `--max-steps` shortens it, `--set key=value` changes both runs, `--sequential`
+# trains in this process one after the other. A previous demo in `OUT` is replaced.
+
+# %%
+#| export
+DEMO_MODELS = ('splm-multixi', 'matched-gpt')  # the two families the demo compares
+
 def _add_demo_args(p):
     p.add_argument('--corpus', default='tinyshakespeare', help='corpus name or path')
+    p.add_argument('--out', default='runs/demo', help='folder for the two runs and the plots')
+    p.add_argument('--max-steps', type=int, help="shorten the demo preset's 800 steps")
+    p.add_argument('--set', dest='sets', action='append', default=[], metavar='KEY=VALUE', help='override a training field of both runs')
+    p.add_argument('--prompt', default='ROMEO:', help='prompt of the samples')
+    p.add_argument('--sample-tokens', type=int, default=60, help='tokens sampled from each model')
+    p.add_argument('--sequential', action='store_true', help='train one after the other in this process')
+    p.add_argument('--no-progress', action='store_true', help='no progress bars')
 
-@command('demo', 'The main job: load and tokenize Tiny Shakespeare, print statistics and a decoded sample batch.', _add_demo_args)
+def _fresh_run_folder(path):
+    "Remove a previous semsim run in `path` (a folder holding train_config.json); refuse anything else."
+    import shutil
+    from pathlib import Path
+    p = Path(path)
+    if not p.exists(): return
+    if not (p/'train_config.json').exists(): raise ValueError(f"{p} exists and is not a semsim run: choose another --out")
+    shutil.rmtree(p)
+
+@command('demo', 'The main job: corpus statistics, then an SPLM and MatchedGPT trained side by side on Tiny Shakespeare.', _add_demo_args)
 def run_demo(args) -> int:
+    import time
+    from pathlib import Path
+    t0 = time.time()
     print('== semsim demo: the data layer ==')
-    return run_data(argparse.Namespace(corpus=args.corpus, val_frac=0.05, batch_size=2, block_size=48, seed=0, json=False))
+    rc = run_data(argparse.Namespace(corpus=args.corpus, val_frac=0.05, batch_size=2, block_size=48, seed=0, json=False))
+    if rc: return rc
+    import matplotlib
+    if 'matplotlib.pyplot' not in sys.modules: matplotlib.use('Agg')
+    from semsim.train import make_config, train_together, load_run, sample, plot_runs, CausalLeakError, NonFiniteError
+    from semsim.causal import causal_probe
+    over = {'max_steps': args.max_steps} if args.max_steps else {}
+    cfgs = [make_config('demo', args.sets, model=m, corpus=args.corpus, out=str(Path(args.out)/m), **over) for m in DEMO_MODELS]
+    for c in cfgs: _fresh_run_folder(c.out)
+    c = cfgs[0]
+    print(f"\n== training {' and '.join(DEMO_MODELS)} {'one after the other' if args.sequential else 'side by side (one process, one thread each)'} ==")
+    print(f"preset 'demo': d {c.d}, L {c.L}, {c.max_steps} steps of {c.batch_size} x {c.block_size} tokens, lr {c.lr}, "
+          f"compact vocabulary (deviates from the reference's 50,257-way BPE)")
+    try: sums = train_together(cfgs, parallel=not args.sequential, progress=not args.no_progress)
+    except CausalLeakError as e: print(f'semsim demo: refused: {e}', file=sys.stderr); return 2
+    except NonFiniteError as e: print(f'semsim demo: stopped: {e}', file=sys.stderr); return 3
+    print('\n== validation perplexity (same fixed validation windows) ==')
+    print(f"{'model':14s} {'params':>10s} {'steps':>6s} {'val CE':>8s} {'val PPL':>9s} {'best PPL':>9s} {'train s':>8s} {'tok/s':>7s}")
+    for s in sums:
+        print(f"{s['model']:14s} {s['params']:>10,} {s['steps']:>6} {s['val_loss']:>8.4f} {s['val_ppl']:>9.2f} "
+              f"{s['best_val_ppl']:>9.2f} {s['elapsed_s']:>8.0f} {s['tokens_per_s']:>7,.0f}")
+    print('reference (full recipe, 50,257-way BPE, d 128, L 8, 4000 steps of 16 x 128): SPLM em_ln 173.59, MatchedGPT 149.80 ± 7.21')
+    print('\n== causal probe of the trained models ==')
+    models = [load_run(c.out) for c in cfgs]
+    for c, (m, codec, _) in zip(cfgs, models):
+        r = causal_probe(m, T=32, t_pert=20)
+        print(f"{c.model:14s} {'PASSED' if r.passed else 'FLAGGED'}: Δ_pre {r.delta_pre:.1e} (Δ_post {r.delta_post:.1e}), "
+              f"Δ_grad {r.grad_delta:.1e} (|g_self| {r.grad_self:.1e})")
+    print(f'\n== samples (prompt {args.prompt!r}, {args.sample_tokens} tokens, temperature 0.8, top-k 40) ==')
+    for c, (m, codec, _) in zip(cfgs, models):
+        print(f'--- {c.model}:'); print(sample(m, codec, args.prompt, args.sample_tokens, seed=0))
+    png = Path(args.out)/'loss_curves.png'
+    plot_runs([c.out for c in cfgs], png, title=f"demo on {args.corpus}: " + ', '.join(f"{s['model']} {s['val_ppl']:.1f}" for s in sums))
+    print(f"\n== plots: {png}, " + ', '.join(f'{c.out}/loss_curve.png' for c in cfgs) + f"; summaries: {', '.join(f'{c.out}/summary.md' for c in cfgs)}")
+    print(f'semsim demo: done in {time.time() - t0:.0f} s')
+    return 0
 
 
 # %% [markdown]
@@ -229,7 +316,34 @@ with tempfile.TemporaryDirectory() as d:
 print(err.getvalue())
 
 # %%
-test_eq(sorted(COMMANDS)[:3], ['analyze', 'data', 'demo'])
+test_eq(sorted(COMMANDS), ['analyze', 'data', 'demo', 'train'])
 with contextlib.redirect_stderr(io.StringIO()):
     try: main(['no-such-command']); raise AssertionError('an unknown subcommand must not run')
     except SystemExit as e: test_eq(e.code, 2)  # argparse's usage error
+
+# %% [markdown]
+# `semsim train` is `semsim.train.main` (its own tests are in the Training chapter and `tests/test_train_*.py`):
+
+# %%
+buf = io.StringIO()
+with contextlib.redirect_stdout(buf): test_eq(main(['train', '--list']), 0)
+assert 'tinystories-16k' in buf.getvalue() and 'splm-multixi' in buf.getvalue()
+buf = io.StringIO()
+with contextlib.redirect_stdout(buf): test_eq(main(['train', '--preset', 'shakespeare', '--print-config']), 0)
+test_eq(json.loads(buf.getvalue())['max_steps'], 4000)
+
+# %% [markdown]
+# The demo, shortened to 3 steps per model and trained in this process (the full run is measured below): the data
+# report, both runs, two passed probes, two samples and the plots.
+
+# %%
+with tempfile.TemporaryDirectory() as d:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(['demo', '--max-steps', '3', '--set', 'eval_iters=2', '--sequential', '--no-progress',
+                   '--sample-tokens', '8', '--out', f'{d}/demo'])
+    out = buf.getvalue(); print(out)
+    test_eq(rc, 0)
+    assert 'train 321,124 / val 16,901' in out and out.count('PASSED') == 2 and '--- matched-gpt:' in out
+    test_eq(sorted(p.name for p in Path(d, 'demo').iterdir()), ['loss_curves.png', 'matched-gpt', 'splm-multixi'])
+    test_eq(json.loads(Path(d, 'demo', 'splm-multixi', 'summary.json').read_text())['steps'], 3)

@@ -36,7 +36,7 @@
 #| export
 from __future__ import annotations
 import argparse, contextlib, json, math, os, random, shutil, sys, time
-from dataclasses import dataclass, field, fields, asdict
+from dataclasses import dataclass, field, fields, asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -67,6 +67,19 @@ torch.set_num_threads(1)  # tiny models: on a busy 2-core machine extra threads 
 # `n_head`) use the reference's names and are mapped onto each model's own config (for MatchedGPT, `L` is its number
 # of blocks `n_layer`); any other field of the model's config goes in `model_args`. `RUNTIME_FIELDS` may differ when a
 # run is resumed; every other field must match the saved run.
+#
+# The presets are the reference's configurations (REFERENCE §7.3), plus `demo`, the CPU-sized recipe of `make demo`:
+#
+# | preset | model | batch × block | steps | lr | wd | warm-up | eval | reference result |
+# |---|---|---|---|---|---|---|---|---|
+# | `smoke` | d 64, L 4, vh 128, vd 2, max_len 128 | 8 × 64 | 300 | 1e-3 | 0 | 20 | 50 / 20 | minutes on CPU |
+# | `shakespeare` | d 128, L 8, vh 512, vd 3, max_len 256 | 16 × 128 | 4000 | 5e-4 | 0.01 | 200 | 200 / 40 | em_ln **173.59**, MatchedGPT **149.80 ± 7.21** |
+# | `tinystories-pilot` | d 256, L 8, vh 1024, vd 3, max_len 1024 | 16 × 512 | 4000 | 5e-4 | 0.01 | 200 | 200 / 40 | multi-ξ **14.78** |
+# | `tinystories-scaleup` | same | 16 × 512 | 8000 | 5e-4 | 0.01 | 400 | 400 / 40 | MatchedGPT **7.81** |
+# | `tinystories-16k` | same, SQ3 K_mix 8, λ_V 0.01 | 16 × 512 | 16,000 | 5e-4 | 0.01 | 400 | 400 / 40 | SQ3 A2 **13.33** |
+# | `demo` | d 64, L 4, vh 128, vd 2, compact vocabulary | 8 × 64 | 800 | 2e-3 | 0.01 | 40 | 100 / 20 | (CPU, this repo) |
+#
+# TinyStories is the reference's split: the first train shard capped at 5M tokens, the whole validation split.
 
 # %%
 #| export
@@ -115,22 +128,6 @@ class TrainConfig:
 
 RUNTIME_FIELDS = ('device', 'threads', 'probe', 'progress', 'out', 'resume', 'ckpt_every')  # free to change on resume
 
-# %% [markdown]
-# The presets are the reference's configurations (REFERENCE §7.3), plus `demo`, the CPU-sized recipe of `make demo`:
-#
-# | preset | model | batch × block | steps | lr | wd | warm-up | eval | reference result |
-# |---|---|---|---|---|---|---|---|---|
-# | `smoke` | d 64, L 4, vh 128, vd 2, max_len 128 | 8 × 64 | 300 | 1e-3 | 0 | 20 | 50 / 20 | minutes on CPU |
-# | `shakespeare` | d 128, L 8, vh 512, vd 3, max_len 256 | 16 × 128 | 4000 | 5e-4 | 0.01 | 200 | 200 / 40 | em_ln **173.59**, MatchedGPT **149.80 ± 7.21** |
-# | `tinystories-pilot` | d 256, L 8, vh 1024, vd 3, max_len 1024 | 16 × 512 | 4000 | 5e-4 | 0.01 | 200 | 200 / 40 | multi-ξ **14.78** |
-# | `tinystories-scaleup` | same | 16 × 512 | 8000 | 5e-4 | 0.01 | 400 | 400 / 40 | MatchedGPT **7.81** |
-# | `tinystories-16k` | same, SQ3 K_mix 8, λ_V 0.01 | 16 × 512 | 16,000 | 5e-4 | 0.01 | 400 | 400 / 40 | SQ3 A2 **13.33** |
-# | `demo` | d 64, L 4, vh 128, vd 2, compact vocabulary | 8 × 64 | 800 | 2e-3 | 0.01 | 40 | 100 / 20 | (CPU, this repo) |
-#
-# TinyStories is the reference's split: the first train shard capped at 5M tokens, the whole validation split.
-
-# %%
-#| export
 PRESETS = {
     'smoke': dict(model='splm-em-ln', d=64, L=4, v_hidden=128, v_depth=2, max_len=128, batch_size=8, block_size=64,
                   max_steps=300, lr=1e-3, weight_decay=0.0, warmup=20, eval_every=50, eval_iters=20, ckpt_every=100),
@@ -234,6 +231,9 @@ def model_fields(name:str) -> dict:
 # `--set key=value` reaches any `TrainConfig` field and any field of the chosen model's config. The value is parsed
 # into the type of the field's current value (booleans accept `true/false/1/0/yes/no`; tuples accept `0.1,0.5` or
 # JSON). A key that is neither is an error that lists every valid key.
+#
+# A preset, a typed training override and a model option (the EMA decays of the multi-ξ pool, whose default is
+# `None`, so the comma list is read as numbers):
 
 # %%
 #| export
@@ -283,10 +283,6 @@ def make_config(preset:Optional[str]=None, # a key of PRESETS; None starts from 
         cfg.model_args[k] = parse_value(v, mf[k], k)
     return cfg
 
-
-# %% [markdown]
-# A preset, a typed training override and a model option (the EMA decays of the multi-ξ pool, whose default is
-# `None`, so the comma list is read as numbers):
 
 # %%
 cfg = make_config('shakespeare', ['max_steps=50', 'no_decay_1d=true', 'xi_alpha_inits=0,0.5,0.9,0.99', 'lr=1e-3'],
@@ -364,8 +360,8 @@ test_fail(lambda: validate_config(make_config('smoke', ['n_head=3'], model='matc
 # surprisal $s(v) = -\ln\big((c_v+1)/(N+V)\big)$ of the training split that the `logfreq` mass reads.
 #
 # **Compact vocabulary (opt-in, a deviation from the reference).** On a CPU the 50,257-row embedding and readout
-# dominate the cost of a tiny model: with $d = 64$ they hold 3.2M of its parameters and the readout $h E^\top$ costs
-# $2dV$ FLOPs per token, more than everything else. With `compact_vocab=True` the ids are renumbered to the $V_c$
+# dominate the cost of a tiny model: in the `smoke` SPLM ($d = 64$) the embedding holds 3.2M of the 3.26M parameters,
+# and the readout $h E^\top$ costs $2dV = 6.4$ MFLOPs per token. With `compact_vocab=True` the ids are renumbered to the $V_c$
 # token types that occur in the corpus: compact id $i$ stands for GPT-2 id `vocab_map[i]` (sorted), so
 # $V_c = 11{,}706$ for Tiny Shakespeare (11,482 types in train plus 224 seen only in validation). The map is saved with
 # every checkpoint (`vocab_map.json`) and `VocabCodec` encodes and decodes through it, so generated text is decoded
@@ -430,6 +426,15 @@ def prepare_data(cfg:TrainConfig) -> RunData:
         raise ValueError(f"block_size {cfg.block_size} needs more tokens than a split holds (train {len(train)}, val {len(val)})")
     return RunData(train, val, V, vocab_map, logfreq_surprisal(train, V))
 
+def build_model(cfg:TrainConfig, data:RunData) -> nn.Module:
+    "The model `cfg` names, sized for the data's vocabulary (weights drawn from the current RNG state)."
+    spec = MODELS[cfg.model]
+    return spec.build(spec.config_cls()(**model_kwargs(cfg, data.vocab_size)), data)
+
+def n_params(model:nn.Module) -> int:
+    "Number of distinct parameters (a tied embedding counts once)."
+    return sum(p.numel() for p in model.parameters())
+
 
 # %%
 data = prepare_data(make_config('smoke', compact_vocab=True))
@@ -443,6 +448,10 @@ s = "ROMEO:\nBut soft, what light through yonder window breaks?"
 test_eq(codec.decode(codec.encode(s)), s)
 test_fail(lambda: codec.encode('naïve ∑ᵢ'), contains="not in this run's compact vocabulary")
 test_fail(lambda: prepare_data(make_config('smoke', vocab_size=50_000)), contains='token ids up to 50255 but the model vocabulary is vocab_size=50000')
+test_eq((data.vocab_size - 11_482, GPT2_VOCAB_SIZE - data.vocab_size), (224, 38_551))
+smoke = build_model(make_config('smoke'), full)
+test_eq(smoke.E.weight.numel(), 3_216_448); assert smoke.E.weight.numel() / n_params(smoke) > 0.98
+print(f"smoke SPLM: {n_params(smoke):,} parameters, {smoke.E.weight.numel():,} of them in E; readout 2dV = {2 * 64 * GPT2_VOCAB_SIZE / 1e6:.2f} MFLOPs/token")
 print(f"compact vocabulary: {data.vocab_size:,} types; surprisal range [{data.surprisal.min():.3f}, {data.surprisal.max():.3f}] nats")
 
 
@@ -453,6 +462,9 @@ print(f"compact vocabulary: {data.vocab_size:,} types; surprisal range [{data.su
 #
 # $$\eta_k = \eta\,\frac{k+1}{W} \;\; (k < W), \qquad
 #   \eta_k = \tfrac12\,\eta\,\Big(1 + \cos\big(\pi\,\tfrac{k - W}{S - W}\big)\Big) \;\; (k \ge W).$$
+#
+# The schedule reaches the peak exactly at the end of warm-up, is continuous there, passes half the peak at the
+# midpoint of the cosine and ends at zero:
 
 # %%
 #| export
@@ -463,10 +475,6 @@ def lr_at(step:int, # optimizer step k, 0-based
     progress = (step - warmup) / max(1, max_steps - warmup)
     return 0.5 * lr * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
-
-# %% [markdown]
-# The schedule reaches the peak exactly at the end of warm-up, is continuous there, passes half the peak at the
-# midpoint of the cosine and ends at zero:
 
 # %%
 lr, W, S = 5e-4, 200, 4000
@@ -488,6 +496,8 @@ ax.set(xlabel='step k', ylabel='η_k', title='shakespeare preset: warm-up 200, c
 # AdamW over all parameters, as the reference did. With `no_decay_1d=True` the 1-D tensors (biases, LayerNorm gains,
 # the scalar mass and damping parameters, EMA decays) are exempt from weight decay, the common practice for
 # transformers; it is off by default so that the presets reproduce the reference.
+#
+# Two steps of the optimizer equal the update written out above, in float64 to round-off:
 
 # %%
 #| export
@@ -500,9 +510,6 @@ def make_optimizer(model:nn.Module, cfg:TrainConfig) -> torch.optim.AdamW:
     else: groups = [{'params': params, 'weight_decay': cfg.weight_decay}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
-
-# %% [markdown]
-# Two steps of the optimizer equal the update written out above, in float64 to round-off:
 
 # %%
 torch.manual_seed(0)
@@ -529,6 +536,9 @@ test_eq([p.ndim for p in make_optimizer(lin, make_config(no_decay_1d=True)).para
 # `forward_loss` computes the cross-entropy from the logits itself, against targets that the data loader has already
 # shifted (the models' own `labels=` loss shifts again, the Hugging Face way, which would be off by one here), and adds
 # the model's energy regulariser `v_reg` $= \lambda_V\overline{V^2}$ when it returns one.
+#
+# The loss is the mean negative log-probability of the targets, and on the first $T-1$ positions it equals the model's
+# own shifted `labels=` loss on the unshifted window; for an SPLM with $\lambda_V > 0$ the total is CE + `v_reg`:
 
 # %%
 #| export
@@ -542,10 +552,6 @@ def forward_loss(model:nn.Module, x:Tensor, # input ids, (B,T)
     reg = getattr(out, 'v_reg', None)
     return (ce if reg is None else ce + reg), ce, out
 
-
-# %% [markdown]
-# The loss is the mean negative log-probability of the targets, and on the first $T-1$ positions it equals the model's
-# own shifted `labels=` loss on the unshifted window; for an SPLM with $\lambda_V > 0$ the total is CE + `v_reg`:
 
 # %%
 torch.manual_seed(0)
@@ -608,6 +614,9 @@ def probe_model(model:nn.Module, max_len:int):
 # 4. only then are older checkpoint folders deleted.
 #
 # A reader follows `OUT/latest`, never a directory listing, so a half-written folder is never opened.
+#
+# A checkpoint round-trips the weights bit for bit; a crash while the next one is being written (here: a stale
+# temporary folder) leaves `latest` on the good one, and the next save clears the debris and the older folder:
 
 # %%
 #| export
@@ -635,9 +644,6 @@ def _set_rng_state(r:dict) -> None:
     torch.set_rng_state(r['torch'])
     if 'cuda' in r and torch.cuda.is_available(): torch.cuda.set_rng_state_all(r['cuda'])
 
-
-# %%
-#| export
 def _quiet_save(model:nn.Module, folder:Path):
     "`save_pretrained` without transformers' per-shard progress bar."
     from transformers.utils import logging as hf_logging
@@ -684,10 +690,6 @@ def load_weights(model:nn.Module, folder:Union[str, Path]) -> nn.Module:
     if really or unexpected: raise ValueError(f"checkpoint {folder} does not fit the model: missing {really}, unexpected {unexpected}")
     return model
 
-
-# %% [markdown]
-# A checkpoint round-trips the weights bit for bit; a crash while the next one is being written (here: a stale
-# temporary folder) leaves `latest` on the good one, and the next save clears the debris and the older folder:
 
 # %%
 with tempfile.TemporaryDirectory() as d:
@@ -766,10 +768,23 @@ def evaluate(model:nn.Module, batches:Sequence, # (x, y) pairs, each (B,T)
 # its rank from the environment and joins a process group (NCCL on GPUs, Gloo on CPUs). The global batch
 # `batch_size` is split evenly: rank $r$ draws `batch_size / N` windows per step from its **own** stream, a generator
 # seeded `seed + r`. DDP averages gradients across ranks, so one step equals a single-process step on the union of
-# the ranks' windows (`tests/test_train_ddp.py` checks the gradients to round-off for an SPLM, whose force is an
-# `autograd.grad` inside the forward, and for MatchedGPT). Rank 0 alone writes the log, checkpoints (gathering every
-# rank's generator state into them) and the summary; validation batches are shared out across ranks and the losses
-# summed.
+# the ranks' windows. The SPLM needs one care: its force is an `autograd.grad` taken *inside* the forward, and with
+# DDP's default reducer the gradients of such a model came back **un-reduced** (each rank kept its own half-batch
+# gradient: measured while writing this chapter with a 2-process script, the max deviation from the full-batch
+# gradient was 0.13 on the positional table, as large as the gradient itself), while MatchedGPT was fine. With `static_graph=True` (all our models use the same parameters
+# in the same graph at every step) the reduction is correct for every family: `tests/test_train_ddp.py` checks, with
+# 2 Gloo processes under `torchrun`, that one step's gradients and the weights after three AdamW steps equal the
+# single-process ones on the same global batches to round-off (≤ 1e-14 in float64), for the multi-ξ SPLM (MLP
+# potential, autograd force), the SQ3 SPLM (closed-form force) and MatchedGPT. Rank 0 alone writes the log,
+# checkpoints (gathering every rank's generator state into them) and the summary; validation batches are shared out
+# across ranks and the losses summed.
+#
+# **CUDA.** On a GPU the forward runs under bf16 autocast (`amp='auto'`; the loss is computed in float32), matmuls
+# and convolutions may use TF32, and `torch.compile` is applied where it is valid: MatchedGPT and the SPLMs whose
+# potential has a closed-form force (SQ1–SQ3). The MLP potential's force is `autograd.grad(V.sum(), h,
+# create_graph=True)` inside the forward, and training through it needs a double backward that `torch.compile`
+# does not support: those models stay eager, and the progress bar says so. None of this path runs on a CPU (amp is
+# off, nothing compiles), so CPU runs are bitwise reproducible.
 
 # %%
 #| export
@@ -795,22 +810,24 @@ def _gather_objects(obj, world:int) -> list:
     lst = [None] * world; dist.all_gather_object(lst, obj)
     return lst
 
+def _tqdm():
+    "tqdm.auto (a widget in notebooks that have ipywidgets, text elsewhere), without its warning when they are missing."
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        from tqdm.auto import tqdm
+    return tqdm
+
 def _barrier(world:int):
     if world > 1:
         import torch.distributed as dist
         dist.barrier()
 
+def wrap_ddp(model:nn.Module, device:torch.device) -> nn.Module:
+    "DistributedDataParallel with `static_graph=True`, which reduces the gradients of a force computed inside forward."
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    return DDP(model, device_ids=[device.index] if device.type == 'cuda' else None, static_graph=True)
 
-# %% [markdown]
-# **CUDA.** On a GPU the forward runs under bf16 autocast (`amp='auto'`; the loss is computed in float32), matmuls
-# and convolutions may use TF32, and `torch.compile` is applied where it is valid: MatchedGPT and the SPLMs whose
-# potential has a closed-form force (SQ1–SQ3). The MLP potential's force is `autograd.grad(V.sum(), h,
-# create_graph=True)` inside the forward, and training through it needs a double backward that `torch.compile`
-# does not support: those models stay eager, and the progress bar says so. None of this path runs on a CPU (amp is
-# off, nothing compiles), so CPU runs are bitwise reproducible.
-
-# %%
-#| export
 def _amp_ctx(cfg:TrainConfig, device:torch.device):
     "bf16 autocast on CUDA under amp='auto' (anywhere under amp='bf16'); a no-op otherwise."
     if cfg.amp == 'bf16' or (cfg.amp == 'auto' and device.type == 'cuda'):
@@ -822,15 +839,6 @@ def _use_compile(cfg:TrainConfig, device:torch.device, autograd_force:bool) -> t
     want = cfg.compile == 'on' or (cfg.compile == 'auto' and device.type == 'cuda')
     if want and autograd_force: return False, 'eager (autograd force: double backward)'
     return want, ('compiled' if want else 'eager')
-
-def build_model(cfg:TrainConfig, data:RunData) -> nn.Module:
-    "The model `cfg` names, sized for the data's vocabulary (weights drawn from the current RNG state)."
-    spec = MODELS[cfg.model]
-    return spec.build(spec.config_cls()(**model_kwargs(cfg, data.vocab_size)), data)
-
-def n_params(model:nn.Module) -> int:
-    "Number of distinct parameters (a tied embedding counts once)."
-    return sum(p.numel() for p in model.parameters())
 
 
 # %% [markdown]
@@ -855,9 +863,6 @@ def train(cfg:TrainConfig) -> dict: # the run's summary (rank 0; None on other r
             import torch.distributed as dist
             dist.destroy_process_group()
 
-
-# %%
-#| export
 def _train(cfg:TrainConfig, device:torch.device, rank:int, world:int) -> Optional[dict]:
     spec, out, master = MODELS[cfg.model], Path(cfg.out), rank == 0
     if world > 1 and device.type == 'cuda':
@@ -897,10 +902,7 @@ def _train(cfg:TrainConfig, device:torch.device, rank:int, world:int) -> Optiona
     if state is not None:
         opt.load_state_dict(state['optimizer']); gen.set_state(state['gen_states'][rank]); _set_rng_state(state['rng'])
     val_batches = fixed_val_batches(data.val, cfg, device)
-    fwd = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        fwd = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None)
+    fwd = wrap_ddp(model, device) if world > 1 else model
     if compiled: fwd = torch.compile(fwd)
     # ---- run folder and log
     start = state['step'] if state else 0
@@ -913,8 +915,7 @@ def _train(cfg:TrainConfig, device:torch.device, rank:int, world:int) -> Optiona
         else: atomic_write_text(log_path, '')
         atomic_write_text(out/'train_config.json', json.dumps(_jsonable(cfg), indent=1))
         if data.vocab_map is not None: atomic_write_text(out/'vocab_map.json', json.dumps(data.vocab_map.tolist()))
-    from tqdm.auto import tqdm
-    bar = tqdm(total=cfg.max_steps, initial=start, disable=not (master and cfg.progress), unit='step',
+    bar = _tqdm()(total=cfg.max_steps, initial=start, disable=not (master and cfg.progress), unit='step',
                desc=f'{cfg.model} ({how})', dynamic_ncols=True)
     logf = open(log_path, 'a', encoding='utf-8') if master else None
     t0, tok_step = time.time(), cfg.batch_size * T
@@ -1009,9 +1010,6 @@ def plot_run(records:Sequence[dict], label:str='', ax=None, color='C0'):
     ax.set(xlabel='step', ylabel='cross-entropy (nats)'); ax.legend()
     return ax
 
-
-# %%
-#| export
 def write_summary(out:Union[str, Path], cfg:TrainConfig, model:nn.Module, data:RunData, info:dict) -> dict:
     "summary.json, summary.md and loss_curve.png in the run folder, from its log."
     import matplotlib.pyplot as plt
@@ -1059,6 +1057,81 @@ def load_run(path:Union[str, Path]): # a run folder (its latest checkpoint) or a
 
 
 # %% [markdown]
+# ## Several runs side by side
+#
+# `train_together` trains several configurations at once, each in its own process (spawned, so each gets a fresh
+# interpreter and its own `threads`), showing one progress bar per run by following the runs' logs; with
+# `parallel=False` it trains them one after the other in this process. On a 2-core machine two single-threaded
+# processes use the cores better than one process with two threads: for these small models most of the time goes
+# into short kernels that do not split well across threads. `plot_runs` draws the runs' curves in one figure.
+
+# %%
+#| export
+def _train_child(cfg:TrainConfig, q) -> None:
+    "Process target: train and report (out, status, summary or message) on the queue."
+    try: q.put((cfg.out, 'ok', train(cfg)))
+    except BaseException as e: q.put((cfg.out, type(e).__name__, str(e)))
+
+def _last_record(path:Path) -> Optional[dict]:
+    "The last complete JSON line of a log (read from its tail only)."
+    try:
+        with open(path, 'rb') as f:
+            f.seek(0, os.SEEK_END); n = f.tell(); f.seek(max(0, n - 8192)); tail = f.read().decode('utf-8', 'replace')
+    except OSError: return None
+    for line in reversed(tail.splitlines()):
+        try: return json.loads(line)
+        except json.JSONDecodeError: continue
+    return None
+
+ERRORS = {'CausalLeakError': CausalLeakError, 'NonFiniteError': NonFiniteError, 'ValueError': ValueError,
+          'FileNotFoundError': FileNotFoundError}  # exceptions re-raised in the parent by name
+
+def train_together(cfgs:Sequence[TrainConfig], parallel:bool=True, progress:bool=True) -> list: # summaries, in order
+    "Train several runs at once, one spawned process each (or one after the other with parallel=False)."
+    if len({c.out for c in cfgs}) != len(cfgs): raise ValueError("each run needs its own `out` folder")
+    for c in cfgs: validate_config(c)
+    if not parallel: return [train(replace(c, progress=progress and c.progress)) for c in cfgs]
+    import multiprocessing as mp, queue
+    tqdm = _tqdm()
+    ctx = mp.get_context('spawn'); q = ctx.Queue()
+    procs = [ctx.Process(target=_train_child, args=(replace(c, progress=False), q)) for c in cfgs]
+    for p in procs: p.start()
+    bars = [tqdm(total=c.max_steps, desc=f'{c.model:>14s}', position=i, unit='step', disable=not progress,
+                 dynamic_ncols=True) for i, c in enumerate(cfgs)]
+    done = {}
+    try:
+        while len(done) < len(cfgs):
+            try: out, status, val = q.get(timeout=0.5); done[out] = (status, val)
+            except queue.Empty:
+                if not any(p.is_alive() for p in procs) and q.empty() and len(done) < len(cfgs):
+                    raise RuntimeError('a training process died without reporting (killed?): '
+                                       + ', '.join(c.out for c in cfgs if c.out not in done))
+            for b, c in zip(bars, cfgs):
+                r = _last_record(Path(c.out)/'log.jsonl')
+                if r and r.get('step', 0) > b.n:
+                    b.update(r['step'] - b.n)
+                    b.set_postfix(loss=f"{r['loss']:.3f}", **({'val_ppl': f"{r['val_ppl']:.1f}"} if 'val_ppl' in r else {}))
+    finally:
+        for b in bars: b.close()
+        for p in procs: p.join(timeout=5)
+    for c in cfgs:
+        status, val = done[c.out]
+        if status != 'ok': raise ERRORS.get(status, RuntimeError)(f"{c.model} ({c.out}): {val}")
+    return [done[c.out][1] for c in cfgs]
+
+def plot_runs(run_dirs:Sequence[Union[str, Path]], path:Optional[Union[str, Path]]=None, title:str=''):
+    "Training and validation curves of several runs in one figure; saved to `path` when given."
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for i, d in enumerate(run_dirs):
+        cfg = json.loads((Path(d)/'train_config.json').read_text())
+        plot_run(read_log(Path(d)/'log.jsonl'), cfg['model'], ax, f'C{i}')
+    ax.set_title(title); fig.tight_layout()
+    if path is not None: fig.savefig(path, dpi=110)
+    return fig
+
+
+# %% [markdown]
 # ## Example: an SPLM and MatchedGPT on the first act of Tiny Shakespeare
 #
 # Two tiny models, the multi-ξ SPLM (4 EMA channels, LayerNorm after each step, logfreq mass) and MatchedGPT of the
@@ -1066,6 +1139,12 @@ def load_run(path:Union[str, Path]): # a run folder (its latest checkpoint) or a
 # of Tiny Shakespeare (30,645 GPT-2 tokens, 3,735 token types: the compact vocabulary keeps this a seconds-long CPU
 # example). The numbers are far from converged; what matters here is that both train and are scored on the same
 # fixed validation windows.
+#
+# The cells after the figure check the run folder (the log, the final checkpoint, the pointer, the plot and the
+# summary), the log (one line per step with the SPLM's damping, masses and EMA decays; validation every 25 steps),
+# and that scoring is a pure function of the weights: evaluating the reopened checkpoint on the same fixed
+# validation windows gives the logged number to round-off, and the reopened model decodes through the saved
+# vocabulary map.
 
 # %%
 runs = tempfile.TemporaryDirectory()
@@ -1073,18 +1152,12 @@ act1 = Path(runs.name)/'shakespeare-100k.txt'
 act1.write_text(load_corpus('tinyshakespeare')[:100_000], encoding='utf-8')
 tiny = dict(corpus=str(act1), d=32, L=2, v_hidden=64, v_depth=2, max_len=64, n_head=2, batch_size=8, block_size=32,
             max_steps=100, lr=3e-3, warmup=10, eval_every=25, eval_iters=6, ckpt_every=50, compact_vocab=True, progress=False)
-summaries = {}
-for name in ('splm-multixi', 'matched-gpt'):
-    summaries[name] = train(make_config(model=name, out=f'{runs.name}/{name}', **tiny))
-fig, ax = plt.subplots(figsize=(7, 3.6))
-for i, name in enumerate(summaries): plot_run(read_log(f'{runs.name}/{name}/log.jsonl'), name, ax, f'C{i}')
-ax.set_title(f"100 steps of 8 x 32 tokens, compact vocabulary ({summaries['matched-gpt']['vocab_size']:,})"); plt.tight_layout(); plt.show()
+names = ('splm-multixi', 'matched-gpt')
+summaries = dict(zip(names, train_together([make_config(model=n, out=f'{runs.name}/{n}', **tiny) for n in names], parallel=False)))
+plot_runs([f'{runs.name}/{n}' for n in names], title=f"100 steps of 8 x 32 tokens, compact vocabulary ({summaries['matched-gpt']['vocab_size']:,})")
+plt.show()
 for name, s in summaries.items():
     print(f"{name:13s} {s['params']:>8,} params  val PPL {s['val_ppl']:8.1f}  {s['tokens_per_s']:>7,.0f} tok/s  sample: {s['sample'][:70]!r}")
-
-# %% [markdown]
-# The run folder holds the log, the final checkpoint, the pointer, the plot and the summary; the log has one line per
-# step with the SPLM's damping, masses and EMA decays, and validation every 25 steps:
 
 # %%
 sp_dir = Path(runs.name)/'splm-multixi'
@@ -1099,11 +1172,6 @@ test_eq(recs[0]['lr'], 3e-3 / 10); test_eq(recs[-1]['lr'], lr_at(99, 3e-3, 10, 1
 assert all(r['grad_norm'] > 0 for r in recs) and recs[-1]['val_loss'] < recs[24]['val_loss']
 test_close(summaries['splm-multixi']['val_ppl'], math.exp(recs[-1]['val_loss']), eps=1e-9)
 print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in recs[-1].items()})
-
-# %% [markdown]
-# Both runs were scored on the same validation windows, and scoring is a pure function of the weights: evaluating
-# the reopened checkpoint again gives the logged number to round-off, and the reopened model decodes through the
-# saved vocabulary map:
 
 # %%
 m2, codec2, cfg2 = load_run(sp_dir)
@@ -1208,6 +1276,8 @@ runs.cleanup()
 # ```
 #
 # Exit status: 0 done, 1 bad input (one line naming the problem), 2 causal leak refused, 3 non-finite loss.
+#
+# The listing, a resolved configuration, and one-line errors with status 1:
 
 # %%
 #| export
@@ -1269,9 +1339,6 @@ def main(argv:Optional[Sequence[str]]=None) -> int:
 #| export
 #| eval: false
 if __name__ == '__main__': sys.exit(main())
-
-# %% [markdown]
-# The listing, a resolved configuration, and one-line errors with status 1:
 
 # %%
 buf = io.StringIO()

@@ -8,8 +8,8 @@ import argparse, json, sys
 from typing import Callable, Optional, Sequence
 
 # %% auto #0
-__all__ = ['COMMANDS', 'ANALYSES', 'command', 'build_parser', 'main', 'print_corpus_report', 'run_data', 'run_demo',
-           'run_analyze']
+__all__ = ['COMMANDS', 'FORWARDED', 'DEMO_MODELS', 'ANALYSES', 'command', 'build_parser', 'main', 'print_corpus_report',
+           'run_data', 'run_train_command', 'run_demo', 'run_analyze']
 
 # %% ../nbs/09_cli.ipynb #2c2f26a0
 COMMANDS = {}  # name -> (help, add_arguments(parser), run(args) -> exit code)
@@ -32,8 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
         add(sp)
     return p
 
+FORWARDED = {'train': 'semsim.train'}  # subcommands whose arguments are parsed by their module's own main(argv)
+
 def main(argv:Optional[Sequence[str]]=None) -> int: # arguments; default sys.argv[1:]
     "Entry point of the `semsim` command."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in FORWARDED:
+        import importlib
+        return int(importlib.import_module(FORWARDED[argv[0]]).main(argv[1:]) or 0)
     p = build_parser()
     args = p.parse_args(argv)
     if not args.command: p.print_help(); return 2
@@ -77,13 +83,76 @@ def run_data(args) -> int:
     return 0
 
 # %% ../nbs/09_cli.ipynb #15d9d055
+@command('train', 'Train a semsim model: presets, --set overrides, atomic checkpoints, --resume (semsim train --help).',
+         lambda p: p.add_argument('args', nargs=argparse.REMAINDER, help='arguments of semsim.train'))
+def run_train_command(args) -> int:
+    from semsim.train import main as train_main
+    return train_main(args.args)
+
+# %% ../nbs/09_cli.ipynb #c0ff42be
+DEMO_MODELS = ('splm-multixi', 'matched-gpt')  # the two families the demo compares
+
 def _add_demo_args(p):
     p.add_argument('--corpus', default='tinyshakespeare', help='corpus name or path')
+    p.add_argument('--out', default='runs/demo', help='folder for the two runs and the plots')
+    p.add_argument('--max-steps', type=int, help="shorten the demo preset's 800 steps")
+    p.add_argument('--set', dest='sets', action='append', default=[], metavar='KEY=VALUE', help='override a training field of both runs')
+    p.add_argument('--prompt', default='ROMEO:', help='prompt of the samples')
+    p.add_argument('--sample-tokens', type=int, default=60, help='tokens sampled from each model')
+    p.add_argument('--sequential', action='store_true', help='train one after the other in this process')
+    p.add_argument('--no-progress', action='store_true', help='no progress bars')
 
-@command('demo', 'The main job: load and tokenize Tiny Shakespeare, print statistics and a decoded sample batch.', _add_demo_args)
+def _fresh_run_folder(path):
+    "Remove a previous semsim run in `path` (a folder holding train_config.json); refuse anything else."
+    import shutil
+    from pathlib import Path
+    p = Path(path)
+    if not p.exists(): return
+    if not (p/'train_config.json').exists(): raise ValueError(f"{p} exists and is not a semsim run: choose another --out")
+    shutil.rmtree(p)
+
+@command('demo', 'The main job: corpus statistics, then an SPLM and MatchedGPT trained side by side on Tiny Shakespeare.', _add_demo_args)
 def run_demo(args) -> int:
+    import time
+    from pathlib import Path
+    t0 = time.time()
     print('== semsim demo: the data layer ==')
-    return run_data(argparse.Namespace(corpus=args.corpus, val_frac=0.05, batch_size=2, block_size=48, seed=0, json=False))
+    rc = run_data(argparse.Namespace(corpus=args.corpus, val_frac=0.05, batch_size=2, block_size=48, seed=0, json=False))
+    if rc: return rc
+    import matplotlib
+    if 'matplotlib.pyplot' not in sys.modules: matplotlib.use('Agg')
+    from semsim.train import make_config, train_together, load_run, sample, plot_runs, CausalLeakError, NonFiniteError
+    from semsim.causal import causal_probe
+    over = {'max_steps': args.max_steps} if args.max_steps else {}
+    cfgs = [make_config('demo', args.sets, model=m, corpus=args.corpus, out=str(Path(args.out)/m), **over) for m in DEMO_MODELS]
+    for c in cfgs: _fresh_run_folder(c.out)
+    c = cfgs[0]
+    print(f"\n== training {' and '.join(DEMO_MODELS)} {'one after the other' if args.sequential else 'side by side (one process, one thread each)'} ==")
+    print(f"preset 'demo': d {c.d}, L {c.L}, {c.max_steps} steps of {c.batch_size} x {c.block_size} tokens, lr {c.lr}, "
+          f"compact vocabulary (deviates from the reference's 50,257-way BPE)")
+    try: sums = train_together(cfgs, parallel=not args.sequential, progress=not args.no_progress)
+    except CausalLeakError as e: print(f'semsim demo: refused: {e}', file=sys.stderr); return 2
+    except NonFiniteError as e: print(f'semsim demo: stopped: {e}', file=sys.stderr); return 3
+    print('\n== validation perplexity (same fixed validation windows) ==')
+    print(f"{'model':14s} {'params':>10s} {'steps':>6s} {'val CE':>8s} {'val PPL':>9s} {'best PPL':>9s} {'train s':>8s} {'tok/s':>7s}")
+    for s in sums:
+        print(f"{s['model']:14s} {s['params']:>10,} {s['steps']:>6} {s['val_loss']:>8.4f} {s['val_ppl']:>9.2f} "
+              f"{s['best_val_ppl']:>9.2f} {s['elapsed_s']:>8.0f} {s['tokens_per_s']:>7,.0f}")
+    print('reference (full recipe, 50,257-way BPE, d 128, L 8, 4000 steps of 16 x 128): SPLM em_ln 173.59, MatchedGPT 149.80 ± 7.21')
+    print('\n== causal probe of the trained models ==')
+    models = [load_run(c.out) for c in cfgs]
+    for c, (m, codec, _) in zip(cfgs, models):
+        r = causal_probe(m, T=32, t_pert=20)
+        print(f"{c.model:14s} {'PASSED' if r.passed else 'FLAGGED'}: Δ_pre {r.delta_pre:.1e} (Δ_post {r.delta_post:.1e}), "
+              f"Δ_grad {r.grad_delta:.1e} (|g_self| {r.grad_self:.1e})")
+    print(f'\n== samples (prompt {args.prompt!r}, {args.sample_tokens} tokens, temperature 0.8, top-k 40) ==')
+    for c, (m, codec, _) in zip(cfgs, models):
+        print(f'--- {c.model}:'); print(sample(m, codec, args.prompt, args.sample_tokens, seed=0))
+    png = Path(args.out)/'loss_curves.png'
+    plot_runs([c.out for c in cfgs], png, title=f"demo on {args.corpus}: " + ', '.join(f"{s['model']} {s['val_ppl']:.1f}" for s in sums))
+    print(f"\n== plots: {png}, " + ', '.join(f'{c.out}/loss_curve.png' for c in cfgs) + f"; summaries: {', '.join(f'{c.out}/summary.md' for c in cfgs)}")
+    print(f'semsim demo: done in {time.time() - t0:.0f} s')
+    return 0
 
 # %% ../nbs/09_cli.ipynb #ce8d9b9c
 ANALYSES = ('stp',)  # the analyses `semsim analyze` knows

@@ -5,7 +5,7 @@
 # %% ../nbs/30_train.ipynb #e8476c96
 from __future__ import annotations
 import argparse, contextlib, json, math, os, random, shutil, sys, time
-from dataclasses import dataclass, field, fields, asdict
+from dataclasses import dataclass, field, fields, asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -19,12 +19,12 @@ from .core import atomic_write_text, set_seed, get_device
 from .data import tokenize_corpus, get_batch, logfreq_surprisal, gpt2_tokenizer, GPT2_VOCAB_SIZE
 
 # %% auto #0
-__all__ = ['RUNTIME_FIELDS', 'PRESETS', 'MODELS', 'CKPT_PREFIX', 'TrainConfig', 'ModelSpec', 'model_fields', 'parse_value',
-           'make_config', 'model_kwargs', 'validate_config', 'VocabCodec', 'RunData', 'compact_vocabulary',
-           'prepare_data', 'lr_at', 'make_optimizer', 'forward_loss', 'CausalLeakError', 'NonFiniteError',
-           'probe_model', 'latest_checkpoint', 'save_checkpoint', 'load_weights', 'read_log', 'fixed_val_batches',
-           'evaluate', 'build_model', 'n_params', 'train', 'sample', 'plot_run', 'write_summary', 'load_run',
-           'add_train_args', 'config_from_args', 'run_train', 'main']
+__all__ = ['RUNTIME_FIELDS', 'PRESETS', 'MODELS', 'CKPT_PREFIX', 'ERRORS', 'TrainConfig', 'ModelSpec', 'model_fields',
+           'parse_value', 'make_config', 'model_kwargs', 'validate_config', 'VocabCodec', 'RunData',
+           'compact_vocabulary', 'prepare_data', 'build_model', 'n_params', 'lr_at', 'make_optimizer', 'forward_loss',
+           'CausalLeakError', 'NonFiniteError', 'probe_model', 'latest_checkpoint', 'save_checkpoint', 'load_weights',
+           'read_log', 'fixed_val_batches', 'evaluate', 'wrap_ddp', 'train', 'sample', 'plot_run', 'write_summary',
+           'load_run', 'train_together', 'plot_runs', 'add_train_args', 'config_from_args', 'run_train', 'main']
 
 # %% ../nbs/30_train.ipynb #f068d624
 @dataclass
@@ -72,7 +72,6 @@ class TrainConfig:
 
 RUNTIME_FIELDS = ('device', 'threads', 'probe', 'progress', 'out', 'resume', 'ckpt_every')  # free to change on resume
 
-# %% ../nbs/30_train.ipynb #ba177d65
 PRESETS = {
     'smoke': dict(model='splm-em-ln', d=64, L=4, v_hidden=128, v_depth=2, max_len=128, batch_size=8, block_size=64,
                   max_steps=300, lr=1e-3, weight_decay=0.0, warmup=20, eval_every=50, eval_iters=20, ckpt_every=100),
@@ -295,6 +294,15 @@ def prepare_data(cfg:TrainConfig) -> RunData:
         raise ValueError(f"block_size {cfg.block_size} needs more tokens than a split holds (train {len(train)}, val {len(val)})")
     return RunData(train, val, V, vocab_map, logfreq_surprisal(train, V))
 
+def build_model(cfg:TrainConfig, data:RunData) -> nn.Module:
+    "The model `cfg` names, sized for the data's vocabulary (weights drawn from the current RNG state)."
+    spec = MODELS[cfg.model]
+    return spec.build(spec.config_cls()(**model_kwargs(cfg, data.vocab_size)), data)
+
+def n_params(model:nn.Module) -> int:
+    "Number of distinct parameters (a tied embedding counts once)."
+    return sum(p.numel() for p in model.parameters())
+
 # %% ../nbs/30_train.ipynb #7678676c
 def lr_at(step:int, # optimizer step k, 0-based
           lr:float, warmup:int, max_steps:int) -> float:
@@ -365,7 +373,6 @@ def _set_rng_state(r:dict) -> None:
     torch.set_rng_state(r['torch'])
     if 'cuda' in r and torch.cuda.is_available(): torch.cuda.set_rng_state_all(r['cuda'])
 
-# %% ../nbs/30_train.ipynb #052925d5
 def _quiet_save(model:nn.Module, folder:Path):
     "`save_pretrained` without transformers' per-shard progress bar."
     from transformers.utils import logging as hf_logging
@@ -476,12 +483,24 @@ def _gather_objects(obj, world:int) -> list:
     lst = [None] * world; dist.all_gather_object(lst, obj)
     return lst
 
+def _tqdm():
+    "tqdm.auto (a widget in notebooks that have ipywidgets, text elsewhere), without its warning when they are missing."
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        from tqdm.auto import tqdm
+    return tqdm
+
 def _barrier(world:int):
     if world > 1:
         import torch.distributed as dist
         dist.barrier()
 
-# %% ../nbs/30_train.ipynb #6ec9fe4b
+def wrap_ddp(model:nn.Module, device:torch.device) -> nn.Module:
+    "DistributedDataParallel with `static_graph=True`, which reduces the gradients of a force computed inside forward."
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    return DDP(model, device_ids=[device.index] if device.type == 'cuda' else None, static_graph=True)
+
 def _amp_ctx(cfg:TrainConfig, device:torch.device):
     "bf16 autocast on CUDA under amp='auto' (anywhere under amp='bf16'); a no-op otherwise."
     if cfg.amp == 'bf16' or (cfg.amp == 'auto' and device.type == 'cuda'):
@@ -493,15 +512,6 @@ def _use_compile(cfg:TrainConfig, device:torch.device, autograd_force:bool) -> t
     want = cfg.compile == 'on' or (cfg.compile == 'auto' and device.type == 'cuda')
     if want and autograd_force: return False, 'eager (autograd force: double backward)'
     return want, ('compiled' if want else 'eager')
-
-def build_model(cfg:TrainConfig, data:RunData) -> nn.Module:
-    "The model `cfg` names, sized for the data's vocabulary (weights drawn from the current RNG state)."
-    spec = MODELS[cfg.model]
-    return spec.build(spec.config_cls()(**model_kwargs(cfg, data.vocab_size)), data)
-
-def n_params(model:nn.Module) -> int:
-    "Number of distinct parameters (a tied embedding counts once)."
-    return sum(p.numel() for p in model.parameters())
 
 # %% ../nbs/30_train.ipynb #a9e48595
 def train(cfg:TrainConfig) -> dict: # the run's summary (rank 0; None on other ranks)
@@ -515,7 +525,6 @@ def train(cfg:TrainConfig) -> dict: # the run's summary (rank 0; None on other r
             import torch.distributed as dist
             dist.destroy_process_group()
 
-# %% ../nbs/30_train.ipynb #ace269d3
 def _train(cfg:TrainConfig, device:torch.device, rank:int, world:int) -> Optional[dict]:
     spec, out, master = MODELS[cfg.model], Path(cfg.out), rank == 0
     if world > 1 and device.type == 'cuda':
@@ -555,10 +564,7 @@ def _train(cfg:TrainConfig, device:torch.device, rank:int, world:int) -> Optiona
     if state is not None:
         opt.load_state_dict(state['optimizer']); gen.set_state(state['gen_states'][rank]); _set_rng_state(state['rng'])
     val_batches = fixed_val_batches(data.val, cfg, device)
-    fwd = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        fwd = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None)
+    fwd = wrap_ddp(model, device) if world > 1 else model
     if compiled: fwd = torch.compile(fwd)
     # ---- run folder and log
     start = state['step'] if state else 0
@@ -571,8 +577,7 @@ def _train(cfg:TrainConfig, device:torch.device, rank:int, world:int) -> Optiona
         else: atomic_write_text(log_path, '')
         atomic_write_text(out/'train_config.json', json.dumps(_jsonable(cfg), indent=1))
         if data.vocab_map is not None: atomic_write_text(out/'vocab_map.json', json.dumps(data.vocab_map.tolist()))
-    from tqdm.auto import tqdm
-    bar = tqdm(total=cfg.max_steps, initial=start, disable=not (master and cfg.progress), unit='step',
+    bar = _tqdm()(total=cfg.max_steps, initial=start, disable=not (master and cfg.progress), unit='step',
                desc=f'{cfg.model} ({how})', dynamic_ncols=True)
     logf = open(log_path, 'a', encoding='utf-8') if master else None
     t0, tok_step = time.time(), cfg.batch_size * T
@@ -656,7 +661,6 @@ def plot_run(records:Sequence[dict], label:str='', ax=None, color='C0'):
     ax.set(xlabel='step', ylabel='cross-entropy (nats)'); ax.legend()
     return ax
 
-# %% ../nbs/30_train.ipynb #4f2e9a6a
 def write_summary(out:Union[str, Path], cfg:TrainConfig, model:nn.Module, data:RunData, info:dict) -> dict:
     "summary.json, summary.md and loss_curve.png in the run folder, from its log."
     import matplotlib.pyplot as plt
@@ -701,6 +705,70 @@ def load_run(path:Union[str, Path]): # a run folder (its latest checkpoint) or a
     conf = spec.config_cls().from_pretrained(ck)
     model = spec.build(conf, None)
     return load_weights(model, ck).eval(), VocabCodec(vm), cfg
+
+# %% ../nbs/30_train.ipynb #324d277c
+def _train_child(cfg:TrainConfig, q) -> None:
+    "Process target: train and report (out, status, summary or message) on the queue."
+    try: q.put((cfg.out, 'ok', train(cfg)))
+    except BaseException as e: q.put((cfg.out, type(e).__name__, str(e)))
+
+def _last_record(path:Path) -> Optional[dict]:
+    "The last complete JSON line of a log (read from its tail only)."
+    try:
+        with open(path, 'rb') as f:
+            f.seek(0, os.SEEK_END); n = f.tell(); f.seek(max(0, n - 8192)); tail = f.read().decode('utf-8', 'replace')
+    except OSError: return None
+    for line in reversed(tail.splitlines()):
+        try: return json.loads(line)
+        except json.JSONDecodeError: continue
+    return None
+
+ERRORS = {'CausalLeakError': CausalLeakError, 'NonFiniteError': NonFiniteError, 'ValueError': ValueError,
+          'FileNotFoundError': FileNotFoundError}  # exceptions re-raised in the parent by name
+
+def train_together(cfgs:Sequence[TrainConfig], parallel:bool=True, progress:bool=True) -> list: # summaries, in order
+    "Train several runs at once, one spawned process each (or one after the other with parallel=False)."
+    if len({c.out for c in cfgs}) != len(cfgs): raise ValueError("each run needs its own `out` folder")
+    for c in cfgs: validate_config(c)
+    if not parallel: return [train(replace(c, progress=progress and c.progress)) for c in cfgs]
+    import multiprocessing as mp, queue
+    tqdm = _tqdm()
+    ctx = mp.get_context('spawn'); q = ctx.Queue()
+    procs = [ctx.Process(target=_train_child, args=(replace(c, progress=False), q)) for c in cfgs]
+    for p in procs: p.start()
+    bars = [tqdm(total=c.max_steps, desc=f'{c.model:>14s}', position=i, unit='step', disable=not progress,
+                 dynamic_ncols=True) for i, c in enumerate(cfgs)]
+    done = {}
+    try:
+        while len(done) < len(cfgs):
+            try: out, status, val = q.get(timeout=0.5); done[out] = (status, val)
+            except queue.Empty:
+                if not any(p.is_alive() for p in procs) and q.empty() and len(done) < len(cfgs):
+                    raise RuntimeError('a training process died without reporting (killed?): '
+                                       + ', '.join(c.out for c in cfgs if c.out not in done))
+            for b, c in zip(bars, cfgs):
+                r = _last_record(Path(c.out)/'log.jsonl')
+                if r and r.get('step', 0) > b.n:
+                    b.update(r['step'] - b.n)
+                    b.set_postfix(loss=f"{r['loss']:.3f}", **({'val_ppl': f"{r['val_ppl']:.1f}"} if 'val_ppl' in r else {}))
+    finally:
+        for b in bars: b.close()
+        for p in procs: p.join(timeout=5)
+    for c in cfgs:
+        status, val = done[c.out]
+        if status != 'ok': raise ERRORS.get(status, RuntimeError)(f"{c.model} ({c.out}): {val}")
+    return [done[c.out][1] for c in cfgs]
+
+def plot_runs(run_dirs:Sequence[Union[str, Path]], path:Optional[Union[str, Path]]=None, title:str=''):
+    "Training and validation curves of several runs in one figure; saved to `path` when given."
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for i, d in enumerate(run_dirs):
+        cfg = json.loads((Path(d)/'train_config.json').read_text())
+        plot_run(read_log(Path(d)/'log.jsonl'), cfg['model'], ax, f'C{i}')
+    ax.set_title(title); fig.tight_layout()
+    if path is not None: fig.savefig(path, dpi=110)
+    return fig
 
 # %% ../nbs/30_train.ipynb #0f3c722f
 def add_train_args(p:argparse.ArgumentParser) -> None:

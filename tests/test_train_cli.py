@@ -1,0 +1,98 @@
+"""The training command line (`semsim.train.main`, the function behind `semsim train` and `python -m semsim.train`):
+one-line errors with status 1 for bad input, status 2 for a leaking model, status 3 for a non-finite loss."""
+import contextlib, io, json, random
+from pathlib import Path
+
+import pytest
+
+from semsim.train import main, read_log, latest_checkpoint
+
+WORDS = 'the king and queen of a small city walked through the old market at night while soldiers sang'.split()
+TINY = ['--set', 'compact_vocab=true', '--set', 'd=16', '--set', 'L=2', '--set', 'v_hidden=32', '--set', 'batch_size=4',
+        '--set', 'block_size=16', '--set', 'eval_every=5', '--set', 'eval_iters=2', '--set', 'ckpt_every=5',
+        '--set', 'threads=1', '--no-progress']
+
+
+@pytest.fixture
+def salad(tmp_path):
+    rng = random.Random(0)
+    p = tmp_path/'salad.txt'
+    p.write_text('\n'.join(' '.join(rng.choice(WORDS) for _ in range(10)) + '.' for _ in range(600)), encoding='utf-8')
+    return p
+
+
+def run(argv):
+    "(status, stdout, stderr) of main(argv)."
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err): rc = main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize('argv, msg', [
+    (['--preset', 'tinystory'], "unknown preset 'tinystory'; known presets: smoke, shakespeare"),
+    (['--model', 'gpt5'], "unknown model 'gpt5'"),
+    (['--set', 'xi_chanels=4'], "unknown option 'xi_chanels'"),
+    (['--set', 'max_steps=ten'], "cannot parse 'ten' as int"),
+    (['--set', 'block_size=4096'], "block_size 4096 exceeds the model's max_len 128"),
+    (['--set', 'vocab_size=1000'], 'token ids up to'),
+    (['--set', 'mass_mode=heavy'], 'mass_mode must be one of'),
+    (['--set', 'batch_size=-2'], 'batch_size must be a positive integer'),
+])
+def test_bad_input_is_one_line_status_1(tmp_path, isolated_cache, salad, argv, msg):
+    rc, out, err = run(argv + ['--out', str(tmp_path/'never'), '--set', f'corpus={salad}'])
+    assert rc == 1 and msg in err and err.startswith('semsim train: error:') and err.count('\n') == 1, err
+    assert not (tmp_path/'never'/'log.jsonl').exists()
+
+
+def test_unknown_option_lists_valid_keys(tmp_path):
+    rc, _, err = run(['--model', 'splm-multixi', '--set', 'xi_chanels=4', '--out', str(tmp_path/'x')])
+    assert rc == 1 and 'xi_channels' in err and 'max_steps' in err and 'lambda_v' in err
+
+
+def test_missing_corpus_file(tmp_path):
+    rc, _, err = run(['--set', f'corpus={tmp_path}/no-such.txt', '--out', str(tmp_path/'x')])
+    assert rc == 1 and 'corpus file not found' in err
+
+
+def test_leaking_model_refused_status_2(tmp_path, isolated_cache, salad):
+    out = tmp_path/'leak'
+    rc, _, err = run(['--model', 'splm-em-ln', '--set', 'causal_force=false', '--set', f'corpus={salad}', '--out', str(out), *TINY])
+    assert rc == 2 and 'causal probe failed before step 0' in err and 'FLAGGED' in err
+    assert not (out/'log.jsonl').exists()
+    rc, out_, _ = run(['--model', 'splm-em-ln', '--set', f'corpus={salad}', '--out', str(tmp_path/'ok'), '--max-steps', '2', *TINY])
+    assert rc == 0 and '2 steps' in out_
+
+
+def test_non_finite_loss_status_3_keeps_checkpoint(tmp_path, isolated_cache, salad):
+    "An absurd learning rate blows the weights up; the run stops naming the step and keeps its last good checkpoint."
+    out = tmp_path/'boom'
+    rc, _, err = run(['--model', 'matched-gpt', '--set', 'lr=1e30', '--set', 'warmup=0', '--set', f'corpus={salad}',
+                      '--out', str(out), '--max-steps', '20', *TINY, '--set', 'ckpt_every=1'])
+    assert rc == 3 and 'non-finite' in err and 'at step' in err and err.count('\n') == 1, err
+    step = int(err.split('at step ')[1].split()[0])          # the first update already sends the weights to ~1e30
+    assert step >= 2 and f'The last good checkpoint is {out}/ckpt-{step - 1}' in err
+    assert [r['step'] for r in read_log(out/'log.jsonl')] == list(range(1, step))
+    assert latest_checkpoint(out).name == f'ckpt-{step - 1}' and not (out/'summary.json').exists()
+
+
+def test_existing_run_needs_resume(tmp_path, isolated_cache, salad):
+    out = tmp_path/'run'
+    args = ['--model', 'matched-gpt', '--set', f'corpus={salad}', '--out', str(out), '--max-steps', '5', *TINY]
+    assert run(args)[0] == 0
+    rc, _, err = run(args)
+    assert rc == 1 and 'already holds a run' in err and 'pass --resume' in err
+    rc, _, err = run(args + ['--resume', '--set', 'seed=1'])
+    assert rc == 1 and "differs from the saved run's in ['seed']" in err
+    rc, out_, _ = run(['--out', str(out), '--resume', '--no-progress'])      # finished run: resumes at its end
+    assert rc == 0 and 'resumed from step 5' in out_
+    s = json.loads((out/'summary.json').read_text())
+    assert s['steps'] == 5 and s['model'] == 'matched-gpt' and (out/'loss_curve.png').stat().st_size > 1000
+    assert '| steps | 5 |' in (out/'summary.md').read_text()
+
+
+def test_list_and_print_config():
+    rc, out, _ = run(['--list'])
+    assert rc == 0 and 'tinystories-16k' in out and 'splm-sq3' in out
+    rc, out, _ = run(['--preset', 'tinystories-16k', '--print-config'])
+    c = json.loads(out)
+    assert (c['model'], c['max_steps'], c['warmup'], c['d'], c['block_size'], c['corpus']) == ('splm-sq3', 16000, 400, 256, 512, 'tinystories')
