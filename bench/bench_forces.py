@@ -1,7 +1,8 @@
 """Question 2: what do closed-form forces buy? SQ3 closed form vs autograd through the same V.
 
 SQ3 mixture potential at d = 256, K_xi = 4 (ξ width 1024), K_mix = 8, T = 512 (B = 4):
-(a) one force evaluation, f = -∂V/∂h, closed form vs torch.autograd.grad of the same energy (no graph kept);
+(a) one force evaluation, f = -∂V/∂h, closed form vs torch.autograd.grad of the same energy (no graph kept); also
+    with the wells (the four projections of ξ, common to both) computed beforehand, to show the h-dependent part;
 (b) one full training step of the sq3_multixi SPLM (L = 8, EMA K = 4, LN, logfreq mass, λ_V = 0.01, GPT-2 vocabulary):
     forward with loss, backward through the forces (second order: create_graph), AdamW step — the potential's
     `closed_form` switched off for the autograd side, same weights, same batch.
@@ -38,6 +39,15 @@ def main():
     print(f"force (B={B}, T={T}, d={d}, K_xi={Kxi}, K_mix={Kmix}): closed {1e3 * tf['closed_form']['median_s']:.1f} ms, "
           f"autograd {1e3 * tf['autograd']['median_s']:.1f} ms, ratio {force_ratio:.2f}x, max rel diff {err:.1e}", flush=True)
 
+    # the same with the wells (μ, a, log π, b: four projections of ξ, shared by both methods) computed beforehand
+    with torch.no_grad(): wells = pot.wells(xi)
+    pot.wells = lambda _xi: wells
+    th = interleaved({'closed_form': closed, 'autograd': autograd}, repeats=args.repeats)
+    del pot.wells
+    h_ratio = th['autograd']['median_s'] / th['closed_form']['median_s']
+    print(f"  h-dependent part only (wells given): closed {1e3 * th['closed_form']['median_s']:.1f} ms, "
+          f"autograd {1e3 * th['autograd']['median_s']:.1f} ms, ratio {h_ratio:.2f}x", flush=True)
+
     cfg = SPLMConfig.preset('sq3_multixi', max_len=T, **(dict(d=d, vocab_size=1000) if args.quick else {}))
     model = SPLMForCausalLM(cfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -59,7 +69,8 @@ def main():
     print(f"training step (sq3_multixi, B={Bs}, T={T}, vocab {cfg.vocab_size}): closed {ts['closed_form']['median_s']:.2f} s, "
           f"autograd {ts['autograd']['median_s']:.2f} s, ratio {step_ratio:.2f}x", flush=True)
     save('forces', dict(question='SQ3 closed-form force vs autograd through the same V', hardware=hw,
-                        force=dict(B=B, T=T, d=d, K_xi=Kxi, K_mix=Kmix, times=tf, ratio=force_ratio, max_rel_diff=err, threshold=2.0),
+                        force=dict(B=B, T=T, d=d, K_xi=Kxi, K_mix=Kmix, times=tf, ratio=force_ratio, max_rel_diff=err, threshold=2.0,
+                                   wells_given=dict(times=th, ratio=h_ratio)),
                         train_step=dict(B=Bs, T=T, config='sq3_multixi', vocab=cfg.vocab_size, times=ts, ratio=step_ratio, threshold=1.5)), args)
     assert err < 1e-4, 'closed form and autograd disagree'
     print(f"RESULT SQ3 closed-form vs autograd: force {force_ratio:.2f}x {verdict(force_ratio, 2)}; "

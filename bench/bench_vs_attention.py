@@ -27,8 +27,9 @@ def crossover(Ts, attn_ms, splm_ms):
     b = sum((x - mx) * (y - my) for x, y in zip(Ts, attn_ms)) / sum((x - mx) ** 2 for x in Ts)
     a = my - b * mx
     s = statistics.mean(splm_ms)
-    return dict(T_star=(s - a) / b if b > 0 else float('inf'), attn_intercept_ms=a, attn_slope_ms_per_token=b, splm_mean_ms=s,
-                first_grid_T_attention_slower=next((T for T, y in zip(Ts, attn_ms) if y > s), None))
+    T_star = (s - a) / b if b > 0 else float('inf')
+    return dict(T_star=max(T_star, 0.0), splm_faster_at_every_context=T_star <= 0, attn_intercept_ms=a, attn_slope_ms_per_token=b,
+                splm_mean_ms=s, first_grid_T_attention_slower=next((T for T, y in zip(Ts, attn_ms) if y > s), None))
 
 
 def main():

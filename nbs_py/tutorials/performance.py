@@ -1,0 +1,228 @@
+# %% [markdown]
+# # Performance
+#
+# > What streaming decode, closed-form forces and O(T) context pools buy, measured on a shared 2-core CPU: per-token latency and memory against the context, SPLM against MatchedGPT with a KV cache.
+
+# %% [markdown]
+# This page plots the numbers the benchmark scripts in `bench/` measured (one script per question; `make bench` runs
+# them all, `--save` copies their JSON into `bench/measured/`, which this page reads). Nothing here is re-measured:
+# the cells only load, check and plot those files, so the page builds in seconds. To reproduce on your machine:
+#
+# ```sh
+# .venv/bin/python bench/bench_vs_attention.py --save     # or: make bench
+# ```
+#
+# All timings are CPU fp32, one PyTorch thread, median of interleaved repeats (so that the load of other processes
+# hits both sides of a ratio alike), on a 2-core machine shared with other jobs: absolute milliseconds are noisy,
+# ratios less so. The hardware line of every file is printed below. The FLOP accounting is in *FLOP counter*
+# (`semsim.flops`) and the decoders in *Streaming decode* (`semsim.streaming`).
+
+# %%
+#| hide
+import warnings; warnings.filterwarnings('ignore', message='IProgress not found')
+import json
+from pathlib import Path
+import matplotlib.pyplot as plt
+from fastcore.test import test_eq, test_close
+import semsim
+from semsim.flops import splm_decode_flops, attention_decode_flops
+
+# %%
+MEASURED = Path(semsim.__file__).resolve().parents[1] / 'bench' / 'measured'
+M = {p.stem: json.loads(p.read_text()) for p in sorted(MEASURED.glob('*.json'))}
+for k, v in M.items():
+    hw = v['hardware']
+    print(f"{k:24s} {hw['date']}  {hw['cpu']}, {hw['cores']} cores, {hw['torch_threads']} thread(s), torch {hw['torch']}, "
+          f"load {hw['load_avg_1_5_15'][0]}")
+test_eq(sorted(M), ['decode', 'flops', 'forces', 'train_throughput_cpu', 'vs_attention', 'xi_pools'])
+
+# %% [markdown]
+# ## Decoding: latency against the context
+#
+# `bench_vs_attention.py`: d = 128 and L = 8 for both models (the reference's sizes), GPT-2 vocabulary. For every
+# context $T$ each decoder is prefilled with a $T$-token prompt, then decode steps are timed (2 warm-ups, 16 steps,
+# median). Batch 1, and the same caches repeated to batch 8 (time per token = step time / 8). The SPLM decoders are
+# the em_ln model with the MLP potential (force by the manual backward pass) and with the closed-form SQ3 potential.
+
+# %%
+va = M['vs_attention']
+Ts = [r['T'] for r in va['rows']]
+names = {'gpt_kv': 'MatchedGPT + KV cache', 'splm_mlp': 'SPLM streaming, MLP V', 'splm_sq3': 'SPLM streaming, SQ3 V'}
+batches = [1] + ([va['batch']] if va['batch'] > 1 else [])
+fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 4))
+for ax, B in zip(axes, batches):
+    for k, lab in names.items(): ax.plot(Ts, [r[f'ms_per_token_B{B}'][k] for r in va['rows']], 'o-', label=lab)
+    c = va['crossover'][f'splm_mlp_B{B}']
+    if 0 < c['T_star'] < Ts[-1]: ax.axvline(c['T_star'], color='C1', lw=0.8, ls='--')
+    ax.set_xscale('log', base=2); ax.set_xlabel('context T (tokens)'); ax.set_ylabel('ms per generated token')
+    ax.set_title(f'batch {B}: MLP crossover T* = {c["T_star"]:,.0f}'); ax.legend(fontsize=8)
+plt.tight_layout(); plt.show()
+for k, c in va['crossover'].items():
+    star = 'SPLM faster at every context' if c['splm_faster_at_every_context'] else f"T* = {c['T_star']:6,.0f}"
+    print(f"{k:12s}: {star:30s} attention {c['attn_intercept_ms']:.2f} ms + {1e3 * c['attn_slope_ms_per_token']:.3f} ms per 1k "
+          f"tokens of context; SPLM {c['splm_mean_ms']:.2f} ms flat")
+
+# %% [markdown]
+# The measured crossovers — where the least-squares line of attention's latency meets the SPLM's flat latency —
+# against the reference's T* ≈ 1,536 (CPU, autograd forces, batch 1):
+
+# %%
+summary_4 = {k: round(c['T_star']) for k, c in va['crossover'].items()}
+summary_4
+
+# %% [markdown]
+# ## Decoding: memory against the context
+#
+# The bytes each decoder keeps per sequence: the SPLM's recurrent state (pool states of the $L$ force layers in
+# float64, the position and the last $h_L$) is the same at every context; the KV cache holds $2 L T d$ floats.
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 4))
+for k, lab in names.items(): ax.plot(Ts, [r['bytes_per_sequence'][k] for r in va['rows']], 'o-', label=lab)
+ax.set_xscale('log', base=2); ax.set_yscale('log'); ax.set_xlabel('context T (tokens)'); ax.set_ylabel('bytes per sequence')
+ax.legend(); plt.tight_layout(); plt.show()
+test_eq([r['bytes_per_sequence']['gpt_kv'] for r in va['rows']], [2 * 8 * T * 128 * 4 for T in Ts])
+test_eq(len({r['bytes_per_sequence']['splm_mlp'] for r in va['rows']}), 1)
+print(f"SPLM state: {va['rows'][0]['bytes_per_sequence']['splm_mlp']:,} bytes at every T; "
+      f"KV cache at T = {Ts[-1]:,}: {va['rows'][-1]['bytes_per_sequence']['gpt_kv'] / 2**20:.0f} MiB")
+
+# %% [markdown]
+# ## Streaming against full recompute
+#
+# `bench_decode.py`: the em_ln SPLM at the reference size generates 256 tokens after a 512-token prompt through
+# `generate()`, with the cache (`use_cache=True`) and re-running the window for every token (`use_cache=False`); the
+# tokens must be identical. Then the per-token latency of the streaming decoder at context 2,048 over context 128.
+
+# %%
+dc = M['decode']
+print(f"streaming {dc['stream_s']:.2f} s vs full recompute {dc['full_recompute_s']:.1f} s for {dc['new_tokens']} tokens after "
+      f"{dc['prompt']}: {dc['ratio']:.1f}x (threshold {dc['threshold']:g}x); identical tokens: {dc['identical_tokens']}")
+lat = {int(k): 1e3 * v['median_s'] for k, v in dc['latency'].items()}
+print(f"per-token latency: " + ', '.join(f"context {k}: {v:.2f} ms" for k, v in lat.items()) +
+      f"; ratio {dc['flatness']:.3f} (threshold <= {dc['flatness_threshold']})")
+assert dc['identical_tokens']
+
+# %% [markdown]
+# ## Context pools: O(T) against the dense T×T form
+#
+# `bench_xi_pools.py`: K = 4 channels, B = 8, d = 256; the dense side builds the (K, T, T) weights (the EMA in log
+# space with a logsumexp normalisation, as the reference did) and applies them; the O(T) side is the pool's own
+# forward (chunked scan for EMA and S4D, FFT convolution for HiPPO-LegT). Outputs agree to float32 rounding.
+
+# %%
+xp = M['xi_pools']
+fig, ax = plt.subplots(figsize=(6, 4))
+for i, pool in enumerate(('ema', 'hippo_legt', 's4d')):
+    rows = [r for r in xp['rows'] if r['pool'] == pool]
+    ax.plot([r['T'] for r in rows], [r['scan_ms'] for r in rows], 'o-', color=f'C{i}', label=f'{pool}: O(T)')
+    ax.plot([r['T'] for r in rows], [r['dense_ms'] for r in rows], 's--', color=f'C{i}', label=f'{pool}: dense T×T')
+ax.set_xscale('log', base=2); ax.set_yscale('log'); ax.set_xlabel('T'); ax.set_ylabel('ms per forward'); ax.legend(fontsize=7)
+plt.tight_layout(); plt.show()
+for r in xp['rows']: print(f"{r['pool']:10s} T={r['T']:5d}: ratio {r['ratio']:5.1f}x, max rel err {r['max_rel_err']:.1e}")
+assert all(r['max_rel_err'] < 1e-4 for r in xp['rows'])
+
+# %% [markdown]
+# The O(T) pools win by a factor that grows with $T$, but at T = 1,024 the EMA is well short of the issue's 10×:
+# the dense form is one large matrix product, which this CPU runs at about 50 GFLOP/s, while the O(T) scan of
+# `semsim.context` produces its (B, T, K, d) float32 output (33.5 MB at T = 1,024) at a fraction of a GB/s — its
+# expanded input, permutations and elementwise passes, not the arithmetic, set its time. The effective rates from the
+# measured times:
+
+# %%
+for r in (r for r in xp['rows'] if r['pool'] == 'ema'):
+    dense_flops = 2 * r['K'] * r['B'] * r['T'] ** 2 * r['d']
+    out_bytes = 4 * r['B'] * r['T'] * r['K'] * r['d']
+    print(f"T={r['T']:5d}: dense {dense_flops / r['dense_ms'] / 1e6:5.1f} GFLOP/s; O(T) pass {out_bytes / r['scan_ms'] / 1e6:5.2f} GB/s of output")
+
+# %% [markdown]
+# ## Closed-form forces
+#
+# `bench_forces.py`: the SQ3 mixture at d = 256, K_ξ = 4, K_mix = 8, T = 512; the force by its closed form against
+# `autograd.grad` through the same energy, then one full training step of the `sq3_multixi` model both ways.
+
+# %%
+fo = M['forces']
+parts = {'force': fo['force'], 'force, wells given': fo['force']['wells_given'], 'training step': fo['train_step']}
+fig, ax = plt.subplots(figsize=(6, 3))
+ax.barh(list(parts), [p['ratio'] for p in parts.values()], color=['C0', 'C0', 'C1'])
+ax.axvline(1, color='grey', lw=0.8); ax.set_xlabel('autograd time / closed-form time'); plt.tight_layout(); plt.show()
+for k, p in parts.items():
+    t = p['times']
+    print(f"{k:20s}: closed {1e3 * t['closed_form']['median_s']:9.1f} ms, autograd {1e3 * t['autograd']['median_s']:9.1f} ms, ratio {p['ratio']:.2f}x")
+share = 1 - fo['force']['wells_given']['times']['closed_form']['median_s'] / fo['force']['times']['closed_form']['median_s']
+print(f"share of the closed-form force spent on the wells (the projections of ξ, identical in both methods): {100 * share:.0f} %")
+
+# %% [markdown]
+# The closed form does not reach the issue's 2× (force) and 1.5× (training step) here. At K_ξ·d = 1,024 the four
+# projections of ξ that give the wells' centres, stiffnesses and weights are needed by both methods and take the share
+# printed above; what the closed form removes is only the backward pass over the $h$-dependent part, itself an
+# elementwise, memory-bound chain, which it does 1.2× faster. In the training step the readout over the 50,257-token
+# vocabulary and the projections' own gradients dominate both sides. Where a closed-form force pays is decoding: no
+# autograd graph per token (the SQ3 decoder above is the fastest at batch 1).
+
+# %% [markdown]
+# ## Training throughput
+#
+# `bench_train_throughput.py`: tokens per second of one training step (forward, loss, backward, clipping, AdamW) at
+# d = 128, L = 8, batch 8 × 256, GPT-2 vocabulary. The CUDA path (bf16 autocast) is written in the script but this
+# machine has no GPU, so only the CPU column exists.
+
+# %%
+tt = M['train_throughput_cpu']
+fig, ax = plt.subplots(figsize=(6, 3))
+ax.barh(list(tt['rows']), [r['tokens_per_s'] for r in tt['rows'].values()])
+ax.set_xlabel('tokens / s (CPU, 1 thread)'); plt.tight_layout(); plt.show()
+for k, r in tt['rows'].items(): print(f"{k:12s}: {r['tokens_per_s']:7.0f} tokens/s ({r['step_s']:.2f} s/step, {r['params']:,} params)")
+print(f"SPLM-MLP / MatchedGPT = {tt['ratio_splm_mlp_over_gpt']:.2f}; SPLM-SQ3 / MatchedGPT = {tt['ratio_splm_sq3_over_gpt']:.2f}")
+
+# %% [markdown]
+# Training the MLP SPLM is slower than the attention baseline at these sizes: its force is a gradient, so the backward
+# pass differentiates through a gradient (a second-order graph through the potential at each of the 8 steps). With the
+# closed-form SQ3 force the SPLM trains at the baseline's speed.
+
+# %% [markdown]
+# ## Why batching and closed forms move the crossover
+#
+# At batch 1 the MLP SPLM's crossover is near the reference's 1,536: for every token it reads the potential's weights
+# (2.6 MB) in the forward and in the backward pass of each of its 8 steps. With batched decoding those reads are shared
+# by the batch, while each sequence still reads its own KV cache; the closed-form SQ3 potential needs one small pass per
+# step. Both move the crossover to a few hundred tokens (table above).
+#
+# ## FLOPs against milliseconds
+#
+# The analytic count (`semsim.flops`, the reference's conventions) predicts a decode crossover where attention's
+# FLOPs per token reach the SPLM's; the measured crossover is different because decoding one sequence on a CPU is
+# limited by memory traffic, not arithmetic: per token the MLP SPLM re-reads its potential's weights in the forward
+# and backward pass of each of the 8 steps, attention reads its (smaller) block weights once plus the whole KV cache.
+
+# %%
+fl = M['flops']
+test_close(fl['splm_mflops'], splm_decode_flops().mflops, eps=1e-9)
+print(f"analytic: SPLM {fl['splm_mflops']:.2f} MFLOPs/token flat, attention {fl['attention_mflops']['1024']:.2f} at T = 1,024, "
+      f"decode crossover T* = {fl['crossover_decode']:,.0f}")
+print(f"measured (batch 1): T* = {va['crossover']['splm_mlp_B1']['T_star']:,.0f} for the MLP SPLM, "
+      f"{va['crossover']['splm_sq3_B1']['T_star']:,.0f} for SQ3")
+
+
+# %% [markdown]
+# ## Summary
+#
+# Every question of the benchmark suite, its threshold from the issue and the measured value (PASS/FAIL as measured on
+# this machine, not asserted):
+
+# %%
+def row(q, value, thr, hib=True, fmt='{:.2f}'):
+    ok = value >= thr if hib else value <= thr
+    return f"| {q} | {'≥' if hib else '≤'} {thr:g} | {fmt.format(value)} | {'PASS' if ok else 'FAIL'} |"
+ema = [r for r in xp['rows'] if r['pool'] == 'ema' and r['T'] == 1024][0]
+lines = ['| question | threshold | measured | |', '|---|---|---|---|',
+         row('1. ξ pool (EMA, K = 4) O(T) vs dense, T = 1,024', ema['ratio'], 10),
+         row('2a. SQ3 force, closed form vs autograd', fo['force']['ratio'], 2),
+         row('2b. SQ3 training step, closed form vs autograd', fo['train_step']['ratio'], 1.5),
+         row('3a. decode 256 after 512: streaming vs recompute', dc['ratio'], 20, fmt='{:.1f}'),
+         row('3b. latency at context 2,048 / context 128', dc['flatness'], 1.3, hib=False),
+         row('4. crossover T*, MLP SPLM, batch 1 (reference 1,536)', va['crossover']['splm_mlp_B1']['T_star'], 1536, hib=False, fmt='{:,.0f}'),
+         row(f"4. crossover T*, MLP SPLM, batch {va['batch']}", va['crossover'][f"splm_mlp_B{va['batch']}"]['T_star'], 1536, hib=False, fmt='{:,.0f}'),
+         row('4. crossover T*, SQ3 SPLM, batch 1', va['crossover']['splm_sq3_B1']['T_star'], 1536, hib=False, fmt='{:,.0f}'),
+         row('6. SPLM streaming MFLOPs/token (reference 44.40)', fl['splm_mflops'], 44.395, fmt='{:.2f}')]
+print('\n'.join(lines))
