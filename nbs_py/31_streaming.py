@@ -942,7 +942,6 @@ plt.tight_layout(); plt.show()
 print('streaming ms/token:', [f'{x:.2f}' for x in stream_ms]); print('recompute ms/token:', [f'{x:.2f}' for x in full_ms])
 test_eq(len(set(splm_bytes)), 1)                                           # the SPLM state does not grow
 test_eq(kv_bytes, [2 * 3 * T * 16 * 4 for T in Ts])                        # KV: 2·L·T·d·4 bytes
-assert full_ms[-1] > 3 * stream_ms[-1]
 
 # %% [markdown]
 # The state of this em_ln-style model (ξ recomputed at each of the $L = 3$ steps, $d = 16$) is a constant few hundred

@@ -97,8 +97,9 @@ def _pos_int(**kw):
 #
 # One evaluation of the MLP potential on an input of width $D_\xi + d$: $D + 1$ products and $D h$ GELUs. A force
 # costs, by the reference's convention, three evaluations (`force_evals=3`). `semsim.streaming` computes the force
-# with a hand-written backward pass instead; its actual matrix products are one forward plus the backward products
-# $W_i^\top(\cdot)$ for the hidden layers and the $h$ columns of $W_1$ (`mlp_force_matmuls`), which the tests below
+# with a hand-written backward pass instead; its actual matrix products are one forward (without the last product,
+# since decoding needs $f$, not $V$) plus the backward products $W_i^\top(\cdot)$ for the hidden layers and the $h$
+# columns of $W_1$ (`mlp_force_matmuls`), which the tests below
 # check against PyTorch's own operation counter. The structured SQ3 potential has a closed-form force: its cost is the
 # four projections of $\xi$ (centres, stiffnesses, mixing logits, offset) plus $O(K_{mix} d)$ elementwise work.
 
@@ -113,9 +114,10 @@ def mlp_potential(d_in:int, # input width D_ξ + d
     mm = matmul(1, d_in, hidden) + (depth - 1) * matmul(1, hidden, hidden) + matmul(1, hidden, 1)
     return Flops(potential_matmul=mm, potential_act=act(depth * hidden))
 
-def mlp_force_matmuls(d_xi:int, d:int, hidden:int, depth:int) -> int:
-    "Matrix-product FLOPs of V and f = -∂V/∂h by the manual backward pass (forward + hidden-layer and h-column products)."
-    fwd = mlp_potential(d_xi + d, hidden, depth)['potential_matmul']
+def mlp_force_matmuls(d_xi:int, d:int, hidden:int, depth:int,
+                      need_energy:bool=False) -> int: # the decoder skips V's last product (only f is needed)
+    "Matrix-product FLOPs of f = -∂V/∂h by the manual backward pass (forward, then hidden-layer and h-column products)."
+    fwd = mlp_potential(d_xi + d, hidden, depth)['potential_matmul'] - (0 if need_energy else matmul(1, hidden, 1))
     return fwd + (depth - 1) * matmul(1, hidden, hidden) + matmul(1, hidden, d)
 
 def sq3_potential(d_xi:int, # context width K·d

@@ -56,9 +56,10 @@ def mlp_potential(d_in:int, # input width D_ξ + d
     mm = matmul(1, d_in, hidden) + (depth - 1) * matmul(1, hidden, hidden) + matmul(1, hidden, 1)
     return Flops(potential_matmul=mm, potential_act=act(depth * hidden))
 
-def mlp_force_matmuls(d_xi:int, d:int, hidden:int, depth:int) -> int:
-    "Matrix-product FLOPs of V and f = -∂V/∂h by the manual backward pass (forward + hidden-layer and h-column products)."
-    fwd = mlp_potential(d_xi + d, hidden, depth)['potential_matmul']
+def mlp_force_matmuls(d_xi:int, d:int, hidden:int, depth:int,
+                      need_energy:bool=False) -> int: # the decoder skips V's last product (only f is needed)
+    "Matrix-product FLOPs of f = -∂V/∂h by the manual backward pass (forward, then hidden-layer and h-column products)."
+    fwd = mlp_potential(d_xi + d, hidden, depth)['potential_matmul'] - (0 if need_energy else matmul(1, hidden, 1))
     return fwd + (depth - 1) * matmul(1, hidden, hidden) + matmul(1, hidden, d)
 
 def sq3_potential(d_xi:int, # context width K·d
