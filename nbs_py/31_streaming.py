@@ -61,6 +61,11 @@ from fastcore.test import test_eq, test_fail, test_close
 import time
 import matplotlib.pyplot as plt
 import transformers
+from transformers import DynamicCache
+from semsim.context import make_xi_pool
+from semsim.potentials import make_potential
+from semsim.splm import SPLMConfig
+from semsim.baselines import MatchedGPTConfig
 transformers.utils.logging.disable_progress_bar(); transformers.utils.logging.set_verbosity_error()
 torch.set_num_threads(1)  # tiny tensors: threads only add overhead
 
@@ -247,7 +252,6 @@ def pool_stream(pool:XiPool, # a context pool
 # their initial values so that nothing passes by symmetry.
 
 # %%
-from semsim.context import make_xi_pool
 torch.manual_seed(0)
 pools = [make_xi_pool('cummean'), make_xi_pool('ema', 3, alpha_inits=(0.1, 0.6, 0.97)),
          make_xi_pool('hippo_legt', 4, theta=20.0), make_xi_pool('s4d', 4, init='lin')]
@@ -353,7 +357,6 @@ g, = torch.autograd.grad(F.gelu(z).sum(), z)
 test_close(gelu_prime(z.detach()), g, eps=1e-14)
 w = torch.randn(101, dtype=torch.float64)                                  # the fused kernel used below: w ⊙ GELU'(z)
 test_close(torch.ops.aten.gelu_backward(w, z.detach()), w * gelu_prime(z.detach()), eps=1e-14)
-from semsim.potentials import make_potential
 for kind in ('mlp', 'sq1', 'sq2', 'sq3', 'sq4'):
     torch.manual_seed(2)
     pot = make_potential(kind, 12, 6).double()
@@ -545,7 +548,6 @@ def splm_decode_step(model:SPLMForCausalLM, # the model the cache was built with
 # sequence at **every** position. The error measure is the largest difference over the largest reference logit.
 
 # %%
-from semsim.splm import SPLMConfig
 VOCAB = 97
 def tiny_splm(seed=0, **kw):
     "A tiny SPLM with strong forces (potential weights N(0, 0.3²)) for exactness tests."
@@ -821,8 +823,6 @@ def gpt_generation_inputs(model:MatchedGPTForCausalLM, input_ids:Tensor, **kwarg
 # and a left-padded batch equals its rows run alone:
 
 # %%
-from semsim.baselines import MatchedGPTConfig
-from transformers import DynamicCache
 torch.manual_seed(6)
 gpt = MatchedGPTForCausalLM(MatchedGPTConfig(vocab_size=VOCAB, d=16, n_layer=3, n_head=2, max_len=256)).eval()
 full = gpt(ids).logits

@@ -47,6 +47,11 @@ import warnings; warnings.filterwarnings('ignore', message='IProgress not found'
 from fastcore.test import test_eq, test_fail, test_close
 import torch
 import matplotlib.pyplot as plt
+from torch.utils.flop_counter import FlopCounterMode
+from torch.nn.attention import sdpa_kernel, SDPBackend
+from semsim.splm import SPLMConfig, SPLMForCausalLM
+from semsim.baselines import MatchedGPTConfig, MatchedGPTForCausalLM
+from semsim.streaming import splm_prefill, splm_decode_step, gpt_forward
 torch.set_num_threads(1)
 
 
@@ -253,11 +258,6 @@ test_eq((round(T_dec), round(T_fwd), round(T_dense)), (6666, 13331, 6666))
 # PyTorch's counter can see; the fused CPU kernel does the same products but is not registered with it).
 
 # %%
-from torch.utils.flop_counter import FlopCounterMode
-from torch.nn.attention import sdpa_kernel, SDPBackend
-from semsim.splm import SPLMConfig, SPLMForCausalLM
-from semsim.baselines import MatchedGPTConfig, MatchedGPTForCausalLM
-from semsim.streaming import splm_prefill, splm_decode_step, gpt_forward
 torch.manual_seed(0)
 d, L, V, T = 128, 8, 50257, 40
 m = SPLMForCausalLM(SPLMConfig.preset('em_ln', max_len=64)).eval()
