@@ -41,7 +41,9 @@ test: $(STAMP)
 # --- developer helpers -------------------------------------------------------------------------------
 # Edit nbs_py/*.py (py:percent) or the notebooks; `make sync` brings the pairs together (newest wins).
 sync: $(STAMP)
-	$(BIN)/jupytext --sync nbs_py/*.py nbs_py/tutorials/*.py 2>/dev/null || $(BIN)/jupytext --sync nbs_py/*.py
+	@for py in nbs_py/*.py nbs_py/tutorials/*.py; do rel=$${py#nbs_py/}; f=nbs/$${rel%.py}.ipynb; \
+	  if [ ! -f $$f ] || [ $$py -nt $$f ]; then $(BIN)/jupytext --quiet --update --to ipynb -o $$f $$py || exit 1; \
+	  elif [ $$f -nt $$py ]; then $(BIN)/jupytext --quiet --to py:percent -o $$py $$f || exit 1; fi; done
 
 export: $(STAMP)
 	$(BIN)/nbdev_export
@@ -55,7 +57,7 @@ NB ?= $(wildcard nbs/*.ipynb nbs/tutorials/*.ipynb)
 nbs: $(STAMP)
 	@for f in $(NB); do rel=$${f#nbs/}; py=nbs_py/$${rel%.ipynb}.py; \
 	  if [ -f $$py ] && [ ! -f $$f ]; then $(BIN)/jupytext --quiet --to ipynb -o $$f $$py || exit 1; \
-	  elif [ -f $$py ]; then $(BIN)/jupytext --quiet --sync $$py || exit 1; fi; done
+	  elif [ -f $$py ] && [ $$py -nt $$f ]; then $(BIN)/jupytext --quiet --update --to ipynb -o $$f $$py || exit 1; fi; done
 	$(PY) tools/run_nbs.py $(NB)
 	@for f in $(NB); do rel=$${f#nbs/}; $(BIN)/nbdev_clean --fname $$f && \
 	  $(BIN)/jupytext --quiet --to py:percent -o nbs_py/$${rel%.ipynb}.py $$f || exit 1; done
