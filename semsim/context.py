@@ -14,7 +14,7 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['ALPHA_MIN', 'ALPHA_MAX', 'DEFAULT_ALPHA_INITS', 'S4D_MIN_NEG_RE', 'XI_POOL_KINDS', 'check_h', 'rel_err', 'XiPool',
-           'CumulativeMeanPool', 'decay_scan', 'log_spaced_alphas', 'EMAPool', 'legt_matrices', 'bilinear',
+           'CumulativeMeanPool', 'decay_scan', 'ema_scan', 'log_spaced_alphas', 'EMAPool', 'legt_matrices', 'bilinear',
            'ssm_kernel', 'causal_fft_conv', 'HiPPOLegTPool', 'cexpm1', 'S4DPool', 'make_xi_pool']
 
 # %% ../nbs/20_context.ipynb #da26c1cf
@@ -118,6 +118,33 @@ def decay_scan(x:Tensor, # inputs, (B,T,K,d), real or complex
     y = local + decay_in[None, None, :, :, None] * prev[:, :, None]
     return y.reshape(B, n * chunk, K, d)[:, :T]
 
+def ema_scan(h:Tensor, # one real input shared by all channels, (B,T,d)
+             log_a:Tensor, # per-channel log decay ln a_k, (K,); ≤ 0
+             scale:Optional[Tensor]=None, # per-position, per-channel factor applied to the sums (e.g. 1/Z_t), (T,K)
+             chunk:int=32, # block length
+            ) -> Tensor: # scale_tk · Σ_{s≤t} a_k^{t-s} h_s, (B,T,K,d)
+    "`decay_scan` for an input shared by the K channels, as one batched matmul per block that writes (B,T,K,d) directly."
+    B, T, d = h.shape
+    K = log_a.shape[0]
+    C = min(chunk, T)
+    n = -(-T // C)
+    if n * C > T: h = torch.cat([h, h.new_zeros(B, n * C - T, d)], 1)   # causal: padding at the end
+    xc = h.reshape(B, n, C, d)
+    i = torch.arange(C, device=h.device)
+    lag = (i[:, None] - i[None, :]).to(log_a.dtype)
+    W = torch.exp(lag.clamp(min=0)[:, None, :] * log_a[None, :, None]) * (lag >= 0)[:, None, :]    # a_k^(i-j), (C,K,C)
+    if n > 1:   # the state entering each block: block-end sums, then the decayed scan over blocks
+        e = torch.exp((C - 1 - i).to(log_a.dtype)[None, :] * log_a[:, None]).to(h.dtype) @ xc   # (B,n,K,d)
+        carry = decay_scan(e, C * log_a, chunk)
+        prev = torch.cat([carry.new_zeros(B, 1, K, d), carry[:, :-1]], 1)                     # (B,n,K,d)
+        D = torch.diag_embed(torch.exp((i + 1).to(log_a.dtype)[:, None] * log_a[None, :]))    # a_k^(i+1) δ_kk', (C,K,K)
+        W, xc = torch.cat([W, D], -1), torch.cat([xc, prev], 2)                              # (C,K,C+K), (B,n,C+K,d)
+    W = W.reshape(C * K, -1)
+    if scale is not None:   # fold the per-position factor into each block's matrix: one pass over the output
+        sc = torch.cat([scale, scale.new_ones(n * C - T, K)], 0) if n * C > T else scale
+        W = (sc.reshape(n, C * K, 1).to(W.dtype) * W[None])[None]                             # (1,n,C·K,C(+K))
+    return (W.to(h.dtype) @ xc).reshape(B, n * C, K, d)[:, :T]
+
 # %% ../nbs/20_context.ipynb #6581ec4b
 ALPHA_MIN, ALPHA_MAX = 1e-6, 1 - 1e-6   # clamp of the EMA decays (REFERENCE §10.8)
 DEFAULT_ALPHA_INITS = (0.25, 0.5, 0.75, 0.95)
@@ -137,7 +164,7 @@ class EMAPool(XiPool):
     def __init__(self, alpha_inits:Sequence[float]=DEFAULT_ALPHA_INITS, # initial decays, one per channel, in [0, 1]
                  learnable:bool=True, # train raw_alpha
                  alpha_dtype:Optional[torch.dtype]=None, # dtype in which α and ln α are computed (None: raw_alpha's)
-                 chunk:int=64): # block length of the O(T) scan
+                 chunk:int=32): # block length of the O(T) scan
         super().__init__()
         inits = [float(a) for a in (alpha_inits.tolist() if isinstance(alpha_inits, Tensor) else alpha_inits)]
         if not inits: raise ValueError("alpha_inits must hold at least one decay")
@@ -166,8 +193,7 @@ class EMAPool(XiPool):
         B, T, d = h.shape
         x = h.to(_work_dtype(h))
         la = self.log_alpha(x.dtype).to(h.device)
-        S = decay_scan(x[:, :, None, :].expand(B, T, self.n_channels, d), la, self.chunk)
-        return (S / self._log_norm(T, la, h.device)[None, :, :, None]).to(h.dtype)
+        return ema_scan(x, la, 1 / self._log_norm(T, la, h.device), self.chunk).to(h.dtype)
     def dense_weights(self, T:int, device=None, dtype=torch.float64) -> Tensor: # (K,T,T)
         "Log-space construction with logsumexp row normalisation, as in the reference."
         la = self.log_alpha(dtype).to(device)
