@@ -95,7 +95,7 @@ DEMO_MODELS = ('splm-multixi', 'matched-gpt')  # the two families the demo compa
 def _add_demo_args(p):
     p.add_argument('--corpus', default='tinyshakespeare', help='corpus name or path')
     p.add_argument('--out', default='runs/demo', help='folder for the two runs and the plots')
-    p.add_argument('--max-steps', type=int, help="shorten the demo preset's 800 steps")
+    p.add_argument('--max-steps', type=int, help="shorten the demo preset's 1200 steps")
     p.add_argument('--set', dest='sets', action='append', default=[], metavar='KEY=VALUE', help='override a training field of both runs')
     p.add_argument('--prompt', default='ROMEO:', help='prompt of the samples')
     p.add_argument('--sample-tokens', type=int, default=60, help='tokens sampled from each model')

@@ -66,7 +66,7 @@ class TrainConfig:
     compile: str = 'auto'         # torch.compile: 'auto' (CUDA, where valid), 'on' or 'off'
     threads: int = 0              # torch CPU threads; 0 = torch's default
     probe: bool = True            # causal probe before the first step; a leaking model is refused
-    progress: bool = True         # live progress bar
+    progress: bool = True         # live progress bar (in a terminal or notebook)
     out: str = 'runs/train'       # run folder: log.jsonl, checkpoints, plots, summary
     resume: bool = False          # continue the run in `out` from its latest checkpoint
 
@@ -88,7 +88,7 @@ PRESETS = {
                             max_len=1024, batch_size=16, block_size=512, max_steps=16000, lr=5e-4, weight_decay=0.01,
                             warmup=400, eval_every=400, eval_iters=40, ckpt_every=400),
     'demo': dict(model='splm-multixi', d=64, L=4, v_hidden=128, v_depth=2, max_len=128, batch_size=8, block_size=64,
-                 compact_vocab=True, max_steps=800, lr=2e-3, weight_decay=0.01, warmup=40, eval_every=100,
+                 compact_vocab=True, max_steps=1200, lr=2e-3, weight_decay=0.01, warmup=60, eval_every=100,
                  eval_iters=20, ckpt_every=200, threads=1),
 }
 
@@ -466,15 +466,17 @@ def _dist_setup(device:torch.device):
     world = int(os.environ.get('WORLD_SIZE', '1'))
     if world == 1: return 0, 1, False
     import torch.distributed as dist
+    if device.type == 'cuda': torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', '0')))  # before NCCL starts
     if dist.is_initialized(): return dist.get_rank(), dist.get_world_size(), False
     dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
     return dist.get_rank(), dist.get_world_size(), True
 
 def _all_mean(x:float, world:int) -> float:
-    "Mean of a float over ranks."
+    "Mean of a float over ranks (the tensor lives where the backend needs it: GPU for NCCL)."
     if world == 1: return x
     import torch.distributed as dist
-    t = torch.tensor([x], dtype=torch.float64); dist.all_reduce(t)
+    dev = torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else torch.device('cpu')
+    t = torch.tensor([x], dtype=torch.float64, device=dev); dist.all_reduce(t)
     return t.item() / world
 
 def _gather_objects(obj, world:int) -> list:
@@ -482,6 +484,10 @@ def _gather_objects(obj, world:int) -> list:
     import torch.distributed as dist
     lst = [None] * world; dist.all_gather_object(lst, obj)
     return lst
+
+def _interactive() -> bool:
+    "True in a terminal or a notebook: live progress bars there, none in logs and pipes."
+    return sys.stderr.isatty() or 'ipykernel' in sys.modules
 
 def _tqdm():
     "tqdm.auto (a widget in notebooks that have ipywidgets, text elsewhere), without its warning when they are missing."
@@ -527,8 +533,7 @@ def train(cfg:TrainConfig) -> dict: # the run's summary (rank 0; None on other r
 
 def _train(cfg:TrainConfig, device:torch.device, rank:int, world:int) -> Optional[dict]:
     spec, out, master = MODELS[cfg.model], Path(cfg.out), rank == 0
-    if world > 1 and device.type == 'cuda':
-        device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', rank))); torch.cuda.set_device(device)
+    if world > 1 and device.type == 'cuda': device = torch.device('cuda', torch.cuda.current_device())
     if cfg.batch_size % world: raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {world}")
     if cfg.threads: torch.set_num_threads(cfg.threads)
     B, T = cfg.batch_size // world, cfg.block_size
@@ -577,8 +582,8 @@ def _train(cfg:TrainConfig, device:torch.device, rank:int, world:int) -> Optiona
         else: atomic_write_text(log_path, '')
         atomic_write_text(out/'train_config.json', json.dumps(_jsonable(cfg), indent=1))
         if data.vocab_map is not None: atomic_write_text(out/'vocab_map.json', json.dumps(data.vocab_map.tolist()))
-    bar = _tqdm()(total=cfg.max_steps, initial=start, disable=not (master and cfg.progress), unit='step',
-               desc=f'{cfg.model} ({how})', dynamic_ncols=True)
+    bar = _tqdm()(total=cfg.max_steps, initial=start, unit='step', desc=f'{cfg.model} ({how})', dynamic_ncols=True,
+                  disable=not (master and cfg.progress and _interactive()))
     logf = open(log_path, 'a', encoding='utf-8') if master else None
     t0, tok_step = time.time(), cfg.batch_size * T
     model.train()
@@ -736,8 +741,8 @@ def train_together(cfgs:Sequence[TrainConfig], parallel:bool=True, progress:bool
     ctx = mp.get_context('spawn'); q = ctx.Queue()
     procs = [ctx.Process(target=_train_child, args=(replace(c, progress=False), q)) for c in cfgs]
     for p in procs: p.start()
-    bars = [tqdm(total=c.max_steps, desc=f'{c.model:>14s}', position=i, unit='step', disable=not progress,
-                 dynamic_ncols=True) for i, c in enumerate(cfgs)]
+    bars = [tqdm(total=c.max_steps, desc=f'{c.model:>14s}', position=i, unit='step', dynamic_ncols=True,
+                 disable=not (progress and _interactive())) for i, c in enumerate(cfgs)]
     done = {}
     try:
         while len(done) < len(cfgs):

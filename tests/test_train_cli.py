@@ -1,6 +1,6 @@
 """The training command line (`semsim.train.main`, the function behind `semsim train` and `python -m semsim.train`):
 one-line errors with status 1 for bad input, status 2 for a leaking model, status 3 for a non-finite loss."""
-import contextlib, io, json, random
+import contextlib, io, json, random, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -96,3 +96,29 @@ def test_list_and_print_config():
     rc, out, _ = run(['--preset', 'tinystories-16k', '--print-config'])
     c = json.loads(out)
     assert (c['model'], c['max_steps'], c['warmup'], c['d'], c['block_size'], c['corpus']) == ('splm-sq3', 16000, 400, 256, 512, 'tinystories')
+
+
+BIN = Path(sys.executable).parent/'semsim'
+
+
+def test_semsim_train_help_is_forwarded():
+    r = subprocess.run([str(BIN), 'train', '--help'], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and '--preset' in r.stdout and '--resume' in r.stdout and 'KEY=VALUE' in r.stdout
+
+
+def test_semsim_demo_side_by_side(tmp_path, shared_data, isolated_cache):
+    "The main job, shortened: both models trained in parallel processes, PPL table, two passed probes, samples, plots."
+    out = tmp_path/'demo'
+    r = subprocess.run([str(BIN), 'demo', '--max-steps', '4', '--set', 'eval_iters=2', '--sample-tokens', '6',
+                        '--no-progress', '--out', str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'side by side' in r.stdout and r.stdout.count('PASSED') == 2 and 'semsim demo: done in' in r.stdout
+    assert 'train 321,124 / val 16,901' in r.stdout                       # the data report it always printed
+    assert (out/'loss_curves.png').exists()
+    for m in ('splm-multixi', 'matched-gpt'):
+        s = json.loads((out/m/'summary.json').read_text())
+        assert s['steps'] == 4 and s['vocab_size'] == 11_706 and (out/m/'loss_curve.png').exists()
+    r = subprocess.run([str(BIN), 'demo', '--max-steps', '2', '--set', 'eval_iters=1', '--sample-tokens', '2',
+                        '--no-progress', '--sequential', '--out', str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]                            # a second demo replaces the first
+    assert json.loads((out/'matched-gpt'/'summary.json').read_text())['steps'] == 2
