@@ -56,6 +56,9 @@ import tempfile, io, contextlib
 import matplotlib.pyplot as plt
 from semsim.data import load_corpus
 import transformers
+
+# %%
+#| hide
 transformers.utils.logging.disable_progress_bar(); transformers.utils.logging.set_verbosity_error()
 torch.set_num_threads(1)  # tiny models: on a busy 2-core machine extra threads only add contention
 
@@ -1184,7 +1187,10 @@ vb = fixed_val_batches(prepare_data(cfg2).val, cfg2)
 test_close(evaluate(m2, vb, True), recs[-1]['val_loss'], eps=1e-6)
 test_eq([torch.equal(a[0], b[0]) for a, b in zip(vb, fixed_val_batches(prepare_data(cfg2).val, cfg2))], [True] * 6)
 test_eq(codec2.decode(codec2.encode('First Citizen:')), 'First Citizen:')
+test_eq(sample(m2, codec2, 'First Citizen:', 12, seed=1), sample(m2, codec2, 'First Citizen:', 12, seed=1))
 print(sample(m2, codec2, 'First Citizen:', 20, seed=1))
+test_fail(lambda: sample(m2, codec2, 'x', 5, temperature=0), contains='temperature > 0')
+test_fail(lambda: load_run(runs.name), contains='no checkpoint in')
 
 # %% [markdown]
 # ## Resume is exact
