@@ -41,6 +41,8 @@ def run(path, flags=(), timeout=600):
 if __name__ == '__main__':
     # the kernel must use the inline backend so figures are stored: drop a non-interactive backend set for tests
     os.environ.pop('MPLBACKEND', None)
+    # keep environment noise out of the stored outputs: tqdm warns at import when ipywidgets is not installed
+    os.environ['PYTHONWARNINGS'] = 'ignore:IProgress not found'
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('nbs', nargs='+')
     ap.add_argument('--flags', nargs='*', default=[])
