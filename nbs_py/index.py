@@ -32,17 +32,53 @@
 # tokenizer works offline.
 
 # %% [markdown]
+# ## What is inside
+#
+# | module | what it gives you | chapter |
+# |---|---|---|
+# | `semsim.data` | Tiny Shakespeare / TinyStories / any text, the exact GPT-2 BPE (offline), cached token streams, batches, log-frequency surprisal | [Data](05_data.html) |
+# | `semsim.signature`, `semsim.wells`, `semsim.dynamics`, `semsim.forces` | signature matrix and H*, the seven energy wells with fits, Lagrangian dynamics and integrators, PARF/SARF forces | [Signature](10_signature.html), [Wells](11_wells.html), [Dynamics](12_dynamics.html), [Forces](13_forces.html) |
+# | `semsim.context`, `semsim.potentials`, `semsim.splm`, `semsim.baselines` | the SPLM family (ξ pools, MLP and SQ1–SQ4 potentials, mass modes, integrators) and the matched GPT baseline, as Hugging Face models | [SPLM](22_splm.html) |
+# | `semsim.reference`, `semsim.causal` | loading the reference repository's checkpoints; the causal-violation probe | [Reference](24_reference.html), [Causality](25_causal.html) |
+# | `semsim.train`, `semsim.streaming`, `semsim.flops` | one trainer from laptop to GPU; O(1)-per-token decoding behind `generate()`; FLOP counts | [Training](30_train.html), [Streaming](31_streaming.html) |
+# | `semsim.trajectories`, `semsim.stp` | hidden-state trajectories of any causal LM; the STP–acceleration identity and statistics | [STP](41_stp.html) |
+#
+# From the command line:
+#
+# ```sh
+# semsim data tinyshakespeare                                     # corpus statistics
+# semsim train --preset shakespeare --model splm-multixi --set xi_channels=4 --out runs/x
+# semsim train --resume --out runs/x                              # continue after an interruption
+# semsim analyze stp --model gpt2 --corpus stp_corpus_50.json --out results/stp
+# ```
+
+# %% [markdown]
 # ## A first look
 #
 # Tiny Shakespeare, tokenized with the exact GPT-2 BPE and split as in the reference system:
 
 # %%
 from semsim.data import corpus_stats
+from semsim.splm import SPLMConfig, SPLMForCausalLM
+from semsim.causal import causal_probe
+import torch
 
 # %%
 stats = corpus_stats('tinyshakespeare')
 print(f"{stats['tokens']:,} tokens: {stats['train_tokens']:,} train, {stats['val_tokens']:,} validation; "
       f"{stats['train_types']:,} token types seen in train")
+
+# %% [markdown]
+# A scalar-potential language model is a Hugging Face causal LM whose tokens move under one learned energy; it is
+# causal by construction, which the probe checks:
+
+# %%
+torch.manual_seed(0)
+model = SPLMForCausalLM(SPLMConfig.preset('multixi', d=32, L=4, v_hidden=64, v_depth=2, max_len=64))
+ids = torch.randint(0, model.config.vocab_size, (1, 16))
+out = model(ids, labels=ids, output_hidden_states=True)
+print(f"loss {out.loss.item():.2f}; {len(out.hidden_states)} integration states h_0..h_L; "
+      f"causal probe passed: {causal_probe(model).passed}")
 
 # %% [markdown]
 # ## Developing semsim

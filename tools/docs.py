@@ -46,6 +46,7 @@ def _front_matter(nb):
 def _clean(nb):
     "Drop keys nbdev adds that nbformat's schema rejects."
     nb.metadata.pop('execution', None)
+    nb.metadata.setdefault('language_info', {'name': 'python'})   # code fences and highlighting say python
     for c in nb.cells:
         c.pop('has_sd', None)
         c.get('metadata', {}).pop('execution', None)
