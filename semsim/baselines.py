@@ -18,7 +18,8 @@ from transformers.modeling_outputs import CausalLMOutput
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'lm_loss', 'reference_loss', 'MatchedGPTConfig', 'CausalSelfAttention', 'GPTMLP', 'GPTBlock',
-           'check_input_ids', 'check_inputs_embeds', 'prepare_generation_inputs', 'MatchedGPTForCausalLM']
+           'check_input_ids', 'check_inputs_embeds', 'embed_inputs', 'prepare_generation_inputs',
+           'MatchedGPTForCausalLM']
 
 # %% ../nbs/23_baselines.ipynb #0c556d22
 IGNORE_INDEX = -100  # label value skipped by the loss (Hugging Face convention)
@@ -143,6 +144,19 @@ def check_inputs_embeds(inputs_embeds:Tensor, d:int, max_len:int) -> Tensor:
     if inputs_embeds.shape[1] > max_len: raise ValueError(f"sequence length T={inputs_embeds.shape[1]} exceeds max_len={max_len}")
     return inputs_embeds
 
+def embed_inputs(E:nn.Embedding, # the token embedding
+                 input_ids:Optional[Tensor], # token ids, (B,T), or None
+                 inputs_embeds:Optional[Tensor], # embeddings, (B,T,d), or None (then E(input_ids))
+                 vocab_size:int, d:int, max_len:int) -> tuple: # (input_ids, inputs_embeds), validated
+    "Validate ids and/or embeddings (both may be given: the logfreq mass needs the ids) and embed the ids if needed."
+    if input_ids is None and inputs_embeds is None: raise ValueError("pass input_ids, inputs_embeds, or both")
+    if input_ids is not None: input_ids = check_input_ids(input_ids, vocab_size, max_len)
+    if inputs_embeds is None: return input_ids, E(input_ids)
+    check_inputs_embeds(inputs_embeds, d, max_len)
+    if input_ids is not None and input_ids.shape != inputs_embeds.shape[:2]:
+        raise ValueError(f"input_ids {tuple(input_ids.shape)} and inputs_embeds {tuple(inputs_embeds.shape)} disagree on (B,T)")
+    return input_ids, inputs_embeds
+
 def prepare_generation_inputs(input_ids:Tensor, max_len:int, **kwargs) -> dict:
     "Cache-free generation: feed the whole context each step, cropped to the last max_len tokens."
     return {'input_ids': input_ids[:, -max_len:]}
@@ -208,13 +222,7 @@ class MatchedGPTForCausalLM(PreTrainedModel, GenerationMixin):
             from semsim.streaming import gpt_forward   # KV cache, or left padding (semsim.streaming)
             return gpt_forward(self, input_ids, past_key_values, attention_mask, bool(use_cache), logits_to_keep, labels)
         c = self.config
-        if input_ids is None and inputs_embeds is None: raise ValueError("pass input_ids, inputs_embeds, or both")
-        if input_ids is not None: input_ids = check_input_ids(input_ids, c.vocab_size, c.max_len)
-        if inputs_embeds is None: inputs_embeds = self.E(input_ids)
-        else:
-            check_inputs_embeds(inputs_embeds, c.d, c.max_len)
-            if input_ids is not None and input_ids.shape != inputs_embeds.shape[:2]:
-                raise ValueError(f"input_ids {tuple(input_ids.shape)} and inputs_embeds {tuple(inputs_embeds.shape)} disagree on (B,T)")
+        input_ids, inputs_embeds = embed_inputs(self.E, input_ids, inputs_embeds, c.vocab_size, c.d, c.max_len)
         B, T, d = inputs_embeds.shape
         x = self.drop(inputs_embeds + self.P[:T])
         states = [x]

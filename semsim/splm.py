@@ -16,7 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, Pret
 from transformers import initialization as hf_init
 from transformers.utils import ModelOutput
 
-from .baselines import lm_loss, check_input_ids, check_inputs_embeds, prepare_generation_inputs
+from .baselines import lm_loss, embed_inputs, prepare_generation_inputs
 from .dynamics import damped_euler_step, first_order_step, verlet_kick, verlet_kick_drift
 from .context import XiPool, make_xi_pool
 from .potentials import Potential, make_potential
@@ -392,13 +392,7 @@ class SPLMForCausalLM(PreTrainedModel, GenerationMixin):
             return streaming_forward(self, input_ids, past_key_values, attention_mask, bool(use_cache), labels=labels,
                                      logits_to_keep=logits_to_keep, inputs_embeds=inputs_embeds)
         c = self.config
-        if input_ids is None and inputs_embeds is None: raise ValueError("pass input_ids, inputs_embeds, or both")
-        if input_ids is not None: input_ids = check_input_ids(input_ids, c.vocab_size, c.max_len)
-        if inputs_embeds is None: inputs_embeds = self.E(input_ids)
-        else:
-            check_inputs_embeds(inputs_embeds, c.d, c.max_len)
-            if input_ids is not None and input_ids.shape != inputs_embeds.shape[:2]:
-                raise ValueError(f"input_ids {tuple(input_ids.shape)} and inputs_embeds {tuple(inputs_embeds.shape)} disagree on (B,T)")
+        input_ids, inputs_embeds = embed_inputs(self.E, input_ids, inputs_embeds, c.vocab_size, c.d, c.max_len)
         B, T, d = inputs_embeds.shape
         grad = torch.is_grad_enabled()
         with torch.enable_grad():
