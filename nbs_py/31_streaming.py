@@ -304,8 +304,11 @@ test_fail(lambda: pool_stream(nn.Linear(2, 2)), contains='XiPool')
 #   f = -\big(W_1^\top (g_1 \odot \mathrm{GELU}'(z_1))\big)_{h}, \qquad \mathrm{GELU}'(z) = \Phi(z) + z\,\varphi(z),$$
 #
 # with $\Phi, \varphi$ the standard normal CDF and density (exact, erf GELU) and only the $h$ columns of $W_1$ used in
-# the last product. It is the same arithmetic autograd would do, without the graph (the product
-# $g \odot \mathrm{GELU}'(z)$ uses PyTorch's fused `gelu_backward` kernel): `fast_energy_and_force` uses it
+# the last product. It is the same arithmetic autograd would do, without the graph; $\Phi(z)$ is computed once per
+# layer and gives both $\mathrm{GELU}(z) = z\,\Phi(z)$ for the next layer and $\mathrm{GELU}'(z)$ for the way back, and
+# the first layer multiplies $\xi$ and $h$ by their own column blocks of $W_1$ instead of concatenating
+# $[\xi; h]$ — fewer, smaller operations per layer, which is what
+# a batch-1 decode step spends its time on (`bench/bench_vs_attention.py`). `fast_energy_and_force` uses it
 # for `MLPPotential` and the MLP half of `SQ4Potential`, the closed form for the others. The streaming decoder uses it;
 # training keeps autograd (it needs the second-order graph).
 
@@ -315,21 +318,28 @@ def gelu_prime(z:Tensor) -> Tensor:
     "Derivative of the exact (erf) GELU: Φ(z) + z φ(z)."
     return 0.5 * (1 + torch.erf(z * 0.7071067811865476)) + z * torch.exp(-0.5 * z * z) * 0.3989422804014327
 
+def gelu_and_prime(z:Tensor) -> tuple: # (GELU(z), GELU'(z)), each shaped like z
+    "The exact GELU and its derivative together, sharing Φ(z): GELU = zΦ, GELU' = Φ + zφ."
+    Phi = torch.erf(z * 0.7071067811865476).mul_(0.5).add_(0.5)
+    return z * Phi, torch.addcmul(Phi, z, torch.exp(z.square().mul_(-0.5)), value=0.3989422804014327)
+
 def mlp_energy_and_force(pot:MLPPotential, # the MLP potential
-                         xi:Tensor, # context, (B,T,D_xi)
-                         h:Tensor, # hidden states, (B,T,d)
+                         xi:Tensor, # context, (..., D_xi), e.g. (B,T,D_xi)
+                         h:Tensor, # hidden states, (..., d)
                          need_energy:bool=True, # False: skip V's last product (decoding needs only f)
-                        ) -> tuple: # (V (B,T) or None, f (B,T,d)), no graph
+                        ) -> tuple: # (V (...) or None, f (..., d)), no graph
     "V and f = -∂V/∂h of an MLP potential by a hand-written backward pass."
     lins = [m for m in pot.net if isinstance(m, nn.Linear)]
-    a, zs = torch.cat([xi, h], -1), []
-    for lin in lins[:-1]:
-        z = F.linear(a, lin.weight, lin.bias); zs.append(z); a = F.gelu(z)
-    V = F.linear(a, lins[-1].weight, lins[-1].bias).squeeze(-1) if need_energy else None
-    g = lins[-1].weight[0].expand_as(a)                                    # ∂V/∂a_{D-1}
-    for i in range(len(zs) - 1, 0, -1): g = torch.ops.aten.gelu_backward(g, zs[i]) @ lins[i].weight  # g ⊙ GELU'(z) Wᵢ
-    g = torch.ops.aten.gelu_backward(g, zs[0]) @ lins[0].weight[:, -h.shape[-1]:]   # only the h columns of W₁
-    return V, -g
+    D, d, W1 = xi.shape[-1], h.shape[-1], lins[0].weight
+    x, y = xi.reshape(-1, D), h.reshape(-1, d)                             # tokens flattened, (N,D_xi), (N,d)
+    a, gp = gelu_and_prime(torch.addmm(lins[0].bias, x, W1[:, :D].t()).addmm_(y, W1[:, D:].t()))  # W₁[ξ;h]+b₁, no concatenation
+    gps = [gp]
+    for lin in lins[1:-1]:
+        a, gp = gelu_and_prime(torch.addmm(lin.bias, a, lin.weight.t())); gps.append(gp)
+    V = F.linear(a, lins[-1].weight, lins[-1].bias).reshape(h.shape[:-1]) if need_energy else None
+    g = lins[-1].weight * gps[-1]                                          # ∂V/∂z_{D-1}, (N,hidden)
+    for lin, gp in zip(lins[-2:0:-1], gps[-2::-1]): g = (g @ lin.weight).mul_(gp)   # ∂V/∂z_{i-1} = (∂V/∂z_i Wᵢ) ⊙ GELU'(z_{i-1})
+    return V, (g @ W1[:, D:]).neg_().reshape(h.shape)                     # only the h columns of W₁
 
 def fast_energy_and_force(pot:Potential, # any semsim potential
                           xi:Tensor, # context, (B,T,D_xi)
@@ -355,8 +365,8 @@ torch.manual_seed(1)
 z = torch.linspace(-6, 6, 101, dtype=torch.float64, requires_grad=True)
 g, = torch.autograd.grad(F.gelu(z).sum(), z)
 test_close(gelu_prime(z.detach()), g, eps=1e-14)
-w = torch.randn(101, dtype=torch.float64)                                  # the fused kernel used below: w ⊙ GELU'(z)
-test_close(torch.ops.aten.gelu_backward(w, z.detach()), w * gelu_prime(z.detach()), eps=1e-14)
+G, Gp = gelu_and_prime(z.detach())                                         # both at once, as the decoder uses them
+test_close(G, F.gelu(z.detach()), eps=1e-14); test_close(Gp, g, eps=1e-14)
 for kind in ('mlp', 'sq1', 'sq2', 'sq3', 'sq4'):
     torch.manual_seed(2)
     pot = make_potential(kind, 12, 6).double()

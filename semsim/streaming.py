@@ -21,10 +21,10 @@ from .baselines import MatchedGPTForCausalLM, lm_loss
 
 # %% auto #0
 __all__ = ['STREAM_RULES', 'left_pad_lengths', 'roll_rows', 'state_dtype', 'PoolStream', 'CumMeanStream', 'EMAStream',
-           'LegTStream', 'S4DStream', 'GenericStream', 'pool_stream', 'gelu_prime', 'mlp_energy_and_force',
-           'fast_energy_and_force', 'SPLMCache', 'check_streamable', 'check_token_ids', 'check_position',
-           'splm_prefill', 'splm_decode_step', 'streaming_forward', 'generation_inputs', 'splm_generation_inputs',
-           'KVCache', 'gpt_forward', 'gpt_generation_inputs']
+           'LegTStream', 'S4DStream', 'GenericStream', 'pool_stream', 'gelu_prime', 'gelu_and_prime',
+           'mlp_energy_and_force', 'fast_energy_and_force', 'SPLMCache', 'check_streamable', 'check_token_ids',
+           'check_position', 'splm_prefill', 'splm_decode_step', 'streaming_forward', 'generation_inputs',
+           'splm_generation_inputs', 'KVCache', 'gpt_forward', 'gpt_generation_inputs']
 
 # %% ../nbs/31_streaming.ipynb #d19da62b
 def left_pad_lengths(attention_mask:Optional[Tensor], # (B,T): 1 = token, 0 = left padding; None: no padding
@@ -158,21 +158,28 @@ def gelu_prime(z:Tensor) -> Tensor:
     "Derivative of the exact (erf) GELU: Φ(z) + z φ(z)."
     return 0.5 * (1 + torch.erf(z * 0.7071067811865476)) + z * torch.exp(-0.5 * z * z) * 0.3989422804014327
 
+def gelu_and_prime(z:Tensor) -> tuple: # (GELU(z), GELU'(z)), each shaped like z
+    "The exact GELU and its derivative together, sharing Φ(z): GELU = zΦ, GELU' = Φ + zφ."
+    Phi = torch.erf(z * 0.7071067811865476).mul_(0.5).add_(0.5)
+    return z * Phi, torch.addcmul(Phi, z, torch.exp(z.square().mul_(-0.5)), value=0.3989422804014327)
+
 def mlp_energy_and_force(pot:MLPPotential, # the MLP potential
-                         xi:Tensor, # context, (B,T,D_xi)
-                         h:Tensor, # hidden states, (B,T,d)
+                         xi:Tensor, # context, (..., D_xi), e.g. (B,T,D_xi)
+                         h:Tensor, # hidden states, (..., d)
                          need_energy:bool=True, # False: skip V's last product (decoding needs only f)
-                        ) -> tuple: # (V (B,T) or None, f (B,T,d)), no graph
+                        ) -> tuple: # (V (...) or None, f (..., d)), no graph
     "V and f = -∂V/∂h of an MLP potential by a hand-written backward pass."
     lins = [m for m in pot.net if isinstance(m, nn.Linear)]
-    a, zs = torch.cat([xi, h], -1), []
-    for lin in lins[:-1]:
-        z = F.linear(a, lin.weight, lin.bias); zs.append(z); a = F.gelu(z)
-    V = F.linear(a, lins[-1].weight, lins[-1].bias).squeeze(-1) if need_energy else None
-    g = lins[-1].weight[0].expand_as(a)                                    # ∂V/∂a_{D-1}
-    for i in range(len(zs) - 1, 0, -1): g = torch.ops.aten.gelu_backward(g, zs[i]) @ lins[i].weight  # g ⊙ GELU'(z) Wᵢ
-    g = torch.ops.aten.gelu_backward(g, zs[0]) @ lins[0].weight[:, -h.shape[-1]:]   # only the h columns of W₁
-    return V, -g
+    D, d, W1 = xi.shape[-1], h.shape[-1], lins[0].weight
+    x, y = xi.reshape(-1, D), h.reshape(-1, d)                             # tokens flattened, (N,D_xi), (N,d)
+    a, gp = gelu_and_prime(torch.addmm(lins[0].bias, x, W1[:, :D].t()).addmm_(y, W1[:, D:].t()))  # W₁[ξ;h]+b₁, no concatenation
+    gps = [gp]
+    for lin in lins[1:-1]:
+        a, gp = gelu_and_prime(torch.addmm(lin.bias, a, lin.weight.t())); gps.append(gp)
+    V = F.linear(a, lins[-1].weight, lins[-1].bias).reshape(h.shape[:-1]) if need_energy else None
+    g = lins[-1].weight * gps[-1]                                          # ∂V/∂z_{D-1}, (N,hidden)
+    for lin, gp in zip(lins[-2:0:-1], gps[-2::-1]): g = (g @ lin.weight).mul_(gp)   # ∂V/∂z_{i-1} = (∂V/∂z_i Wᵢ) ⊙ GELU'(z_{i-1})
+    return V, (g @ W1[:, D:]).neg_().reshape(h.shape)                     # only the h columns of W₁
 
 def fast_energy_and_force(pot:Potential, # any semsim potential
                           xi:Tensor, # context, (B,T,D_xi)
