@@ -158,10 +158,15 @@ def gelu_prime(z:Tensor) -> Tensor:
     "Derivative of the exact (erf) GELU: Φ(z) + z φ(z)."
     return 0.5 * (1 + torch.erf(z * 0.7071067811865476)) + z * torch.exp(-0.5 * z * z) * 0.3989422804014327
 
+_GELU_CONSTS = {}   # (dtype, device) -> (1/√2, 1/2, -1/2) as 0-d tensors: a Python float operand costs a dtype conversion per op
+
 def gelu_and_prime(z:Tensor) -> tuple: # (GELU(z), GELU'(z)), each shaped like z
     "The exact GELU and its derivative together, sharing Φ(z): GELU = zΦ, GELU' = Φ + zφ."
-    Phi = torch.erf(z * 0.7071067811865476).mul_(0.5).add_(0.5)
-    return z * Phi, torch.addcmul(Phi, z, torch.exp(z.square().mul_(-0.5)), value=0.3989422804014327)
+    key = (z.dtype, z.device)
+    if key not in _GELU_CONSTS: _GELU_CONSTS[key] = tuple(torch.tensor(x, dtype=z.dtype, device=z.device) for x in (0.7071067811865476, 0.5, -0.5))
+    r2, half, mhalf = _GELU_CONSTS[key]
+    Phi = torch.erf(z * r2).mul_(half).add_(half)                          # Φ(z)
+    return z * Phi, torch.addcmul(Phi, z, torch.exp(z * z * mhalf), value=0.3989422804014327)   # zΦ, Φ + z e^{-z²/2}/√(2π)
 
 def mlp_energy_and_force(pot:MLPPotential, # the MLP potential
                          xi:Tensor, # context, (..., D_xi), e.g. (B,T,D_xi)
