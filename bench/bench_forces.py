@@ -7,7 +7,15 @@ SQ3 mixture potential at d = 256, K_xi = 4 (ξ width 1024), K_mix = 8, T = 512 (
     forward with loss, backward through the forces (second order: create_graph), AdamW step — the potential's
     `closed_form` switched off for the autograd side, same weights, same batch.
 Thresholds (issue 5): force ≥ 2×, training step ≥ 1.5×. Last line: the force ratio (and the step ratio).
+
+The ceiling. Work that both methods must do identically bounds what any exact closed form can gain (Amdahl):
+- force: the wells (μ, a, log π, b) are functions of ξ that both need; `wells` alone is timed in the same interleaved
+  run, and autograd / wells is the largest ratio a closed form with zero cost for the h-dependent part could reach;
+- training step: both sides run the same matrix products (the ξ projections forward and backward, the readout, the
+  vocabulary log-softmax of the loss) — the profiler lists them with their shapes, the script checks the two lists are
+  identical, and autograd step / those ops' time in the closed-form step is the ceiling.
 """
+from collections import Counter
 import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -15,6 +23,16 @@ import torch
 from _common import parser, setup, interleaved, save, verdict
 from semsim.potentials import SQ3Potential
 from semsim.splm import SPLMConfig, SPLMForCausalLM
+
+
+SHARED = ('aten::mm', 'aten::addmm', 'aten::bmm', 'aten::_log_softmax', 'aten::_log_softmax_backward_data')
+
+def shared_ops(fn) -> tuple: # (seconds, Counter of (op, input shapes))
+    "CPU time of the matrix products and log-softmaxes in one call of fn, with the multiset of their shapes."
+    from torch.profiler import profile, ProfilerActivity
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof: fn()
+    ev = [e for e in prof.key_averages(group_by_input_shape=True) if e.key in SHARED]
+    return sum(e.self_cpu_time_total for e in ev) / 1e6, Counter({(e.key, str(e.input_shapes)): e.count for e in ev})
 
 
 def main():
@@ -38,6 +56,13 @@ def main():
     force_ratio = tf['autograd']['median_s'] / tf['closed_form']['median_s']
     print(f"force (B={B}, T={T}, d={d}, K_xi={Kxi}, K_mix={Kmix}): closed {1e3 * tf['closed_form']['median_s']:.1f} ms, "
           f"autograd {1e3 * tf['autograd']['median_s']:.1f} ms, ratio {force_ratio:.2f}x, max rel diff {err:.1e}", flush=True)
+
+    # the shared floor: the wells alone, timed in the same interleaved way
+    tw = interleaved({'wells': lambda: torch.no_grad()(pot.wells)(xi), 'closed_form': closed, 'autograd': autograd}, repeats=args.repeats)
+    force_ceiling = tw['autograd']['median_s'] / tw['wells']['median_s']
+    print(f"  shared floor: the wells (four projections of ξ) alone {1e3 * tw['wells']['median_s']:.1f} ms = "
+          f"{100 * tw['wells']['median_s'] / tw['closed_form']['median_s']:.0f} % of the closed form; ceiling for any exact closed form "
+          f"autograd / wells = {force_ceiling:.2f}x", flush=True)
 
     # the same with the wells (μ, a, log π, b: four projections of ξ, shared by both methods) computed beforehand
     with torch.no_grad(): wells = pot.wells(xi)
@@ -68,13 +93,21 @@ def main():
     step_ratio = ts['autograd']['median_s'] / ts['closed_form']['median_s']
     print(f"training step (sq3_multixi, B={Bs}, T={T}, vocab {cfg.vocab_size}): closed {ts['closed_form']['median_s']:.2f} s, "
           f"autograd {ts['autograd']['median_s']:.2f} s, ratio {step_ratio:.2f}x", flush=True)
+    shared_s, same = shared_ops(lambda: train_step(True)), None
+    auto_ops = shared_ops(lambda: train_step(False))
+    same = shared_s[1] == auto_ops[1]
+    step_ceiling = ts['autograd']['median_s'] / shared_s[0]
+    print(f"  shared floor: matrix products and the vocabulary log-softmax, {shared_s[0]:.2f} s of the closed-form step "
+          f"(identical op and shape lists on both sides: {same}); ceiling autograd / floor = {step_ceiling:.2f}x", flush=True)
     save('forces', dict(question='SQ3 closed-form force vs autograd through the same V', hardware=hw,
                         force=dict(B=B, T=T, d=d, K_xi=Kxi, K_mix=Kmix, times=tf, ratio=force_ratio, max_rel_diff=err, threshold=2.0,
+                                   floor=dict(times=tw, ceiling=force_ceiling),
                                    wells_given=dict(times=th, ratio=h_ratio)),
-                        train_step=dict(B=Bs, T=T, config='sq3_multixi', vocab=cfg.vocab_size, times=ts, ratio=step_ratio, threshold=1.5)), args)
+                        train_step=dict(B=Bs, T=T, config='sq3_multixi', vocab=cfg.vocab_size, times=ts, ratio=step_ratio, threshold=1.5,
+                                        floor=dict(shared_s=shared_s[0], identical_ops=same, ceiling=step_ceiling))), args)
     assert err < 1e-4, 'closed form and autograd disagree'
-    print(f"RESULT SQ3 closed-form vs autograd: force {force_ratio:.2f}x {verdict(force_ratio, 2)}; "
-          f"training step {step_ratio:.2f}x {verdict(step_ratio, 1.5)}")
+    print(f"RESULT SQ3 closed-form vs autograd: force {force_ratio:.2f}x {verdict(force_ratio, 2)} (ceiling {force_ceiling:.2f}x); "
+          f"training step {step_ratio:.2f}x {verdict(step_ratio, 1.5)} (ceiling {step_ceiling:.2f}x)")
 
 
 if __name__ == '__main__': main()

@@ -236,7 +236,8 @@ class SQ1Potential(Potential):
     def energy_and_grad(self, xi:Tensor, h:Tensor) -> tuple:
         mu, a, b = self.wells(xi)
         r = h - mu
-        return 0.5 * (a * r * r).sum(-1) + b, a * r
+        ar = a * r
+        return 0.5 * (ar * r).sum(-1) + b, ar
     def energy(self, xi:Tensor, h:Tensor) -> Tensor: return self.energy_and_grad(self.check(xi, h), h)[0]
     def grad_h(self, xi:Tensor, h:Tensor) -> Tensor: return self.energy_and_grad(self.check(xi, h), h)[1]
     def attractor_centres(self, xi:Tensor) -> Tensor: return self.mu_proj(self.check_xi(xi))[..., None, :]   # (B,T,1,d)
@@ -328,15 +329,15 @@ class SQ3Potential(Potential):
     def _parts(self, xi, h):
         mu, a, logpi, b = self.wells(xi)
         r = h[..., None, :] - mu                                           # (B,T,K,d)
-        E = 0.5 * (a * r * r).sum(-1)                                      # (B,T,K)
-        z = -E / self.tau + logpi
-        return z, a, r, b
+        ar = a * r                                                         # a_k ⊙ (h - μ_k), kept for the force
+        E = 0.5 * (ar * r).sum(-1)                                         # (B,T,K)
+        return logpi - E / self.tau, ar, b
     def energy_and_grad(self, xi:Tensor, h:Tensor) -> tuple:
-        z, a, r, b = self._parts(xi, h)
+        z, ar, b = self._parts(xi, h)
         q = torch.softmax(z, -1)                                           # responsibilities, (B,T,K)
-        return -self.tau * torch.logsumexp(z, -1) + b, (q[..., None] * a * r).sum(-2)
+        return -self.tau * torch.logsumexp(z, -1) + b, (q[..., None, :] @ ar).squeeze(-2)   # Σ_k q_k a_k ⊙ (h - μ_k) as a batched (1×K)(K×d) product
     def energy(self, xi:Tensor, h:Tensor) -> Tensor:
-        z, a, r, b = self._parts(self.check(xi, h), h)
+        z, ar, b = self._parts(self.check(xi, h), h)
         return -self.tau * torch.logsumexp(z, -1) + b
     def grad_h(self, xi:Tensor, h:Tensor) -> Tensor: return self.energy_and_grad(self.check(xi, h), h)[1]
     def responsibilities(self, xi:Tensor, h:Tensor) -> Tensor: # q, (B,T,K)
@@ -555,8 +556,8 @@ test_close(s2.energy_and_force(xi, h)[1], s1b.force(xi, h), eps=1e-13)
 s3 = SQ3Potential(6, 3, K_mix=1).double(); s3.load_state_dict({**s1.state_dict(), 'pi_proj.weight': torch.randn(1, 6), 'pi_proj.bias': torch.zeros(1)})
 test_close(s3.energy(xi, h), s1.energy(xi, h), eps=1e-12); test_close(s3.force(xi, h), s1.force(xi, h), eps=1e-12)
 s3 = sharpen(SQ3Potential(6, 3, K_mix=4, tau=1e-3).double(), 6)
-z, a3, r3, b3 = s3._parts(xi, h)
-E = 0.5 * (a3 * r3 * r3).sum(-1)
+mu3, a3, _, b3 = s3.wells(xi)
+E = 0.5 * (a3 * (h[..., None, :] - mu3) ** 2).sum(-1)                    # the wells' energies E_k
 test_close(s3.energy(xi, h), E.min(-1).values + b3, eps=1e-2)
 test_close(s3.responsibilities(xi, h).sum(-1), torch.ones(2, 5, dtype=torch.float64), eps=1e-12)
 # τ = 1 with one stiffness shared by all wells: V - b = -log p(h) + ½ Σ_j log(a_j/2π), p the Gaussian mixture

@@ -139,7 +139,8 @@ class SQ1Potential(Potential):
     def energy_and_grad(self, xi:Tensor, h:Tensor) -> tuple:
         mu, a, b = self.wells(xi)
         r = h - mu
-        return 0.5 * (a * r * r).sum(-1) + b, a * r
+        ar = a * r
+        return 0.5 * (ar * r).sum(-1) + b, ar
     def energy(self, xi:Tensor, h:Tensor) -> Tensor: return self.energy_and_grad(self.check(xi, h), h)[0]
     def grad_h(self, xi:Tensor, h:Tensor) -> Tensor: return self.energy_and_grad(self.check(xi, h), h)[1]
     def attractor_centres(self, xi:Tensor) -> Tensor: return self.mu_proj(self.check_xi(xi))[..., None, :]   # (B,T,1,d)
@@ -194,15 +195,15 @@ class SQ3Potential(Potential):
     def _parts(self, xi, h):
         mu, a, logpi, b = self.wells(xi)
         r = h[..., None, :] - mu                                           # (B,T,K,d)
-        E = 0.5 * (a * r * r).sum(-1)                                      # (B,T,K)
-        z = -E / self.tau + logpi
-        return z, a, r, b
+        ar = a * r                                                         # a_k ⊙ (h - μ_k), kept for the force
+        E = 0.5 * (ar * r).sum(-1)                                         # (B,T,K)
+        return logpi - E / self.tau, ar, b
     def energy_and_grad(self, xi:Tensor, h:Tensor) -> tuple:
-        z, a, r, b = self._parts(xi, h)
+        z, ar, b = self._parts(xi, h)
         q = torch.softmax(z, -1)                                           # responsibilities, (B,T,K)
-        return -self.tau * torch.logsumexp(z, -1) + b, (q[..., None] * a * r).sum(-2)
+        return -self.tau * torch.logsumexp(z, -1) + b, (q[..., None, :] @ ar).squeeze(-2)   # Σ_k q_k a_k ⊙ (h - μ_k) as a batched (1×K)(K×d) product
     def energy(self, xi:Tensor, h:Tensor) -> Tensor:
-        z, a, r, b = self._parts(self.check(xi, h), h)
+        z, ar, b = self._parts(self.check(xi, h), h)
         return -self.tau * torch.logsumexp(z, -1) + b
     def grad_h(self, xi:Tensor, h:Tensor) -> Tensor: return self.energy_and_grad(self.check(xi, h), h)[1]
     def responsibilities(self, xi:Tensor, h:Tensor) -> Tensor: # q, (B,T,K)
