@@ -40,8 +40,8 @@ test_eq(sorted(M), ['decode', 'flops', 'forces', 'train_throughput_cpu', 'vs_att
 # ## Decoding: latency against the context
 #
 # `bench_vs_attention.py`: d = 128 and L = 8 for both models (the reference's sizes), GPT-2 vocabulary. For every
-# context $T$ each decoder is prefilled with a $T$-token prompt, then decode steps are timed (2 warm-ups, 16 steps,
-# median). Batch 1, and the same caches repeated to batch 8 (time per token = step time / 8). The SPLM decoders are
+# context $T$ each decoder is prefilled with a $T$-token prompt, then decode steps are timed (2 warm-ups, 10 at the
+# first context, then 32 steps, median). Batch 1, and the same caches repeated to batch 8 (time per token = step time / 8). The SPLM decoders are
 # the em_ln model with the MLP potential (force by the manual backward pass) and with the closed-form SQ3 potential.
 
 # %%
@@ -60,11 +60,14 @@ plt.tight_layout(); plt.show()
 for k, c in va['crossover'].items():
     star = 'SPLM faster at every context' if c['splm_faster_at_every_context'] else f"T* = {c['T_star']:6,.0f}"
     print(f"{k:12s}: {star:30s} attention {c['attn_intercept_ms']:.2f} ms + {1e3 * c['attn_slope_ms_per_token']:.3f} ms per 1k "
-          f"tokens of context; SPLM {c['splm_mean_ms']:.2f} ms flat")
+          f"tokens of context; SPLM {c['splm_median_ms']:.2f} ms flat; least-squares T* {c['T_star_least_squares']:,.0f}")
 
 # %% [markdown]
-# The measured crossovers — where the least-squares line of attention's latency meets the SPLM's flat latency —
-# against the reference's T* ≈ 1,536 (CPU, autograd forces, batch 1):
+# The measured crossovers — where the line of attention's latency against the context (a Theil–Sen fit: the median
+# of pairwise slopes, which one slow context on a shared machine cannot drag; the least-squares value is printed
+# above) meets the SPLM's flat latency (its median over contexts) — against the reference's T* ≈ 1,536 (CPU,
+# autograd forces, batch 1). The baseline here is stronger than the reference's: its KV cache appends into buffers
+# that grow by doubling, where the reference concatenated the whole cache at every token.
 
 # %%
 summary_4 = {k: round(c['T_star']) for k, c in va['crossover'].items()}
@@ -143,22 +146,33 @@ for r in (r for r in xp['rows'] if r['pool'] == 'ema'):
 # %%
 fo = M['forces']
 parts = {'force': fo['force'], 'force, wells given': fo['force']['wells_given'], 'training step': fo['train_step']}
+ceil = {'force': fo['force']['floor']['ceiling'], 'training step': fo['train_step']['floor']['ceiling']}
 fig, ax = plt.subplots(figsize=(6, 3))
-ax.barh(list(parts), [p['ratio'] for p in parts.values()], color=['C0', 'C0', 'C1'])
-ax.axvline(1, color='grey', lw=0.8); ax.set_xlabel('autograd time / closed-form time'); plt.tight_layout(); plt.show()
+ax.barh(list(parts), [p['ratio'] for p in parts.values()], color=['C0', 'C0', 'C1'], label='measured')
+ax.scatter([ceil[k] for k in ceil], list(ceil), marker='|', s=400, color='k', zorder=3, label='ceiling of any exact closed form')
+ax.axvline(1, color='grey', lw=0.8); ax.set_xlabel('autograd time / closed-form time'); ax.legend(fontsize=8, loc='lower right')
+plt.tight_layout(); plt.show()
 for k, p in parts.items():
     t = p['times']
-    print(f"{k:20s}: closed {1e3 * t['closed_form']['median_s']:9.1f} ms, autograd {1e3 * t['autograd']['median_s']:9.1f} ms, ratio {p['ratio']:.2f}x")
-share = 1 - fo['force']['wells_given']['times']['closed_form']['median_s'] / fo['force']['times']['closed_form']['median_s']
-print(f"share of the closed-form force spent on the wells (the projections of ξ, identical in both methods): {100 * share:.0f} %")
+    print(f"{k:20s}: closed {1e3 * t['closed_form']['median_s']:9.1f} ms, autograd {1e3 * t['autograd']['median_s']:9.1f} ms, ratio {p['ratio']:.2f}x"
+          + (f"  (ceiling {ceil[k]:.2f}x)" if k in ceil else ''))
+fl_ = fo['force']['floor']['times']
+print(f"the wells alone (four projections of ξ, needed by both methods): {1e3 * fl_['wells']['median_s']:.1f} ms = "
+      f"{100 * fl_['wells']['median_s'] / fl_['closed_form']['median_s']:.0f} % of the closed-form force")
+st = fo['train_step']['floor']
+print(f"training step: {st['calls_shared']} of the closed form's {st['calls_closed']} matrix products and log-softmaxes are "
+      f"also made by autograd (same op, same shapes), {st['shared_s']:.2f} s of the closed-form step")
 
 # %% [markdown]
-# The closed form does not reach the issue's 2× (force) and 1.5× (training step) here. At K_ξ·d = 1,024 the four
-# projections of ξ that give the wells' centres, stiffnesses and weights are needed by both methods and take the share
-# printed above; what the closed form removes is only the backward pass over the $h$-dependent part, itself an
-# elementwise, memory-bound chain, which it does 1.2× faster. In the training step the readout over the 50,257-token
-# vocabulary and the projections' own gradients dominate both sides. Where a closed-form force pays is decoding: no
-# autograd graph per token (the SQ3 decoder above is the fastest at batch 1).
+# The closed form does not reach the issue's 2× (force) and 1.5× (training step), and no exact closed form can at
+# this shape: the ratio cannot exceed the *ceiling* above, autograd's time divided by the work both methods must do
+# identically (Amdahl's law). For the force that work is the four projections of ξ (K_ξ·d = 1,024 inputs, 2 × 2,048
+# outputs) that give the wells' centres, stiffnesses and weights — the closed form needs every one of them, and they
+# take the share printed above. What the closed form removes is the backward pass over the $h$-dependent part, an
+# elementwise, memory-bound chain ("force, wells given"). In the training step the readout over the 50,257-token
+# vocabulary, its log-softmax and the projections' own gradients are the common floor. The closed form is within a
+# few per cent of its ceiling; where it pays more is decoding (no autograd graph per token: the SQ3 decoder is the
+# fastest at batch 1 above) and on accelerators, where the elementwise chain, not the products, is what costs.
 
 # %% [markdown]
 # ## Training throughput
@@ -177,16 +191,16 @@ print(f"SPLM-MLP / MatchedGPT = {tt['ratio_splm_mlp_over_gpt']:.2f}; SPLM-SQ3 / 
 
 # %% [markdown]
 # Training the MLP SPLM is slower than the attention baseline at these sizes: its force is a gradient, so the backward
-# pass differentiates through a gradient (a second-order graph through the potential at each of the 8 steps). With the
-# closed-form SQ3 force the SPLM trains at the baseline's speed.
+# pass differentiates through a gradient (a second-order graph through the potential at each of the 8 steps). The
+# closed-form SQ3 force has no second-order graph, and most of the gap closes (the two ratios above).
 
 # %% [markdown]
 # ## Why batching and closed forms move the crossover
 #
-# At batch 1 the MLP SPLM's crossover is near the reference's 1,536: for every token it reads the potential's weights
-# (2.6 MB) in the forward and in the backward pass of each of its 8 steps. With batched decoding those reads are shared
-# by the batch, while each sequence still reads its own KV cache; the closed-form SQ3 potential needs one small pass per
-# step. Both move the crossover to a few hundred tokens (table above).
+# At batch 1 the MLP SPLM pays the most per token: it reads the potential's weights (2.6 MB) in the forward and in the
+# backward pass of each of its 8 steps, so its crossover is the latest of the four (table above). With batched
+# decoding those reads are shared by the batch, while each sequence still reads its own KV cache; the closed-form SQ3
+# potential needs one small pass per step and no backward pass. Both move the crossover earlier.
 #
 # ## FLOPs against milliseconds
 #
@@ -200,8 +214,8 @@ fl = M['flops']
 test_close(fl['splm_mflops'], splm_decode_flops().mflops, eps=1e-9)
 print(f"analytic: SPLM {fl['splm_mflops']:.2f} MFLOPs/token flat, attention {fl['attention_mflops']['1024']:.2f} at T = 1,024, "
       f"decode crossover T* = {fl['crossover_decode']:,.0f}")
-print(f"measured (batch 1): T* = {va['crossover']['splm_mlp_B1']['T_star']:,.0f} for the MLP SPLM, "
-      f"{va['crossover']['splm_sq3_B1']['T_star']:,.0f} for SQ3")
+star = lambda c: 'SPLM faster at every context' if c['splm_faster_at_every_context'] else f"T* = {c['T_star']:,.0f}"
+print(f"measured (batch 1): {star(va['crossover']['splm_mlp_B1'])} for the MLP SPLM, {star(va['crossover']['splm_sq3_B1'])} for SQ3")
 
 
 # %% [markdown]
@@ -211,14 +225,15 @@ print(f"measured (batch 1): T* = {va['crossover']['splm_mlp_B1']['T_star']:,.0f}
 # this machine, not asserted):
 
 # %%
-def row(q, value, thr, hib=True, fmt='{:.2f}'):
+def row(q, value, thr, hib=True, fmt='{:.2f}', ceiling=None):
     ok = value >= thr if hib else value <= thr
-    return f"| {q} | {'≥' if hib else '≤'} {thr:g} | {fmt.format(value)} | {'PASS' if ok else 'FAIL'} |"
+    return (f"| {q} | {'≥' if hib else '≤'} {thr:g} | {fmt.format(value)} | {'PASS' if ok else 'FAIL'} | "
+            f"{'' if ceiling is None else fmt.format(ceiling)} |")
 ema = [r for r in xp['rows'] if r['pool'] == 'ema' and r['T'] == 1024][0]
-lines = ['| question | threshold | measured | |', '|---|---|---|---|',
+lines = ['| question | threshold | measured | | ceiling of any exact method |', '|---|---|---|---|---|',
          row('1. ξ pool (EMA, K = 4) O(T) vs dense, T = 1,024', ema['ratio'], 10),
-         row('2a. SQ3 force, closed form vs autograd', fo['force']['ratio'], 2),
-         row('2b. SQ3 training step, closed form vs autograd', fo['train_step']['ratio'], 1.5),
+         row('2a. SQ3 force, closed form vs autograd', fo['force']['ratio'], 2, ceiling=fo['force']['floor']['ceiling']),
+         row('2b. SQ3 training step, closed form vs autograd', fo['train_step']['ratio'], 1.5, ceiling=fo['train_step']['floor']['ceiling']),
          row('3a. decode 256 after 512: streaming vs recompute', dc['ratio'], 20, fmt='{:.1f}'),
          row('3b. latency at context 2,048 / context 128', dc['flatness'], 1.3, hib=False),
          row('4. crossover T*, MLP SPLM, batch 1 (reference 1,536)', va['crossover']['splm_mlp_B1']['T_star'], 1536, hib=False, fmt='{:,.0f}'),
