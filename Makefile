@@ -51,13 +51,15 @@ export: $(STAMP)
 clean-nbs: $(STAMP)
 	$(BIN)/nbdev_clean
 
-# Execute notebooks so their outputs (figures) are stored, then clean, re-sync the text pairs and export.
+# Export (so that notebooks importing semsim see the edited code), execute the notebooks so their outputs (figures)
+# are stored, then clean, re-sync the text pairs and export again.
 # NB takes notebook paths (nbs/NAME.ipynb); a newer nbs_py/NAME.py is synced into the notebook first.
 NB ?= $(wildcard nbs/*.ipynb nbs/tutorials/*.ipynb)
 nbs: $(STAMP)
 	@for f in $(NB); do rel=$${f#nbs/}; py=nbs_py/$${rel%.ipynb}.py; \
 	  if [ -f $$py ] && [ ! -f $$f ]; then $(BIN)/jupytext --quiet --to ipynb -o $$f $$py || exit 1; \
 	  elif [ -f $$py ] && [ $$py -nt $$f ]; then $(BIN)/jupytext --quiet --update --to ipynb -o $$f $$py || exit 1; fi; done
+	$(BIN)/nbdev_export
 	$(PY) tools/run_nbs.py $(NB)
 	@for f in $(NB); do rel=$${f#nbs/}; $(BIN)/nbdev_clean --fname $$f && \
 	  $(BIN)/jupytext --quiet --to py:percent -o nbs_py/$${rel%.ipynb}.py $$f || exit 1; done

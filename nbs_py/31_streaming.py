@@ -337,7 +337,7 @@ def mlp_energy_and_force(pot:MLPPotential, # the MLP potential
     lins = [m for m in pot.net if isinstance(m, nn.Linear)]
     D, d, W1 = xi.shape[-1], h.shape[-1], lins[0].weight
     x, y = xi.reshape(-1, D), h.reshape(-1, d)                             # tokens flattened, (N,D_xi), (N,d)
-    a, gp = gelu_and_prime(torch.addmm(lins[0].bias, x, W1[:, :D].t()).addmm_(y, W1[:, D:].t()))  # W₁[ξ;h]+b₁, no concatenation
+    a, gp = gelu_and_prime(torch.addmm(torch.addmm(lins[0].bias, x, W1[:, :D].t()), y, W1[:, D:].t()))  # W₁[ξ;h]+b₁, no concatenation (out of place: FlopCounterMode misses addmm_)
     gps = [gp]
     for lin in lins[1:-1]:
         a, gp = gelu_and_prime(torch.addmm(lin.bias, a, lin.weight.t())); gps.append(gp)
