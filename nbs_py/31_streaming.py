@@ -336,6 +336,8 @@ def mlp_energy_and_force(pot:MLPPotential, # the MLP potential
     "V and f = -∂V/∂h of an MLP potential by a hand-written backward pass."
     lins = [m for m in pot.net if isinstance(m, nn.Linear)]
     D, d, W1 = xi.shape[-1], h.shape[-1], lins[0].weight
+    if (D, d) != (pot.d_xi, pot.d) or xi.shape[:-1] != h.shape[:-1]:
+        raise ValueError(f"xi {tuple(xi.shape)} and h {tuple(h.shape)} must share their leading axes and end in D_xi={pot.d_xi}, d={pot.d}")
     x, y = xi.reshape(-1, D), h.reshape(-1, d)                             # tokens flattened, (N,D_xi), (N,d)
     a, gp = gelu_and_prime(torch.addmm(torch.addmm(lins[0].bias, x, W1[:, :D].t()), y, W1[:, D:].t()))  # W₁[ξ;h]+b₁, no concatenation (out of place: FlopCounterMode misses addmm_)
     gps = [gp]
@@ -383,6 +385,11 @@ for kind in ('mlp', 'sq1', 'sq2', 'sq3', 'sq4'):
     V_ref, f_ref = pot.energy_and_force(xi, hh)
     test_close(V, V_ref, eps=1e-12); test_close(f, f_ref, eps=1e-12 * f_ref.abs().max().item())
     print(f"{kind}: |f| max {f_ref.abs().max().item():7.2f}, max |Δf| {(f - f_ref).abs().max().item():.1e}")
+pot = make_potential('mlp', 12, 6).double()                                # any leading axes: tokens flattened, (N, ·)
+with torch.no_grad(): V2, f2 = mlp_energy_and_force(pot, xi.reshape(-1, 12), hh.reshape(-1, 6))
+test_eq(f2.shape, (10, 6)); test_close(f2.reshape(2, 5, 6), pot.force(xi, hh), eps=1e-12); test_close(V2.reshape(2, 5), pot.energy(xi, hh), eps=1e-12)
+test_fail(lambda: mlp_energy_and_force(pot, xi[:, :4], hh), contains='leading axes')
+test_fail(lambda: mlp_energy_and_force(pot, xi[..., :8], hh), contains='D_xi=12')
 
 
 # %% [markdown]

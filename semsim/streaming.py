@@ -176,6 +176,8 @@ def mlp_energy_and_force(pot:MLPPotential, # the MLP potential
     "V and f = -∂V/∂h of an MLP potential by a hand-written backward pass."
     lins = [m for m in pot.net if isinstance(m, nn.Linear)]
     D, d, W1 = xi.shape[-1], h.shape[-1], lins[0].weight
+    if (D, d) != (pot.d_xi, pot.d) or xi.shape[:-1] != h.shape[:-1]:
+        raise ValueError(f"xi {tuple(xi.shape)} and h {tuple(h.shape)} must share their leading axes and end in D_xi={pot.d_xi}, d={pot.d}")
     x, y = xi.reshape(-1, D), h.reshape(-1, d)                             # tokens flattened, (N,D_xi), (N,d)
     a, gp = gelu_and_prime(torch.addmm(torch.addmm(lins[0].bias, x, W1[:, :D].t()), y, W1[:, D:].t()))  # W₁[ξ;h]+b₁, no concatenation (out of place: FlopCounterMode misses addmm_)
     gps = [gp]
