@@ -291,7 +291,6 @@ test_eq(xi[:, 0], h[:, 5].float())
 test_fail(lambda: rule.prefix_state(h[:, :5], torch.tensor([5, 3, 5])), contains='no padded-prefix rule')
 test_fail(lambda: pool_stream(nn.Linear(2, 2)), contains='XiPool')
 
-
 # %% [markdown]
 # ## Forces without autograd
 #
@@ -314,10 +313,6 @@ test_fail(lambda: pool_stream(nn.Linear(2, 2)), contains='XiPool')
 
 # %%
 #| export
-def gelu_prime(z:Tensor) -> Tensor:
-    "Derivative of the exact (erf) GELU: Φ(z) + z φ(z)."
-    return 0.5 * (1 + torch.erf(z * 0.7071067811865476)) + z * torch.exp(-0.5 * z * z) * 0.3989422804014327
-
 _GELU_CONSTS = {}   # (dtype, device) -> (1/√2, 1/2, -1/2) as 0-d tensors: a Python float operand costs a dtype conversion per op
 
 def gelu_and_prime(z:Tensor) -> tuple: # (GELU(z), GELU'(z)), each shaped like z
@@ -363,7 +358,7 @@ def fast_energy_and_force(pot:Potential, # any semsim potential
 
 
 # %% [markdown]
-# Tests, in float64 with weights large enough that the GELUs work in their curved region: $\mathrm{GELU}'$ equals
+# Tests, in float64 with weights large enough that the GELUs work in their curved region: `gelu_and_prime` equals `F.gelu` and
 # autograd's derivative of `F.gelu`, and `fast_energy_and_force` equals `Potential.energy_and_force` (autograd for the
 # MLP and SQ4, closed form for SQ1–SQ3) for every potential.
 
@@ -371,9 +366,9 @@ def fast_energy_and_force(pot:Potential, # any semsim potential
 torch.manual_seed(1)
 z = torch.linspace(-6, 6, 101, dtype=torch.float64, requires_grad=True)
 g, = torch.autograd.grad(F.gelu(z).sum(), z)
-test_close(gelu_prime(z.detach()), g, eps=1e-14)
-G, Gp = gelu_and_prime(z.detach())                                         # both at once, as the decoder uses them
-test_close(G, F.gelu(z.detach()), eps=1e-14); test_close(Gp, g, eps=1e-14)
+G, Gp = gelu_and_prime(z.detach())
+test_close(G, F.gelu(z.detach()), eps=1e-14); test_close(Gp, g, eps=1e-14)   # GELU and autograd's GELU'
+test_close(gelu_and_prime(z.detach().float())[1], g.float(), eps=1e-6)     # float32 too (its constants are cached per dtype)
 for kind in ('mlp', 'sq1', 'sq2', 'sq3', 'sq4'):
     torch.manual_seed(2)
     pot = make_potential(kind, 12, 6).double()

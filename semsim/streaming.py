@@ -21,10 +21,10 @@ from .baselines import MatchedGPTForCausalLM, lm_loss
 
 # %% auto #0
 __all__ = ['STREAM_RULES', 'left_pad_lengths', 'roll_rows', 'state_dtype', 'PoolStream', 'CumMeanStream', 'EMAStream',
-           'LegTStream', 'S4DStream', 'GenericStream', 'pool_stream', 'gelu_prime', 'gelu_and_prime',
-           'mlp_energy_and_force', 'fast_energy_and_force', 'SPLMCache', 'check_streamable', 'check_token_ids',
-           'check_position', 'splm_prefill', 'splm_decode_step', 'streaming_forward', 'generation_inputs',
-           'splm_generation_inputs', 'KVCache', 'gpt_forward', 'gpt_generation_inputs']
+           'LegTStream', 'S4DStream', 'GenericStream', 'pool_stream', 'gelu_and_prime', 'mlp_energy_and_force',
+           'fast_energy_and_force', 'SPLMCache', 'check_streamable', 'check_token_ids', 'check_position',
+           'splm_prefill', 'splm_decode_step', 'streaming_forward', 'generation_inputs', 'splm_generation_inputs',
+           'KVCache', 'gpt_forward', 'gpt_generation_inputs']
 
 # %% ../nbs/31_streaming.ipynb #d19da62b
 def left_pad_lengths(attention_mask:Optional[Tensor], # (B,T): 1 = token, 0 = left padding; None: no padding
@@ -154,10 +154,6 @@ def pool_stream(pool:XiPool, # a context pool
     return STREAM_RULES.get(type(pool), GenericStream)(pool, device, dtype)
 
 # %% ../nbs/31_streaming.ipynb #87df1a9b
-def gelu_prime(z:Tensor) -> Tensor:
-    "Derivative of the exact (erf) GELU: Φ(z) + z φ(z)."
-    return 0.5 * (1 + torch.erf(z * 0.7071067811865476)) + z * torch.exp(-0.5 * z * z) * 0.3989422804014327
-
 _GELU_CONSTS = {}   # (dtype, device) -> (1/√2, 1/2, -1/2) as 0-d tensors: a Python float operand costs a dtype conversion per op
 
 def gelu_and_prime(z:Tensor) -> tuple: # (GELU(z), GELU'(z)), each shaped like z
