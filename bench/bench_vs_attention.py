@@ -8,8 +8,9 @@ For each context T: prefill a T-token prompt (batch 1), then time decode steps �
 decoder interleaved round-robin (10 warm-up steps at the first context), median per step (the reference's protocol: median of 16 tokens after 2 warm-ups;
 32 here because this machine is shared and noisy).
 Batched decoding: the same caches repeated to batch 8 (`batch_repeat_interleave`) and timed again (per-token time =
-step time / 8). Memory: the bytes each decoder state holds per sequence. Crossover T*: the attention latency line (Theil–Sen fit)
-meets the SPLM's latency (median over contexts; it is flat) — reference: T* ≈ 1,536 with an autograd-force decoder.
+step time / 8). Memory: the bytes each decoder state holds per sequence. Crossover T*: where the ratio attention / SPLM latency, measured per context
+in one interleaved window and fitted by a Theil–Sen line against T, reaches 1 (see `crossover`) — reference:
+T* ≈ 1,536 with an autograd-force decoder.
 Last line: T* for the MLP SPLM at batch 1 and batch 8.
 """
 import statistics, sys, time
@@ -22,24 +23,33 @@ from semsim.baselines import MatchedGPTConfig, MatchedGPTForCausalLM
 from semsim.streaming import splm_prefill, splm_decode_step, gpt_forward
 
 
-def crossover(Ts, attn_ms, splm_ms):
-    """T where the attention latency line reaches the SPLM latency.
+def theil_sen(x, y) -> tuple: # (intercept, slope)
+    "Median of pairwise slopes, then median intercept: one outlying point cannot drag the line."
+    n = len(x)
+    b = statistics.median([(y[j] - y[i]) / (x[j] - x[i]) for i in range(n) for j in range(i + 1, n)])
+    return statistics.median([v - b * u for u, v in zip(x, y)]), b
 
-    The SPLM latency does not depend on T, so its level is the median over contexts; the attention line is the
-    Theil–Sen fit (median of pairwise slopes, then median intercept), which one noisy context cannot drag — on a
-    shared machine single contexts do come out 30 % slow. The least-squares line is reported too."""
-    n = len(Ts)
-    slopes = [(attn_ms[j] - attn_ms[i]) / (Ts[j] - Ts[i]) for i in range(n) for j in range(i + 1, n)]
-    b = statistics.median(slopes)
-    a = statistics.median([y - b * x for x, y in zip(Ts, attn_ms)])
-    mx, my = sum(Ts) / n, sum(attn_ms) / n
+
+def crossover(Ts, attn_ms, splm_ms):
+    """The context T* where attention's per-token latency reaches the SPLM's.
+
+    Primary estimate: the ratio attention / SPLM measured at each context — both decoders timed in the same
+    interleaved window, so a slow period of this shared machine scales both and cancels — is fitted by a Theil–Sen
+    line against T (attention's cost is affine in T, the SPLM's constant, so the ratio is affine too) and T* is where
+    it reaches 1. Also reported: the same fit on the latencies themselves (attention line against the SPLM's median),
+    and the least-squares version of that."""
+    r0, r1 = theil_sen(Ts, [a / s for a, s in zip(attn_ms, splm_ms)])
+    a, b = theil_sen(Ts, attn_ms)
+    n, mx, my = len(Ts), sum(Ts) / len(Ts), sum(attn_ms) / len(Ts)
     b_ls = sum((x - mx) * (y - my) for x, y in zip(Ts, attn_ms)) / sum((x - mx) ** 2 for x in Ts)
     a_ls = my - b_ls * mx
     s = statistics.median(splm_ms)
-    T_star = (s - a) / b if b > 0 else float('inf')
-    return dict(T_star=max(T_star, 0.0), splm_faster_at_every_context=T_star <= 0, attn_intercept_ms=a, attn_slope_ms_per_token=b,
-                splm_median_ms=s, T_star_least_squares=max((statistics.mean(splm_ms) - a_ls) / b_ls, 0.0) if b_ls > 0 else float('inf'),
-                first_grid_T_attention_slower=next((T for T, y in zip(Ts, attn_ms) if y > s), None))
+    T_star = (1 - r0) / r1 if r1 > 0 else float('inf')
+    return dict(T_star=max(T_star, 0.0), splm_faster_at_every_context=T_star <= 0, ratio_intercept=r0, ratio_slope_per_token=r1,
+                attn_intercept_ms=a, attn_slope_ms_per_token=b, splm_median_ms=s,
+                T_star_levels=max((s - a) / b, 0.0) if b > 0 else float('inf'),
+                T_star_least_squares=max((statistics.mean(splm_ms) - a_ls) / b_ls, 0.0) if b_ls > 0 else float('inf'),
+                first_grid_T_attention_slower=next((T for T, y, z in zip(Ts, attn_ms, splm_ms) if y > z), None))
 
 
 def main():
@@ -91,7 +101,7 @@ def main():
             res[f'{k}_B{B}'] = crossover(Ts, attn, [r[f'ms_per_token_B{B}'][k] for r in rows])
             c = res[f'{k}_B{B}']
             print(f"crossover {k} batch {B}: T* = {c['T_star']:,.0f} (attention {c['attn_intercept_ms']:.2f} ms + {1e3 * c['attn_slope_ms_per_token']:.3f} ms per 1k tokens; "
-                  f"SPLM {c['splm_median_ms']:.2f} ms; least-squares T* {c['T_star_least_squares']:,.0f}; first grid T with attention slower: {c['first_grid_T_attention_slower']})")
+                  f"SPLM {c['splm_median_ms']:.2f} ms; from the latency levels T* {c['T_star_levels']:,.0f}, least squares {c['T_star_least_squares']:,.0f}; first grid T with attention slower: {c['first_grid_T_attention_slower']})")
     save('vs_attention', dict(question='SPLM streaming vs MatchedGPT KV cache: latency and memory vs context', hardware=hw, d=128, L=8,
                               vocab=V, steps=args.steps, batch=args.batch, rows=rows, crossover=res, reference_T_star=1536), args)
     b = args.batch if args.batch > 1 else 1
