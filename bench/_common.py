@@ -34,6 +34,7 @@ def parser(doc:str) -> argparse.ArgumentParser:
     p.add_argument('--threads', type=int, default=1, help='torch threads (default 1: on a shared 2-core machine a second thread stalls on descheduled peers)')
     p.add_argument('--quick', action='store_true', help='small sizes, for checking the script (numbers not meaningful)')
     p.add_argument('--save', action='store_true', help='also copy the JSON result to bench/measured/ (committed)')
+    p.add_argument('--results', type=Path, default=RESULTS, help='folder for the JSON result (default bench/results/)')
     return p
 
 
@@ -64,8 +65,8 @@ def interleaved(fns:dict, repeats:int=5, warmup:int=1) -> dict:
 
 
 def save(name:str, data:dict, args) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f'{name}.json'
+    args.results.mkdir(parents=True, exist_ok=True)
+    path = args.results / f'{name}.json'
     path.write_text(json.dumps(data, indent=1))
     if args.save and not args.quick:
         MEASURED.mkdir(parents=True, exist_ok=True)
