@@ -306,8 +306,8 @@ test_fail(lambda: pool_stream(nn.Linear(2, 2)), contains='XiPool')
 # the last product. It is the same arithmetic autograd would do, without the graph; $\Phi(z)$ is computed once per
 # layer and gives both $\mathrm{GELU}(z) = z\,\Phi(z)$ for the next layer and $\mathrm{GELU}'(z)$ for the way back, and
 # the first layer multiplies $\xi$ and $h$ by their own column blocks of $W_1$ instead of concatenating
-# $[\xi; h]$ — fewer, smaller operations per layer, which is what
-# a batch-1 decode step spends its time on (`bench/bench_vs_attention.py`). `fast_energy_and_force` uses it
+# $[\xi; h]$, so each layer takes fewer and smaller operations (the decoding latencies are measured in
+# `bench/bench_vs_attention.py`). `fast_energy_and_force` uses it
 # for `MLPPotential` and the MLP half of `SQ4Potential`, the closed form for the others. The streaming decoder uses it;
 # training keeps autograd (it needs the second-order graph).
 
