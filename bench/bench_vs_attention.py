@@ -40,7 +40,7 @@ def crossover(Ts, attn_ms, splm_ms):
     and the least-squares version of that."""
     r0, r1 = theil_sen(Ts, [a / s for a, s in zip(attn_ms, splm_ms)])
     a, b = theil_sen(Ts, attn_ms)
-    n, mx, my = len(Ts), sum(Ts) / len(Ts), sum(attn_ms) / len(Ts)
+    mx, my = sum(Ts) / len(Ts), sum(attn_ms) / len(Ts)
     b_ls = sum((x - mx) * (y - my) for x, y in zip(Ts, attn_ms)) / sum((x - mx) ** 2 for x in Ts)
     a_ls = my - b_ls * mx
     s = statistics.median(splm_ms)
