@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 from _common import parser, setup, save, sync
 from semsim.splm import SPLMConfig, SPLMForCausalLM
-from semsim.baselines import MatchedGPTConfig, MatchedGPTForCausalLM
+from semsim.baselines import MatchedGPTConfig, MatchedGPTForCausalLM, output_cache
 from semsim.streaming import splm_prefill, splm_decode_step, gpt_forward
 
 
@@ -70,7 +70,7 @@ def main():
     for T in Ts:
         t0 = time.perf_counter()
         caches = {k: splm_prefill(m, ids[:, :T], logits_to_keep=1)[1] for k, m in models.items() if k != 'gpt_kv'}
-        caches['gpt_kv'] = gpt_forward(models['gpt_kv'], ids[:, :T], logits_to_keep=1).past_key_values
+        caches['gpt_kv'] = output_cache(gpt_forward(models['gpt_kv'], ids[:, :T], logits_to_keep=1))
         t_prefill = time.perf_counter() - t0
         row = dict(T=T, bytes_per_sequence={k: c.nbytes for k, c in caches.items()})
         for B in ([1] + ([args.batch] if args.batch > 1 else [])):

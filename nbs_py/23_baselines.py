@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers import initialization as hf_init
-from transformers.modeling_outputs import CausalLMOutput
+from transformers.modeling_outputs import CausalLMOutput, CausalLMOutputWithPast
 
 # %% [markdown]
 # ## Two loss conventions
@@ -269,6 +269,46 @@ def prepare_generation_inputs(input_ids:Tensor, max_len:int, **kwargs) -> dict:
     return {'input_ids': input_ids[:, -max_len:]}
 
 
+# %% [markdown]
+# ### The cache under its two names
+#
+# transformers 5.24 renamed the decoding cache from `past_key_values` to `cache`: in the model outputs (a field of
+# `CausalLMOutputWithPast` and of `generate()`'s outputs), in `prepare_inputs_for_generation` and in the forward
+# call. The old name still works there but logs a deprecation warning, and earlier releases know only the old one.
+# semsim's models speak both: their forward and `prepare_inputs_for_generation` take the cache under either name
+# (`resolve_cache`), the outputs carry it under the name of the installed release (`CACHE_FIELD`, read from the
+# output class's dataclass fields, public API), and `output_cache(out)` reads it from any output without a warning.
+
+# %%
+#| export
+CACHE_FIELD = 'cache' if 'cache' in getattr(CausalLMOutputWithPast, '__dataclass_fields__', {}) else 'past_key_values'
+
+def resolve_cache(cache=None, # the cache under its current name (transformers ≥ 5.24)
+                  past_key_values=None): # the same under its earlier name (still accepted)
+    "The one cache a caller passed, under either name; passing both is an error."
+    if cache is not None and past_key_values is not None:
+        raise ValueError("pass the decoding cache once, as `cache` (or the older name `past_key_values`), not both")
+    return cache if cache is not None else past_key_values
+
+def lm_output(logits:Tensor, # (B,T,V)
+              loss:Optional[Tensor]=None, cache=None) -> CausalLMOutputWithPast:
+    "A causal-LM output holding `cache` under the installed transformers' field name."
+    return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: cache})
+
+def output_cache(out): # a model forward or generate(return_dict_in_generate=True) output
+    "The cache held by an output, whichever name the installed transformers gives it (no deprecation warning)."
+    return out.get(CACHE_FIELD)
+
+
+# %%
+out = lm_output(torch.zeros(1, 2, 3), cache='state')
+test_eq(output_cache(out), 'state')
+test_eq(output_cache(lm_output(torch.zeros(1, 2, 3))), None)
+test_eq(resolve_cache(past_key_values='old'), 'old'); test_eq(resolve_cache(cache='new'), 'new')
+test_fail(lambda: resolve_cache('a', 'b'), contains='not both')
+print(f"transformers {transformers.__version__}: the cache is the output field {CACHE_FIELD!r}")
+
+
 # %%
 #| export
 class MatchedGPTForCausalLM(PreTrainedModel, GenerationMixin):
@@ -321,15 +361,17 @@ class MatchedGPTForCausalLM(PreTrainedModel, GenerationMixin):
                 output_hidden_states:Optional[bool]=None, # return x_0 ... x_L
                 return_dict:Optional[bool]=None,
                 attention_mask:Optional[Tensor]=None, # (B,T) left padding, 1 = token; rows then run as if alone
-                past_key_values=None, # a KVCache (or transformers Cache): attend over it (semsim.streaming)
+                cache=None, # a KVCache (or transformers Cache): attend over it (semsim.streaming)
                 use_cache:Optional[bool]=None, # True: keep and return the keys and values
                 logits_to_keep:int=0, # with a cache or padding: 0 all positions, k the last k
+                past_key_values=None, # the cache under its pre-5.24 name (either works)
                 **kwargs) -> CausalLMOutput:
         "Logits (B,T,V), optional loss and the n_layer+1 residual states."
-        if past_key_values is not None or use_cache or (attention_mask is not None and not bool(attention_mask.all())):
+        cache = resolve_cache(cache, past_key_values)
+        if cache is not None or use_cache or (attention_mask is not None and not bool(attention_mask.all())):
             if inputs_embeds is not None or output_hidden_states: raise ValueError("inputs_embeds / output_hidden_states are not supported with a KV cache or padding")
             from semsim.streaming import gpt_forward   # KV cache, or left padding (semsim.streaming)
-            return gpt_forward(self, input_ids, past_key_values, attention_mask, bool(use_cache), logits_to_keep, labels)
+            return gpt_forward(self, input_ids, cache, attention_mask, bool(use_cache), logits_to_keep, labels)
         c = self.config
         input_ids, inputs_embeds = embed_inputs(self.E, input_ids, inputs_embeds, c.vocab_size, c.d, c.max_len)
         B, T, d = inputs_embeds.shape

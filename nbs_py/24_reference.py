@@ -1,7 +1,7 @@
 # %% [markdown]
 # # Reference checkpoints
 #
-# > Load a checkpoint of the reference implementation as the equivalent semsim model, inferring its architecture from the config and the tensors, and match the reference to 1e-8.
+# > Load a checkpoint of the reference implementation as the equivalent semsim model, inferring its architecture from the config and the tensors, and match the reference on any CPU: to 1e-10 in float64, and within float32 rounding where the reference computes in float32.
 
 # %%
 #| default_exp reference
@@ -48,6 +48,7 @@ torch.set_num_threads(1)  # tiny tensors: threads only add overhead
 #| export
 from __future__ import annotations
 import os, re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Union
 
@@ -271,46 +272,123 @@ def to_reference_checkpoint(model) -> dict: # SPLMForCausalLM or MatchedGPTForCa
 
 # %%
 #| export
+def fixture_outputs(model, # a semsim model loaded from the fixture
+                    st:dict, # the fixture's `semsim_test` entry
+                   ) -> dict: # name -> tensor, the quantities the fixture records
+    "Recompute a fixture's logits, loss, hidden states, train loss, embedding gradient (and attractor centres)."
+    x, y = st['x'], st['y']
+    model.eval()
+    with torch.no_grad(): out = model(x, output_hidden_states='hidden_states' in st)
+    res = {'logits': out.logits, 'loss': reference_loss(out.logits, y)}
+    if 'hidden_states' in st: res['hidden_states'] = torch.stack(out.hidden_states)
+    model.train(); model.zero_grad()
+    tl = reference_loss(model(x).logits, y); tl.backward()
+    res['train_loss'], res['embedding_grad'] = tl.detach(), model.E.weight.grad.clone()
+    model.zero_grad(); model.eval()
+    if 'probe_xis' in st:
+        with torch.no_grad(): res['attractor_centres'] = model.V_theta.attractor_centres(st['probe_xis'].flatten(-2))
+    return res
+
 def check_fixture(path:Union[str, Path], # a reference fixture (.pt with a `semsim_test` entry)
                  ) -> dict: # name -> max |semsim - reference|
-    "Recompute a fixture's logits, loss, hidden states, train loss and embedding gradient with semsim."
+    "Largest absolute difference between semsim's recomputation and every quantity the fixture records."
     ck = read_checkpoint(path)
     if 'semsim_test' not in ck: raise KeyError(f"{path} has no 'semsim_test' entry")
     st = ck['semsim_test']
-    model = load_reference_checkpoint(ck)
-    x, y = st['x'], st['y']
-    out = model(x, output_hidden_states='hidden_states' in st)
-    err = {'logits': (out.logits - st['logits']).abs().max().item(),
-           'loss': (reference_loss(out.logits, y) - st['loss']).abs().item()}
-    if 'hidden_states' in st: err['hidden_states'] = (torch.stack(out.hidden_states) - st['hidden_states']).abs().max().item()
-    model.train(); model.zero_grad()
-    tl = reference_loss(model(x).logits, y); tl.backward()
-    err['train_loss'] = (tl - st['train_loss']).abs().item()
-    err['embedding_grad'] = (model.E.weight.grad - st['embedding_grad']).abs().max().item()
-    if 'probe_xis' in st:
-        xi = st['probe_xis']
-        err['attractor_centres'] = (model.V_theta.attractor_centres(xi.flatten(-2)) - st['attractor_centres']).abs().max().item()
-    model.eval()
-    return err
+    got = fixture_outputs(load_reference_checkpoint(ck), st)
+    return {k: (v - st[k]).abs().max().item() for k, v in got.items()}
 
 
 # %% [markdown]
-# Every quantity of every fixture matches to 1e-8 — in fact to 1e-11 or better: the arithmetic is the same up to the
-# order of floating-point operations (the SQ3 model, whose wells are sharp, amplifies round-off the most):
+# ## How close is exact, on any CPU
+#
+# Two kinds of arithmetic meet in a fixture. Everything in float64 (the whole vanilla SPLM and MatchedGPT, and every
+# float64 step of the others) agrees with the reference up to the order of operations: we demand
+# $\le 10^{-10}$ (`FLOAT64_TOL`), which holds with a margin of $10^{3}$–$10^{6}$. The two quirk steps are computed in
+# **float32** — $\lnlpha_k$ of the EMA pool and the logfreq mass $m(v)$ — by float32 library functions (sigmoid, log,
+# softplus) whose last bits differ between CPUs and their vector units (AVX2, AVX-512, NEON): two correct
+# implementations may disagree by a few units in the last place (ulps). One float32 ulp is at most
+# $u = 2^{-23}$ of the value (`F32_ULP`). So the fair tolerance for a fixture quantity $y$ is how far $y$ moves when
+# every float32 quantity $q$ moves by `QUIRK_ULPS` $= 4$ ulps, to first order and summed over all of them:
+#
+# $$\mathrm{tol}(y) = 10^{-10} + 4 \max_	ext{elements} \sum_q ig|\,y(q + u\,|q|) - y(q)\,ig|,$$
+#
+# with $q$ ranging over the $K$ values $\lnlpha_k$ (nudged by $u(1 + |\lnlpha_k|)$: the sigmoid's rounding plus
+# the log's) and over the masses $m(v)$ of every token $v$ in the fixture's input. `quirk_tolerance` measures it by
+# re-running the fixture once per $q$, in float64 (so the nudge itself is exact). A model with no float32 step gets
+# `FLOAT64_TOL` everywhere.
+
+# %%
+#| export
+F32_ULP = 2.0 ** -23   # one float32 ulp, relative to the value, at most (the spacing of float32 numbers in [1, 2))
+QUIRK_ULPS = 4         # ulps by which two CPUs' float32 sigmoid/log/softplus may disagree (allowed per quantity)
+FLOAT64_TOL = 1e-10    # what float64 arithmetic in another order must meet
+
+@contextmanager
+def _nudged(model, kind:str, # 'log_alpha' (channel `index`) or 'mass' (token id `index`)
+            index:int, eps:float):
+    "Temporarily move one float32-emulated quantity of an SPLM by the relative amount eps."
+    if kind == 'log_alpha':
+        pool, orig = model.xi_module, model.xi_module.log_alpha
+        def log_alpha(dtype=None):
+            la = orig(dtype)
+            return la + eps * (1 + la.detach().abs()) * (torch.arange(la.numel(), device=la.device) == index).to(la.dtype)
+        pool.log_alpha, target, name = log_alpha, pool, 'log_alpha'
+    else:
+        orig = model.mass
+        def mass(input_ids, tok_emb):
+            m = orig(input_ids, tok_emb)
+            return m * (1 + eps * (input_ids == index)[..., None].to(m.dtype))
+        model.mass, target, name = mass, model, 'mass'
+    try: yield
+    finally: delattr(target, name)
+
+
+# %%
+#| export
+def float32_quantities(model) -> list: # [(kind, index)] of the quantities the model computes in float32
+    "The float32-emulated quantities of a loaded reference model (none for an all-float64 one)."
+    c, qs = model.config, []
+    if getattr(c, 'xi_pool', None) == 'ema' and c.xi_alpha_dtype == 'float32':
+        qs += [('log_alpha', k) for k in range(c.xi_channels)]
+    if getattr(c, 'mass_mode', None) == 'logfreq' and c.logfreq_dtype == 'float32': qs.append(('mass', None))
+    return qs
+
+def quirk_tolerance(path:Union[str, Path], # a reference fixture (.pt with a `semsim_test` entry)
+                    n_ulp:int=QUIRK_ULPS, # allowed disagreement of each float32 quantity, in ulps
+                   ) -> dict: # name -> absolute tolerance for `check_fixture`'s differences
+    "Tolerance of each fixture quantity from float32 rounding of the reference's float32 steps, on any CPU."
+    ck = read_checkpoint(path); st = ck['semsim_test']
+    model = load_reference_checkpoint(ck)
+    base = fixture_outputs(model, st)
+    spread = {k: torch.zeros_like(v) for k, v in base.items()}
+    for kind, index in float32_quantities(model):
+        for i in (st['x'].unique().tolist() if kind == 'mass' else [index]):
+            with _nudged(model, kind, i, F32_ULP): moved = fixture_outputs(model, st)
+            for k in spread: spread[k] += (moved[k] - base[k]).abs()
+    return {k: FLOAT64_TOL + n_ulp * v.max().item() for k, v in spread.items()}
+
+
+# %% [markdown]
+# Every quantity of every fixture matches within its tolerance. The all-float64 models (vanilla, MatchedGPT) meet
+# $10^{-10}$ outright; the multi-ξ models' float32-derived tolerances are printed beside their errors:
 
 # %%
 fd = fixtures_dir()
 FIXTURES = ('splm_vanilla', 'splm_multixi_mlp', 'splm_multixi_sq3', 'matched_gpt')
 if fd is not None:
     for name in FIXTURES:
-        err = check_fixture(fd/f'{name}.pt')
-        print(f"{name:18s} " + '  '.join(f'{k} {v:.1e}' for k, v in err.items()))
-        assert all(v < 1e-11 for v in err.values()), (name, err)
+        err, tol = check_fixture(fd/f'{name}.pt'), quirk_tolerance(fd/f'{name}.pt')
+        print(f"{name:18s} " + '  '.join(f'{k} {err[k]:.1e} (tol {tol[k]:.1e})' for k in err))
+        assert all(err[k] <= tol[k] for k in err), (name, err, tol)
+    test_eq(quirk_tolerance(fd/'splm_vanilla.pt')['logits'], FLOAT64_TOL)     # no float32 step: float64 exactness
 else: print(f'${FIXTURES_ENV} not set: fixture comparison skipped')
 
 # %% [markdown]
-# The two float32 quirks matter at this tolerance: computing α and the mass in float64 instead moves the multi-ξ
-# fixture's logits by about 1e-6.
+# The two float32 quirks are real: computing α and the mass in float64 instead moves the multi-ξ fixture's logits by
+# a float32-sized amount, $10^{3}$ times or more beyond what float64 arithmetic allows. This difference is the same on
+# every CPU: both sides are fixed numbers (the stored fixture, and semsim's all-float64 arithmetic, portable to
+# $10^{-14}$), so the check below holds anywhere.
 
 # %%
 if fd is not None:
@@ -320,7 +398,7 @@ if fd is not None:
     m64 = SPLMForCausalLM(cfg64).double(); m64.load_state_dict(sd)
     with torch.no_grad(): dz = (m64.eval()(ck['semsim_test']['x']).logits - ck['semsim_test']['logits']).abs().max().item()
     print(f"all-float64 arithmetic: max |Δlogits| = {dz:.1e}")
-    assert 1e-8 < dz < 1e-4
+    assert 1e3 * FLOAT64_TOL < dz < 1e-4
 
 # %% [markdown]
 # What the loader inferred for each fixture:

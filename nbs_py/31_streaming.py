@@ -52,7 +52,7 @@ from semsim.context import XiPool, CumulativeMeanPool, EMAPool, HiPPOLegTPool, S
 from semsim.potentials import Potential, MLPPotential, SQ4Potential
 from semsim.dynamics import damped_euler_step, first_order_step, verlet_kick, verlet_kick_drift
 from semsim.splm import SPLMForCausalLM
-from semsim.baselines import MatchedGPTForCausalLM, lm_loss
+from semsim.baselines import MatchedGPTForCausalLM, lm_loss, lm_output, resolve_cache
 
 # %%
 #| hide
@@ -65,7 +65,7 @@ from transformers import DynamicCache
 from semsim.context import make_xi_pool
 from semsim.potentials import make_potential
 from semsim.splm import SPLMConfig
-from semsim.baselines import MatchedGPTConfig
+from semsim.baselines import MatchedGPTConfig, output_cache
 transformers.utils.logging.disable_progress_bar(); transformers.utils.logging.set_verbosity_error()
 torch.set_num_threads(1)  # tiny tensors: threads only add overhead
 
@@ -392,7 +392,8 @@ test_fail(lambda: mlp_energy_and_force(pot, xi[..., :8], hh), contains='D_xi=12'
 #
 # `SPLMCache` holds what the decoder needs and nothing that grows with the context. It follows the parts of the
 # transformers cache protocol that `generate()` uses (`get_seq_length`, `reorder_cache` for beam search,
-# `batch_repeat_interleave` for several samples per prompt, `is_compileable`), so `generate()` can carry it.
+# `batch_repeat_interleave` for several samples per prompt, `is_compileable`, and `is_linear`: a recurrent state,
+# which `generate()` never slices by position), so `generate()` can carry it.
 
 # %%
 #| export
@@ -400,6 +401,7 @@ class SPLMCache:
     "Recurrent decode state of an SPLM: pool states per force-evaluation layer, positions, last h_L — O(1) in the context length."
     is_compileable = False   # transformers: do not torch.compile generate() around it
     is_croppable = False     # a recurrent state cannot be rolled back by tokens
+    is_linear = (True,)      # transformers ≥ 5.24: a recurrent (linear-time) layer, not key/value attention
     def __init__(self, stream:PoolStream, # the pool's streaming rule
                  states:list, # pool states: 1 if ξ is fixed from h_0, else one per force-evaluation layer (L)
                  pos:Tensor, # next position of every row, (B,)
@@ -668,9 +670,11 @@ assert worst < 1e-5
 # %% [markdown]
 # ## Behind `generate()`
 #
-# `streaming_forward` is the SPLM's forward the transformers way: without `past_key_values` it is the parallel
+# `streaming_forward` is the SPLM's forward the transformers way: without a `cache` it is the parallel
 # prefill and returns the new `SPLMCache` in a `CausalLMOutputWithPast`; with one it runs the decode step on the new
-# token(s) only. `splm_generation_inputs` is the matching `prepare_inputs_for_generation`: with `use_cache=True` it
+# token(s) only. The cache goes in and out under the name of the installed transformers release (`cache` from 5.24,
+# `past_key_values` before; see `semsim.baselines.CACHE_FIELD`), so `generate()` carries it on either without a
+# deprecation warning, and `output_cache(out)` reads it back. `splm_generation_inputs` is the matching `prepare_inputs_for_generation`: with `use_cache=True` it
 # passes the model's own cache class and, once the cache exists, only the tokens it has not seen (the last token);
 # with `use_cache=False` it passes the whole window (the last `max_len` tokens) for full recompute, as before.
 # `SPLMForCausalLM` routes to these when `use_cache` is on or a cache is passed.
@@ -686,31 +690,35 @@ def _check_new_tokens_mask(attention_mask, B:int, past:int, n:int):
 
 def streaming_forward(model:SPLMForCausalLM, # a causal SPLM
                       input_ids:Optional[Tensor]=None, # the prompt (no cache) or the new tokens, (B,n)
-                      past_key_values:Optional[SPLMCache]=None, # state so far; None: prefill
+                      cache:Optional[SPLMCache]=None, # state so far; None: prefill
                       attention_mask:Optional[Tensor]=None, # (B, past+n): 1 token, 0 left padding
                       use_cache:bool=True, # return the state
                       labels:Optional[Tensor]=None, # ids for the shifted loss on the returned logits
                       logits_to_keep:int=0, # 0: all positions; k: the last k
-                      inputs_embeds:Optional[Tensor]=None, **kwargs) -> CausalLMOutputWithPast:
+                      inputs_embeds:Optional[Tensor]=None,
+                      past_key_values:Optional[SPLMCache]=None, # `cache` under its pre-5.24 name
+                      **kwargs) -> CausalLMOutputWithPast:
     "SPLM forward with a recurrent cache: parallel prefill that returns the state, then O(1)-per-token steps."
     if inputs_embeds is not None: raise ValueError("the streaming SPLM needs input_ids (masses and cache follow token ids); inputs_embeds is not supported with a cache")
     if input_ids is None: raise ValueError("pass input_ids")
-    if past_key_values is None: logits, cache = splm_prefill(model, input_ids, attention_mask, logits_to_keep)
+    past = resolve_cache(cache, past_key_values)
+    if past is None: logits, cache = splm_prefill(model, input_ids, attention_mask, logits_to_keep)
     else:
-        if not all(hasattr(past_key_values, a) for a in ('stream', 'states', 'pos')):
-            raise TypeError(f"past_key_values must be the SPLMCache of an earlier call with use_cache=True, got {type(past_key_values).__name__}")
+        if not all(hasattr(past, a) for a in ('stream', 'states', 'pos')):
+            raise TypeError(f"the cache must be the SPLMCache of an earlier call with use_cache=True, got {type(past).__name__}")
         ids = input_ids if input_ids.dim() == 2 else input_ids[None]
-        _check_new_tokens_mask(attention_mask, ids.shape[0], past_key_values.get_seq_length(), ids.shape[1])
-        logits, cache = splm_decode_step(model, past_key_values, ids)
+        _check_new_tokens_mask(attention_mask, ids.shape[0], past.get_seq_length(), ids.shape[1])
+        logits, cache = splm_decode_step(model, past, ids)
         if logits_to_keep: logits = logits[:, -logits_to_keep:]
     loss = lm_loss(logits, labels) if labels is not None else None
-    return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache if use_cache else None)
+    return lm_output(logits, loss, cache if use_cache else None)
 
 def generation_inputs(model, input_ids:Tensor, # all ids so far, (B,T)
                       new_cache, # callable () -> empty cache (or None to let the model's forward make it)
-                      past_key_values=None, attention_mask=None, use_cache=None, logits_to_keep=None,
-                      next_sequence_length=None, **kwargs) -> dict:
+                      cache=None, attention_mask=None, use_cache=None, logits_to_keep=None,
+                      next_sequence_length=None, past_key_values=None, **kwargs) -> dict:
     "`prepare_inputs_for_generation`: with a cache, the unseen (last) tokens only; without, the last max_len tokens."
+    past_key_values = resolve_cache(cache, past_key_values)               # generate() passes `cache` (≥ 5.24) or `past_key_values`
     use_cache = model.config.use_cache if use_cache is None else use_cache
     if not use_cache:
         L = model.config.max_len
@@ -721,7 +729,7 @@ def generation_inputs(model, input_ids:Tensor, # all ids so far, (B,T)
     ids = input_ids
     if next_sequence_length is not None: ids = input_ids[:, -next_sequence_length:]
     elif past_key_values is not None and past_key_values.get_seq_length() > 0: ids = input_ids[:, past_key_values.get_seq_length():]
-    out = {'input_ids': ids, 'past_key_values': past_key_values, 'attention_mask': attention_mask, 'use_cache': True}
+    out = {'input_ids': ids, 'cache': past_key_values, 'attention_mask': attention_mask, 'use_cache': True}
     if logits_to_keep is not None: out['logits_to_keep'] = logits_to_keep
     return out
 
@@ -769,6 +777,8 @@ class KVCache:
         return self.k[layer_idx][:, :, :T0 + n], self.v[layer_idx][:, :, :T0 + n]
     def get_seq_length(self, layer_idx:int=0) -> int: return self.lens[layer_idx]
     @property
+    def is_linear(self) -> list: return [False] * self.n_layers   # transformers ≥ 5.24: key/value layers, sliced by position
+    @property
     def nbytes(self) -> int:
         "Bytes of the cached keys and values, 2·L·B·T·d·itemsize (grows with the context)."
         return sum(2 * k[:, :, :n].numel() * k.element_size() for k, n in zip(self.k, self.lens) if k is not None)
@@ -794,18 +804,20 @@ def _key_mask(attention_mask, B:int, past:int, n:int, device) -> Optional[Tensor
 @torch.no_grad()
 def gpt_forward(model:MatchedGPTForCausalLM, # the attention baseline
                 input_ids:Tensor, # prompt or new tokens, (B,n)
-                past_key_values=None, # KVCache (or a transformers Cache); None: a new KVCache when use_cache
+                cache=None, # KVCache (or a transformers Cache); None: a new KVCache when use_cache
                 attention_mask:Optional[Tensor]=None, # (B, past+n): 1 token, 0 left padding
                 use_cache:bool=True, # keep and return the cache
                 logits_to_keep:int=0, # 0: every position; k: the last k
                 labels:Optional[Tensor]=None, # ids for the shifted loss
+                past_key_values=None, # `cache` under its pre-5.24 name
                 **kwargs) -> CausalLMOutputWithPast:
     "MatchedGPT forward with a KV cache; positions and keys follow the left-padding mask."
     if not all(hasattr(model, a) for a in ('blocks', 'ln_f', 'E', 'P')): raise TypeError(f"expected a MatchedGPTForCausalLM, got {type(model).__name__}")
     c = model.config
     ids = check_token_ids(model, input_ids)
     B, n = ids.shape
-    cache = past_key_values if past_key_values is not None else (KVCache(c.n_layer) if use_cache else None)
+    cache = resolve_cache(cache, past_key_values)
+    if cache is None and use_cache: cache = KVCache(c.n_layer)
     past = cache.get_seq_length() if cache is not None else 0
     km = _key_mask(attention_mask, B, past, n, ids.device)
     pos = torch.arange(past, past + n, device=ids.device)[None] if km is None else (km.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
@@ -828,7 +840,7 @@ def gpt_forward(model:MatchedGPTForCausalLM, # the attention baseline
     if logits_to_keep: x = x[:, -logits_to_keep:]
     logits = F.linear(model.ln_f(x), model.E.weight)
     loss = lm_loss(logits, labels) if labels is not None else None
-    return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache if use_cache else None)
+    return lm_output(logits, loss, cache if use_cache else None)
 
 def gpt_generation_inputs(model:MatchedGPTForCausalLM, input_ids:Tensor, **kwargs) -> dict:
     "MatchedGPT's `prepare_inputs_for_generation`: a fresh KVCache, then the last token only."
@@ -847,12 +859,12 @@ for make in (lambda: KVCache(3), DynamicCache):
     out = gpt_forward(gpt, ids[:, :6], make())
     worst = (out.logits - full[:, :6]).abs().max().item()
     for t in range(6, ids.shape[1]):
-        out = gpt_forward(gpt, ids[:, t:t + 1], out.past_key_values)
+        out = gpt_forward(gpt, ids[:, t:t + 1], output_cache(out))
         worst = max(worst, (out.logits[:, 0] - full[:, t]).abs().max().item())
-    print(type(out.past_key_values).__name__, f"max |Δlogit| {worst:.1e}")
+    print(type(output_cache(out)).__name__, f"max |Δlogit| {worst:.1e}")
     assert worst < 1e-5 * full.abs().max()
 out = gpt_forward(gpt, batch, attention_mask=mask)
-cache, worst = out.past_key_values, 0.0
+cache, worst = output_cache(out), 0.0
 for b, l in enumerate(lens): worst = max(worst, (out.logits[b, T - l:] - gpt(seqs[b][None, :l]).logits[0]).abs().max().item())
 for j in range(10):
     mask = torch.cat([mask, torch.ones(3, 1, dtype=torch.long)], 1)
@@ -889,7 +901,7 @@ t0 = time.perf_counter(); slow = sm.generate(prompt, use_cache=False, **kw); t_s
 test_eq(fast.sequences, slow.sequences)
 step_err = [((a - b).abs().max() / b.abs().max()).item() for a, b in zip(fast.logits, slow.logits)]
 print(f"200 tokens: identical; worst relative logit error {max(step_err):.1e}; {t_fast:.2f} s streaming vs {t_slow:.2f} s recompute")
-assert max(step_err) < 1e-5 and type(fast.past_key_values).__name__ == 'SPLMCache'
+assert max(step_err) < 1e-5 and type(output_cache(fast)).__name__ == 'SPLMCache'
 
 # %%
 pad_prompt, pad_mask = prompt.clone(), torch.ones_like(prompt)
@@ -917,7 +929,7 @@ kw = dict(max_new_tokens=200, do_sample=False, pad_token_id=0, return_dict_in_ge
 fast, slow = cg.generate(prompt, use_cache=True, **kw), cg.generate(prompt, use_cache=False, **kw)
 test_eq(fast.sequences, slow.sequences)
 print(f"MatchedGPT, 200 tokens: identical; worst relative logit error "
-      f"{max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(fast.logits, slow.logits)):.1e}", fast.past_key_values)
+      f"{max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(fast.logits, slow.logits)):.1e}", output_cache(fast))
 kw = dict(max_new_tokens=30, do_sample=False, pad_token_id=0)
 a, alone = cg.generate(pad_prompt, attention_mask=pad_mask, use_cache=True, **kw), cg.generate(prompt[:1, 5:], use_cache=False, **kw)
 test_eq(a[0, 5:], alone[0])
@@ -949,7 +961,7 @@ for T in Ts:
     stream_ms.append(1e3 * per_token(one_step))
     full_ms.append(1e3 * per_token(lambda: m(seq[:, :T]), reps=3))
     splm_bytes.append(cache.nbytes)
-    kv_bytes.append(gpt_forward(g2, seq[:, :T]).past_key_values.nbytes)
+    kv_bytes.append(output_cache(gpt_forward(g2, seq[:, :T])).nbytes)
 fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
 a1.plot(Ts, full_ms, 'o-', label='full recompute (use_cache=False)'); a1.plot(Ts, stream_ms, 's-', label='streaming (SPLMCache)')
 a1.set_xlabel('context T (tokens)'); a1.set_ylabel('ms per new token'); a1.set_title('tiny SPLM, 1 thread'); a1.legend()

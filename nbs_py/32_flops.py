@@ -50,7 +50,7 @@ import matplotlib.pyplot as plt
 from torch.utils.flop_counter import FlopCounterMode
 from torch.nn.attention import sdpa_kernel, SDPBackend
 from semsim.splm import SPLMConfig, SPLMForCausalLM
-from semsim.baselines import MatchedGPTConfig, MatchedGPTForCausalLM
+from semsim.baselines import MatchedGPTConfig, MatchedGPTForCausalLM, output_cache
 from semsim.streaming import splm_prefill, splm_decode_step, gpt_forward
 torch.set_num_threads(1)
 
@@ -265,7 +265,7 @@ _, cache = splm_prefill(m, torch.randint(0, V, (1, T - 1)))
 with FlopCounterMode(display=False) as fc: splm_decode_step(m, cache, torch.randint(0, V, (1,)))
 test_eq(fc.get_total_flops(), L * mlp_force_matmuls(d, d, 512, 3) + matmul(1, d, V))
 g = MatchedGPTForCausalLM(MatchedGPTConfig(max_len=64)).eval()
-kv = gpt_forward(g, torch.randint(0, V, (1, T - 1))).past_key_values
+kv = output_cache(gpt_forward(g, torch.randint(0, V, (1, T - 1))))
 with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc: gpt_forward(g, torch.randint(0, V, (1, 1)), kv)
 a = attention_decode_flops(T)
 test_eq(fc.get_total_flops(), a['qkv'] + a['attention'] + a['proj'] + a['mlp'] + a['logits'])

@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers import initialization as hf_init
-from transformers.modeling_outputs import CausalLMOutput
+from transformers.modeling_outputs import CausalLMOutput, CausalLMOutputWithPast
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'lm_loss', 'reference_loss', 'MatchedGPTConfig', 'CausalSelfAttention', 'GPTMLP', 'GPTBlock',
-           'check_input_ids', 'check_inputs_embeds', 'embed_inputs', 'prepare_generation_inputs',
-           'MatchedGPTForCausalLM']
+__all__ = ['IGNORE_INDEX', 'CACHE_FIELD', 'lm_loss', 'reference_loss', 'MatchedGPTConfig', 'CausalSelfAttention', 'GPTMLP',
+           'GPTBlock', 'check_input_ids', 'check_inputs_embeds', 'embed_inputs', 'prepare_generation_inputs',
+           'resolve_cache', 'lm_output', 'output_cache', 'MatchedGPTForCausalLM']
 
 # %% ../nbs/23_baselines.ipynb #0c556d22
 IGNORE_INDEX = -100  # label value skipped by the loss (Hugging Face convention)
@@ -162,6 +162,25 @@ def prepare_generation_inputs(input_ids:Tensor, max_len:int, **kwargs) -> dict:
     return {'input_ids': input_ids[:, -max_len:]}
 
 # %% ../nbs/23_baselines.ipynb #31f21d02
+CACHE_FIELD = 'cache' if 'cache' in getattr(CausalLMOutputWithPast, '__dataclass_fields__', {}) else 'past_key_values'
+
+def resolve_cache(cache=None, # the cache under its current name (transformers ≥ 5.24)
+                  past_key_values=None): # the same under its earlier name (still accepted)
+    "The one cache a caller passed, under either name; passing both is an error."
+    if cache is not None and past_key_values is not None:
+        raise ValueError("pass the decoding cache once, as `cache` (or the older name `past_key_values`), not both")
+    return cache if cache is not None else past_key_values
+
+def lm_output(logits:Tensor, # (B,T,V)
+              loss:Optional[Tensor]=None, cache=None) -> CausalLMOutputWithPast:
+    "A causal-LM output holding `cache` under the installed transformers' field name."
+    return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: cache})
+
+def output_cache(out): # a model forward or generate(return_dict_in_generate=True) output
+    "The cache held by an output, whichever name the installed transformers gives it (no deprecation warning)."
+    return out.get(CACHE_FIELD)
+
+# %% ../nbs/23_baselines.ipynb #0aacb3e3
 class MatchedGPTForCausalLM(PreTrainedModel, GenerationMixin):
     "Pre-LN GPT-2 decoder with learned positions, tied readout and a final LayerNorm (REFERENCE §5.12)."
     config_class = MatchedGPTConfig
@@ -212,15 +231,17 @@ class MatchedGPTForCausalLM(PreTrainedModel, GenerationMixin):
                 output_hidden_states:Optional[bool]=None, # return x_0 ... x_L
                 return_dict:Optional[bool]=None,
                 attention_mask:Optional[Tensor]=None, # (B,T) left padding, 1 = token; rows then run as if alone
-                past_key_values=None, # a KVCache (or transformers Cache): attend over it (semsim.streaming)
+                cache=None, # a KVCache (or transformers Cache): attend over it (semsim.streaming)
                 use_cache:Optional[bool]=None, # True: keep and return the keys and values
                 logits_to_keep:int=0, # with a cache or padding: 0 all positions, k the last k
+                past_key_values=None, # the cache under its pre-5.24 name (either works)
                 **kwargs) -> CausalLMOutput:
         "Logits (B,T,V), optional loss and the n_layer+1 residual states."
-        if past_key_values is not None or use_cache or (attention_mask is not None and not bool(attention_mask.all())):
+        cache = resolve_cache(cache, past_key_values)
+        if cache is not None or use_cache or (attention_mask is not None and not bool(attention_mask.all())):
             if inputs_embeds is not None or output_hidden_states: raise ValueError("inputs_embeds / output_hidden_states are not supported with a KV cache or padding")
             from semsim.streaming import gpt_forward   # KV cache, or left padding (semsim.streaming)
-            return gpt_forward(self, input_ids, past_key_values, attention_mask, bool(use_cache), logits_to_keep, labels)
+            return gpt_forward(self, input_ids, cache, attention_mask, bool(use_cache), logits_to_keep, labels)
         c = self.config
         input_ids, inputs_embeds = embed_inputs(self.E, input_ids, inputs_embeds, c.vocab_size, c.d, c.max_len)
         B, T, d = inputs_embeds.shape

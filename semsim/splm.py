@@ -16,7 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, Pret
 from transformers import initialization as hf_init
 from transformers.utils import ModelOutput
 
-from .baselines import lm_loss, embed_inputs, prepare_generation_inputs
+from .baselines import lm_loss, embed_inputs, prepare_generation_inputs, resolve_cache
 from .dynamics import damped_euler_step, first_order_step, verlet_kick, verlet_kick_drift
 from .context import XiPool, make_xi_pool
 from .potentials import Potential, make_potential
@@ -375,21 +375,23 @@ class SPLMForCausalLM(PreTrainedModel, GenerationMixin):
                 output_mechanics:bool=False, # return positions, velocities, masses, potentials
                 return_dict:Optional[bool]=None,
                 attention_mask:Optional[Tensor]=None, # (B,T) left padding, 1 = token; rows then run as if alone
-                past_key_values=None, # an SPLMCache: decode the new tokens from it (semsim.streaming)
+                cache=None, # an SPLMCache: decode the new tokens from it (semsim.streaming)
                 use_cache:Optional[bool]=None, # True: prefill and return an SPLMCache
                 logits_to_keep:int=0, # with a cache or padding: 0 all positions, k the last k
+                past_key_values=None, # the cache under its pre-5.24 name (either works)
                 **kwargs) -> SPLMOutput:
         "Logits (B,T,V), loss when labels are given, and the trajectory on request."
         if torch.is_inference_mode_enabled():   # forces need autograd, which inference mode forbids: run as no_grad
             with torch.inference_mode(False), torch.no_grad():
                 cl = lambda t: t.clone() if isinstance(t, Tensor) else t
                 return self.forward(cl(input_ids), cl(labels), cl(inputs_embeds), output_hidden_states, output_mechanics,
-                                    attention_mask=cl(attention_mask), past_key_values=past_key_values, use_cache=use_cache,
-                                    logits_to_keep=logits_to_keep)
-        if past_key_values is not None or use_cache or (attention_mask is not None and not bool(attention_mask.all())):
+                                    attention_mask=cl(attention_mask), cache=cache, past_key_values=past_key_values,
+                                    use_cache=use_cache, logits_to_keep=logits_to_keep)
+        cache = resolve_cache(cache, past_key_values)
+        if cache is not None or use_cache or (attention_mask is not None and not bool(attention_mask.all())):
             if output_mechanics or output_hidden_states: raise ValueError("output_mechanics / output_hidden_states need the parallel forward: call without a cache or padding")
             from semsim.streaming import streaming_forward   # recurrent cache, or left padding (semsim.streaming)
-            return streaming_forward(self, input_ids, past_key_values, attention_mask, bool(use_cache), labels=labels,
+            return streaming_forward(self, input_ids, cache, attention_mask, bool(use_cache), labels=labels,
                                      logits_to_keep=logits_to_keep, inputs_embeds=inputs_embeds)
         c = self.config
         input_ids, inputs_embeds = embed_inputs(self.E, input_ids, inputs_embeds, c.vocab_size, c.d, c.max_len)

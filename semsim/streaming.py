@@ -17,7 +17,7 @@ from .context import XiPool, CumulativeMeanPool, EMAPool, HiPPOLegTPool, S4DPool
 from .potentials import Potential, MLPPotential, SQ4Potential
 from .dynamics import damped_euler_step, first_order_step, verlet_kick, verlet_kick_drift
 from .splm import SPLMForCausalLM
-from .baselines import MatchedGPTForCausalLM, lm_loss
+from .baselines import MatchedGPTForCausalLM, lm_loss, lm_output, resolve_cache
 
 # %% auto #0
 __all__ = ['STREAM_RULES', 'left_pad_lengths', 'roll_rows', 'state_dtype', 'PoolStream', 'CumMeanStream', 'EMAStream',
@@ -202,6 +202,7 @@ class SPLMCache:
     "Recurrent decode state of an SPLM: pool states per force-evaluation layer, positions, last h_L — O(1) in the context length."
     is_compileable = False   # transformers: do not torch.compile generate() around it
     is_croppable = False     # a recurrent state cannot be rolled back by tokens
+    is_linear = (True,)      # transformers ≥ 5.24: a recurrent (linear-time) layer, not key/value attention
     def __init__(self, stream:PoolStream, # the pool's streaming rule
                  states:list, # pool states: 1 if ξ is fixed from h_0, else one per force-evaluation layer (L)
                  pos:Tensor, # next position of every row, (B,)
@@ -351,31 +352,35 @@ def _check_new_tokens_mask(attention_mask, B:int, past:int, n:int):
 
 def streaming_forward(model:SPLMForCausalLM, # a causal SPLM
                       input_ids:Optional[Tensor]=None, # the prompt (no cache) or the new tokens, (B,n)
-                      past_key_values:Optional[SPLMCache]=None, # state so far; None: prefill
+                      cache:Optional[SPLMCache]=None, # state so far; None: prefill
                       attention_mask:Optional[Tensor]=None, # (B, past+n): 1 token, 0 left padding
                       use_cache:bool=True, # return the state
                       labels:Optional[Tensor]=None, # ids for the shifted loss on the returned logits
                       logits_to_keep:int=0, # 0: all positions; k: the last k
-                      inputs_embeds:Optional[Tensor]=None, **kwargs) -> CausalLMOutputWithPast:
+                      inputs_embeds:Optional[Tensor]=None,
+                      past_key_values:Optional[SPLMCache]=None, # `cache` under its pre-5.24 name
+                      **kwargs) -> CausalLMOutputWithPast:
     "SPLM forward with a recurrent cache: parallel prefill that returns the state, then O(1)-per-token steps."
     if inputs_embeds is not None: raise ValueError("the streaming SPLM needs input_ids (masses and cache follow token ids); inputs_embeds is not supported with a cache")
     if input_ids is None: raise ValueError("pass input_ids")
-    if past_key_values is None: logits, cache = splm_prefill(model, input_ids, attention_mask, logits_to_keep)
+    past = resolve_cache(cache, past_key_values)
+    if past is None: logits, cache = splm_prefill(model, input_ids, attention_mask, logits_to_keep)
     else:
-        if not all(hasattr(past_key_values, a) for a in ('stream', 'states', 'pos')):
-            raise TypeError(f"past_key_values must be the SPLMCache of an earlier call with use_cache=True, got {type(past_key_values).__name__}")
+        if not all(hasattr(past, a) for a in ('stream', 'states', 'pos')):
+            raise TypeError(f"the cache must be the SPLMCache of an earlier call with use_cache=True, got {type(past).__name__}")
         ids = input_ids if input_ids.dim() == 2 else input_ids[None]
-        _check_new_tokens_mask(attention_mask, ids.shape[0], past_key_values.get_seq_length(), ids.shape[1])
-        logits, cache = splm_decode_step(model, past_key_values, ids)
+        _check_new_tokens_mask(attention_mask, ids.shape[0], past.get_seq_length(), ids.shape[1])
+        logits, cache = splm_decode_step(model, past, ids)
         if logits_to_keep: logits = logits[:, -logits_to_keep:]
     loss = lm_loss(logits, labels) if labels is not None else None
-    return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache if use_cache else None)
+    return lm_output(logits, loss, cache if use_cache else None)
 
 def generation_inputs(model, input_ids:Tensor, # all ids so far, (B,T)
                       new_cache, # callable () -> empty cache (or None to let the model's forward make it)
-                      past_key_values=None, attention_mask=None, use_cache=None, logits_to_keep=None,
-                      next_sequence_length=None, **kwargs) -> dict:
+                      cache=None, attention_mask=None, use_cache=None, logits_to_keep=None,
+                      next_sequence_length=None, past_key_values=None, **kwargs) -> dict:
     "`prepare_inputs_for_generation`: with a cache, the unseen (last) tokens only; without, the last max_len tokens."
+    past_key_values = resolve_cache(cache, past_key_values)               # generate() passes `cache` (≥ 5.24) or `past_key_values`
     use_cache = model.config.use_cache if use_cache is None else use_cache
     if not use_cache:
         L = model.config.max_len
@@ -386,7 +391,7 @@ def generation_inputs(model, input_ids:Tensor, # all ids so far, (B,T)
     ids = input_ids
     if next_sequence_length is not None: ids = input_ids[:, -next_sequence_length:]
     elif past_key_values is not None and past_key_values.get_seq_length() > 0: ids = input_ids[:, past_key_values.get_seq_length():]
-    out = {'input_ids': ids, 'past_key_values': past_key_values, 'attention_mask': attention_mask, 'use_cache': True}
+    out = {'input_ids': ids, 'cache': past_key_values, 'attention_mask': attention_mask, 'use_cache': True}
     if logits_to_keep is not None: out['logits_to_keep'] = logits_to_keep
     return out
 
@@ -420,6 +425,8 @@ class KVCache:
         return self.k[layer_idx][:, :, :T0 + n], self.v[layer_idx][:, :, :T0 + n]
     def get_seq_length(self, layer_idx:int=0) -> int: return self.lens[layer_idx]
     @property
+    def is_linear(self) -> list: return [False] * self.n_layers   # transformers ≥ 5.24: key/value layers, sliced by position
+    @property
     def nbytes(self) -> int:
         "Bytes of the cached keys and values, 2·L·B·T·d·itemsize (grows with the context)."
         return sum(2 * k[:, :, :n].numel() * k.element_size() for k, n in zip(self.k, self.lens) if k is not None)
@@ -443,18 +450,20 @@ def _key_mask(attention_mask, B:int, past:int, n:int, device) -> Optional[Tensor
 @torch.no_grad()
 def gpt_forward(model:MatchedGPTForCausalLM, # the attention baseline
                 input_ids:Tensor, # prompt or new tokens, (B,n)
-                past_key_values=None, # KVCache (or a transformers Cache); None: a new KVCache when use_cache
+                cache=None, # KVCache (or a transformers Cache); None: a new KVCache when use_cache
                 attention_mask:Optional[Tensor]=None, # (B, past+n): 1 token, 0 left padding
                 use_cache:bool=True, # keep and return the cache
                 logits_to_keep:int=0, # 0: every position; k: the last k
                 labels:Optional[Tensor]=None, # ids for the shifted loss
+                past_key_values=None, # `cache` under its pre-5.24 name
                 **kwargs) -> CausalLMOutputWithPast:
     "MatchedGPT forward with a KV cache; positions and keys follow the left-padding mask."
     if not all(hasattr(model, a) for a in ('blocks', 'ln_f', 'E', 'P')): raise TypeError(f"expected a MatchedGPTForCausalLM, got {type(model).__name__}")
     c = model.config
     ids = check_token_ids(model, input_ids)
     B, n = ids.shape
-    cache = past_key_values if past_key_values is not None else (KVCache(c.n_layer) if use_cache else None)
+    cache = resolve_cache(cache, past_key_values)
+    if cache is None and use_cache: cache = KVCache(c.n_layer)
     past = cache.get_seq_length() if cache is not None else 0
     km = _key_mask(attention_mask, B, past, n, ids.device)
     pos = torch.arange(past, past + n, device=ids.device)[None] if km is None else (km.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
@@ -477,7 +486,7 @@ def gpt_forward(model:MatchedGPTForCausalLM, # the attention baseline
     if logits_to_keep: x = x[:, -logits_to_keep:]
     logits = F.linear(model.ln_f(x), model.E.weight)
     loss = lm_loss(logits, labels) if labels is not None else None
-    return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache if use_cache else None)
+    return lm_output(logits, loss, cache if use_cache else None)
 
 def gpt_generation_inputs(model:MatchedGPTForCausalLM, input_ids:Tensor, **kwargs) -> dict:
     "MatchedGPT's `prepare_inputs_for_generation`: a fresh KVCache, then the last token only."

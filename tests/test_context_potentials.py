@@ -1,9 +1,13 @@
 """semsim.context and semsim.potentials against the reference fixtures, on the meta device, and on bad input.
 
 The fixture tests rebuild the reference multi-xi forward pass from the two modules plus a five-line integrator
-(no semsim.splm needed) and compare every integration state with the float64 fixture to 1e-8. They document two
-precision details of the reference: ln(alpha) of the EMA is computed in float32 (raw_alpha is stored in float32) and
-so is the logfreq mass; reproducing both gives agreement to ~1e-14.
+(no semsim.splm needed) and compare every integration state with the float64 fixture. They document two precision
+details of the reference: ln(alpha) of the EMA is computed in float32 (raw_alpha is stored in float32) and so is the
+logfreq mass. Those float32 steps are not bit-portable across CPUs (their float32 sigmoid/log/softplus differ in the
+last bits between AVX2, AVX-512 and NEON), so the tolerance is derived from float32 rounding, not fixed:
+`semsim.reference.quirk_tolerance` moves every float32 quantity (each ln alpha_k, each token's mass) by 4 float32 ulps
+and sums, to first order, how far each output moves (see the Reference chapter). Float64-only quantities (the
+attractor centres) are held to 1e-10.
 """
 import os
 from pathlib import Path
@@ -15,13 +19,17 @@ import torch.nn.functional as F
 from semsim.context import (EMAPool, CumulativeMeanPool, HiPPOLegTPool, S4DPool, make_xi_pool, decay_scan, rel_err,
                             XI_POOL_KINDS)
 from semsim.potentials import MLPPotential, SQ3Potential, make_potential, POTENTIALS
+from semsim.reference import quirk_tolerance, FLOAT64_TOL
 
 
-def _fixture(name):
+def _fixture_path(name):
     d = os.environ.get('SEMSIM_FIXTURES_DIR')
     p = Path(d)/'reference'/name if d else None
     if p is None or not p.exists(): pytest.skip('SEMSIM_FIXTURES_DIR not set')
-    return torch.load(p, weights_only=True)
+    return p
+
+
+def _fixture(name): return torch.load(_fixture_path(name), weights_only=True)
 
 
 def _rollout(ck, potential, alpha_dtype):
@@ -49,11 +57,13 @@ def test_multixi_mlp_fixture():
     V = MLPPotential(cfg['xi_channels'] * cfg['d'], cfg['d'], hidden=cfg['v_hidden'], depth=cfg['v_depth']).double()
     V.load_state_dict({k[len('V_theta.'):]: v for k, v in sd.items() if k.startswith('V_theta.')})
     hs, logits = _rollout(ck, V, torch.float32)
-    torch.testing.assert_close(hs, st['hidden_states'], atol=1e-8, rtol=0)
-    torch.testing.assert_close(logits, st['logits'], atol=1e-8, rtol=0)
-    # computing ln(alpha) in float64 instead is a float32-sized (1e-7) discrepancy: the alpha_dtype knob matters
+    tol = quirk_tolerance(_fixture_path('splm_multixi_mlp.pt'))
+    torch.testing.assert_close(hs, st['hidden_states'], atol=tol['hidden_states'], rtol=0)
+    torch.testing.assert_close(logits, st['logits'], atol=tol['logits'], rtol=0)
+    # computing ln(alpha) in float64 instead is a float32-sized discrepancy, far beyond float64 round-off: the
+    # alpha_dtype knob matters. CPU-independent: both sides are float64 arithmetic or stored numbers.
     hs64, _ = _rollout(ck, V, None)
-    assert (hs64 - st['hidden_states']).abs().max() > 1e-8
+    assert (hs64 - st['hidden_states']).abs().max() > 1e3 * FLOAT64_TOL
 
 
 def test_multixi_sq3_fixture():
@@ -62,9 +72,10 @@ def test_multixi_sq3_fixture():
     V = SQ3Potential(cfg['xi_channels'] * cfg['d'], cfg['d'], K_mix=cfg['K_mix'], tau=cfg['tau']).double()
     V.load_state_dict({k[len('V_theta.inner.'):]: v for k, v in sd.items() if k.startswith('V_theta.inner.')})
     hs, logits = _rollout(ck, V, torch.float32)
-    torch.testing.assert_close(hs, st['hidden_states'], atol=1e-8, rtol=0)
-    torch.testing.assert_close(logits, st['logits'], atol=1e-8, rtol=0)
-    torch.testing.assert_close(V.attractor_centres(st['probe_xis']), st['attractor_centres'], atol=1e-12, rtol=0)
+    tol = quirk_tolerance(_fixture_path('splm_multixi_sq3.pt'))
+    torch.testing.assert_close(hs, st['hidden_states'], atol=tol['hidden_states'], rtol=0)
+    torch.testing.assert_close(logits, st['logits'], atol=tol['logits'], rtol=0)
+    torch.testing.assert_close(V.attractor_centres(st['probe_xis']), st['attractor_centres'], atol=FLOAT64_TOL, rtol=0)
 
 
 @pytest.mark.parametrize('kind,K', [('cummean', 1), ('ema', 4), ('hippo_legt', 4), ('s4d', 4)])

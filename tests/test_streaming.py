@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from semsim.splm import SPLMConfig, SPLMForCausalLM
-from semsim.baselines import MatchedGPTConfig, MatchedGPTForCausalLM
+from semsim.baselines import MatchedGPTConfig, MatchedGPTForCausalLM, output_cache
 from semsim.streaming import KVCache, SPLMCache, gpt_forward, splm_decode_step, splm_prefill, streaming_forward
 
 VOCAB = 61
@@ -58,7 +58,7 @@ def test_generate_200_tokens_identical():
     a, b = m.generate(prompt, use_cache=True, **kw), m.generate(prompt, use_cache=False, **kw)
     assert torch.equal(a.sequences, b.sequences)
     assert max(((x - y).abs().max() / y.abs().max()).item() for x, y in zip(a.logits, b.logits)) < 1e-5
-    assert isinstance(a.past_key_values, SPLMCache) and a.past_key_values.n_seen == 12 + 199
+    assert isinstance(output_cache(a), SPLMCache) and output_cache(a).n_seen == 12 + 199
 
 
 def test_generate_left_padded_batch_equals_rows_alone():
@@ -111,4 +111,4 @@ def test_state_size_independent_of_context():
     ids = torch.randint(0, VOCAB, (1, 200))
     assert len({splm_prefill(m, ids[:, :T])[1].nbytes for T in (5, 50, 200)}) == 1
     g = MatchedGPTForCausalLM(MatchedGPTConfig(vocab_size=VOCAB, d=12, n_layer=2, n_head=2, max_len=256)).eval()
-    assert [gpt_forward(g, ids[:, :T]).past_key_values.nbytes for T in (5, 50)] == [2 * 2 * T * 12 * 4 for T in (5, 50)]
+    assert [output_cache(gpt_forward(g, ids[:, :T])).nbytes for T in (5, 50)] == [2 * 2 * T * 12 * 4 for T in (5, 50)]
