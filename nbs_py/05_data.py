@@ -8,7 +8,7 @@
 
 # %% [markdown]
 # Every semsim experiment starts from a stream of token ids. This chapter fixes that stream so that numbers are
-# comparable with the reference system's (REFERENCE §7.1):
+# comparable with the reference system's (semsimula-paper@eb95852: `notebooks/conservative_arch/data_module.py`):
 #
 # 1. **corpora**: Tiny Shakespeare (checksummed), TinyStories (through Hugging Face `datasets`), or any UTF-8 text file;
 # 2. **tokenizer**: the exact GPT-2 byte-level BPE, 50,257 ids, with `<|endoftext|>` = 50256;
@@ -392,7 +392,7 @@ print(repr(gpt2_tokenizer().decode(x[0])))
 # %% [markdown]
 # ## Log-frequency surprisal
 #
-# The `logfreq` mass mode of the SPLM (REFERENCE §1.5) gives token $v$ a mass that grows with its surprisal under the
+# The `logfreq` mass mode of the SPLM (the paper; semsimula-paper@eb95852: `companion_notes/On_the_Interpretation_of_Semantic_Mass.md`) gives token $v$ a mass that grows with its surprisal under the
 # training unigram distribution. With add-one smoothing every token of the vocabulary gets a finite value, even one
 # never seen in training (which gets the maximum, $-\ln(1/(N+V))$).
 

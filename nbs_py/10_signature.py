@@ -8,7 +8,7 @@
 
 # %% [markdown]
 # A semantic **property** is a cloud of $N$ **aspects**: points $r_i \in \mathbb{R}^L$ of a semantic space $\Sigma$,
-# each with a mass $\mathfrak{m}_i \ge 0$ (REFERENCE §1.1). This chapter turns that cloud into numbers that do not
+# each with a mass $\mathfrak{m}_i \ge 0$ (the paper; semsimula-paper@eb95852: `companion_notes/STP_Loss_Is_An_Emergent_Property_Of_The_Energy_Landscape_Defined_By_Gaussian_Well_Potential.md`). This chapter turns that cloud into numbers that do not
 # depend on where the cloud sits or how it is turned:
 #
 # 1. the **signature matrix** $P = M X$, the aspects' positions relative to their centre of mass;
@@ -539,7 +539,7 @@ test_fail(lambda: E5.contains(np.zeros(3)), contains='k = 2')
 # ## The transformer correspondence
 #
 # A transformer's hidden states at one layer, $h_1, \dots, h_T \in \mathbb{R}^d$ (`H`, shape $T \times d$), are read as a
-# property with $T$ aspects (REFERENCE §1.1, conjectural, used for interpretation only). Centering gives
+# property with $T$ aspects (the paper; semsimula-paper@eb95852: `companion_notes/STP_Loss_Is_An_Emergent_Property_Of_The_Energy_Landscape_Defined_By_Gaussian_Well_Potential.md`, conjectural, used for interpretation only). Centering gives
 # $\tilde H = H - \mathbb{1}\bar h^\top$ (`Ht`), the signature matrix with equal masses, and with its singular values
 # $\sigma_{H,i}$ (`sigma`):
 #
@@ -559,7 +559,7 @@ test_fail(lambda: E5.contains(np.zeros(3)), contains='k = 2')
 # %%
 #| export
 class TrajectorySignature(NamedTuple):
-    "Signature quantities of a hidden-state trajectory (REFERENCE §1.1, transformer correspondence)."
+    "Signature quantities of a hidden-state trajectory (the paper; semsimula-paper@eb95852: `companion_notes/STP_Loss_Is_An_Emergent_Property_Of_The_Energy_Landscape_Defined_By_Gaussian_Well_Potential.md`, transformer correspondence)."
     Ht: ArrayLike      # centred trajectory H - 1 h_bar^T (or M_w H), (..., T, d)
     sigma: ArrayLike   # singular values of Ht, descending, (..., n), n = min(T, d)
     r: ArrayLike       # normalised spectrum sigma_i^2 / sum_j sigma_j^2, (..., n)

@@ -8,9 +8,9 @@
 
 # %% [markdown]
 # A semantic structure in Semantic Simulation is a particle held near the centre of its ensemble by a **bounded
-# attractive potential** (REFERENCE §1.2): the pull is zero at the centre, strongest at a finite distance and vanishes
+# attractive potential** (the paper; semsimula-paper@eb95852: `companion_notes/The_Overdamped_Limit_and_The_Position_of_The_2nd_Order_Lagrangian_Framework.md`): the pull is zero at the centre, strongest at a finite distance and vanishes
 # far away, so a particle with enough energy can leave. The reference form is a Gaussian well; six other scalar forms
-# were fitted to transformer trajectories in the conservative retro-fitting experiments (REFERENCE §3.2, E3). This
+# were fitted to transformer trajectories in the conservative retro-fitting experiments (semsimula-paper@eb95852: `notebooks/e_init/well_functional_form_comparison.py`, E3). This
 # chapter gives:
 #
 # 1. the **Gaussian well** in the paper's parameters, its force, inflection point and harmonic limit;
@@ -24,7 +24,7 @@
 # force through $k$ keeps it smooth at the centre for the forms where $k(0)$ is finite (Gaussian: $k(0) = 2ab$), so
 # autograd through the force is exact there too; for the others the force is taken as $0$ at $r = 0$. $k(r)$ is also
 # the number behind the E3 negative result: at the distances of GPT-2 hidden states ($r ≈ 300$) every fitted form
-# had $k ≈ 10^{-6}$, i.e. no force at all (REFERENCE §3.2).
+# had $k ≈ 10^{-6}$, i.e. no force at all (semsimula-paper@eb95852: `notebooks/e_init/well_functional_form_comparison.py`).
 
 # %%
 #| export
@@ -283,7 +283,7 @@ print('max |lhs - m upsilon^2| =', (lhs - g.a).abs().max().item())
 # %% [markdown]
 # ## The retro-fitting menu: seven forms
 #
-# The E3 sweep of the conservative retro-fitting experiments (REFERENCE §1.2, §3.2) fitted seven scalar forms of a
+# The E3 sweep of the conservative retro-fitting experiments (semsimula-paper@eb95852: `companion_notes/The_Overdamped_Limit_and_The_Position_of_The_2nd_Order_Lagrangian_Framework.md`, `notebooks/e_init/well_functional_form_comparison.py`) fitted seven scalar forms of a
 # distance $r$, each with an additive constant $c$:
 #
 # | name in `WELLS` | form | $V(r) - c$ | $V'(r)$ | bounded | code parameters |
@@ -688,7 +688,7 @@ test_close(f0.r2, 1 - f0.rss / ((E - E.mean())**2).sum(), eps=1e-12)
 # %% [markdown]
 # ### A pitfall: the best AIC need not be a fit
 #
-# The reference's Gaussian fit of per-token loss against cosine distance (REFERENCE §2.5) was "best by AIC" with
+# The reference's Gaussian fit of per-token loss against cosine distance (semsimula-paper@eb95852: `notebooks/stp_loss/energy_landscape_validation.ipynb`) was "best by AIC" with
 # $R^2 ≈ 10^{-16}$. AIC only ranks: on pure noise every form has $R^2 ≈ 0$, and one of them still has the lowest AIC.
 
 # %%

@@ -8,8 +8,8 @@
 
 # %% [markdown]
 # Semantic Simulation moves each token as a particle of mass $m$ under a potential $V$, with friction
-# (REFERENCE §1.4). The language models of the SPLM family integrate exactly this motion in depth, one layer per
-# step (REFERENCE §5.0, §5.6, §5.7). This chapter gives the pieces they share:
+# (the paper; semsimula-paper@eb95852: `companion_notes/The_Overdamped_Limit_and_The_Position_of_The_2nd_Order_Lagrangian_Framework.md`). The language models of the SPLM family integrate exactly this motion in depth, one layer per
+# step (semsimula-paper@eb95852: `notebooks/conservative_arch/model.py`, `notebooks/conservative_arch/first_order_ablation/model_first_order.py`, `notebooks/conservative_arch/symplectic_variant/model_symplectic.py`). This chapter gives the pieces they share:
 #
 # 1. the **Lagrangian** $\mathcal L = T - V$ and the **Euler–Lagrange acceleration** computed by autograd for any
 #    Lagrangian (also velocity-dependent ones), with Rayleigh dissipation;
@@ -132,7 +132,7 @@ def potential_force(potential:Callable, # h (..., d) -> V (...)
 # `euler_lagrange_accel` evaluates exactly this with `torch.func` (gradients, Jacobians, one linear solve per
 # particle), for a Lagrangian written for **one** particle, `L(h (d,), v (d,)) -> scalar`, vectorised over the batch.
 # For $\mathcal L = T - V$ it reduces to $\ddot h = f/m$, for the SPLM friction $R = \tfrac12γm\|v\|^2$ to
-# $\ddot h = f/m - γv$ (REFERENCE §1.4: $m_t\ddot h_t = -\partial_hV - γm_t\dot h_t$), and for braking
+# $\ddot h = f/m - γv$ (the paper; semsimula-paper@eb95852: `companion_notes/The_Overdamped_Limit_and_The_Position_of_The_2nd_Order_Lagrangian_Framework.md`: $m_t\ddot h_t = -\partial_hV - γm_t\dot h_t$), and for braking
 # $R = \tfrac12η_0H_i\|v\|^2$ to $m\ddot h + η_0H_i\dot h + \nabla V = 0$.
 
 # %%
@@ -187,7 +187,7 @@ for d in (1, 3):
 
 # %% [markdown]
 # The same function handles velocity-dependent Lagrangians. With the gauge term of the retro-fitting experiment E5
-# (REFERENCE §3.2), $\mathcal L = \tfrac12m\|v\|^2 + A(h)\cdot v - V$, the equation is
+# (semsimula-paper@eb95852: `notebooks/e_init/well_functional_form_comparison.py`), $\mathcal L = \tfrac12m\|v\|^2 + A(h)\cdot v - V$, the equation is
 # $m\ddot h = -\nabla V + F v$ with $F_{ij} = \partial_iA_j - \partial_jA_i$; for $A = \tfrac12B(-h_2, h_1)$ in the plane,
 # $F = \begin{pmatrix}0 & B\\ -B & 0\end{pmatrix}$, a magnetic (Lorentz) force that bends the path without changing the energy.
 
@@ -225,8 +225,8 @@ test_fail(lambda: kinetic_energy(h, m=-1.0), contains='mass m must be > 0')
 # $$v_{n+1} = \frac{v_n + Δt\,f_n/m}{1 + Δt\,γ}, \qquad h_{n+1} = h_n + Δt\,v_{n+1}, \qquad f_n = f(h_n).$$
 #
 # The velocity update is the implicit-in-damping solution of $(v_{n+1} - v_n)/Δt = f_n/m - γv_{n+1}$, and the
-# position uses the *new* velocity (symplectic Euler). This is the step of every SPLM variant (REFERENCE §5.0) with
-# $Δt = 1$, $v_0 = 0$, and of the retro-fitting integrator of REFERENCE §3.1. One force evaluation per step.
+# position uses the *new* velocity (symplectic Euler). This is the step of every SPLM variant (semsimula-paper@eb95852: `notebooks/conservative_arch/model.py`) with
+# $Δt = 1$, $v_0 = 0$, and of the retro-fitting integrator of semsimula-paper@eb95852: `notebooks/e_init/extended_gamma_and_first_order.py`. One force evaluation per step.
 
 # %%
 #| export
@@ -262,7 +262,7 @@ torch.testing.assert_close(h1, h + dt * v1, rtol=0, atol=1e-15)
 # %% [markdown]
 # ### Velocity-Verlet with Strang-split damping (symplectic SPLM variant)
 #
-# REFERENCE §5.7. One step: damp half a step exactly, kick half, drift, evaluate the force, kick half, damp half:
+# semsimula-paper@eb95852: `notebooks/conservative_arch/symplectic_variant/model_symplectic.py`. One step: damp half a step exactly, kick half, drift, evaluate the force, kick half, damp half:
 # $$v \leftarrow e^{-γΔt/2}v,\quad v \leftarrow v + \tfrac{Δt}{2}\tfrac{f_n}{m},\quad h_{n+1} = h_n + Δt\,v,\quad
 # f_{n+1} = f(h_{n+1}),\quad v \leftarrow v + \tfrac{Δt}{2}\tfrac{f_{n+1}}{m},\quad v_{n+1} = e^{-γΔt/2}v.$$
 # The force at the end of a step is the force at the start of the next, so `verlet_step` returns it and $L$ steps
@@ -313,10 +313,10 @@ def verlet_step(h:Tensor, # positions, (..., d)
 # %% [markdown]
 # ### First-order flow (SPLM-1) and the overdamped limit
 #
-# Without inertia the motion is a gradient flow. SPLM-1 (REFERENCE §5.6) steps
+# Without inertia the motion is a gradient flow. SPLM-1 (semsimula-paper@eb95852: `notebooks/conservative_arch/first_order_ablation/model_first_order.py`) steps
 # $$h_{n+1} = h_n + Δt\,f_n/m \qquad (\texttt{first\_order\_step};\ \text{the model then applies LayerNorm}),$$
 # with no velocity and no $γ$. The physical **overdamped limit** of $m\ddot h = f - γm\dot h$ when friction dominates
-# ($γ \gg \sqrt{\nabla^2V/m}$, REFERENCE §1.4) is the gradient flow $\dot h = f/(mγ)$, stepped by `overdamped_step`; it
+# ($γ \gg \sqrt{\nabla^2V/m}$, the paper; semsimula-paper@eb95852: `companion_notes/The_Overdamped_Limit_and_The_Position_of_The_2nd_Order_Lagrangian_Framework.md`) is the gradient flow $\dot h = f/(mγ)$, stepped by `overdamped_step`; it
 # is `first_order_step` with mass $mγ$. In the braking notation $\dot h ≈ -\nabla V/(η_0H_i)$.
 
 # %%
@@ -448,7 +448,7 @@ test_fail(lambda: rollout(h0, v0, force_fn, 1.0, 0.1, 0.1, 5, method='rk4'), con
 # ## Braking: two tanh forms, and what SPLM uses instead
 #
 # The theory notes slow a particle down by a position-dependent friction, $m\ddot h + η_0H_i\dot h + \nabla V = 0$,
-# with a tanh **braking factor** $H_i$ — in two different forms (REFERENCE §1.4):
+# with a tanh **braking factor** $H_i$ — in two different forms (the paper; semsimula-paper@eb95852: `companion_notes/The_Overdamped_Limit_and_The_Position_of_The_2nd_Order_Lagrangian_Framework.md`):
 #
 # - `tanh_brake` (the overdamped-limit note, §6.1): $H_i = \tanh(\|p - p_E\|/x_u)$, with $p_E$ the ensemble centroid
 #   (the bound state) and $x_u$ the damping-onset length. It vanishes at the centroid and tends to 1 far from it:
@@ -736,7 +736,7 @@ for method in rise:
 
 # %% [markdown]
 # For SPLM this is a concrete caution. Its damped Euler step has $Δt = 1$ and a learned $γ ≈ 0.8$–$1$
-# (REFERENCE §5.1–5.2); by the criterion above (applied, as a heuristic, to the largest curvature of $V_θ/m$ along the
+# (semsimula-paper@eb95852: `notebooks/conservative_arch/sarf_mass_variant/model_sarf_mass.py`); by the criterion above (applied, as a heuristic, to the largest curvature of $V_θ/m$ along the
 # path) a decrease of $H_ℓ$ from layer to layer is only guaranteed where that curvature is below $2γ/Δt ≈ 2$. Where
 # $V_θ$ is stiffer, $H_ℓ$ can rise between layers although the continuous model is dissipative: energy-drift
 # diagnostics of trained models should be read with this bound in mind.

@@ -9,7 +9,7 @@
 # %% [markdown]
 # Semantic Simulation prescribes a Lagrangian
 # $\mathcal L = \sum_t \tfrac12 m_t \lVert\dot h_t\rVert^2 - V_\text{well}(h_t) - V_\text{PARF}(h_t, h_{\ne t}) - V_\text{SARF}(h_t, \mathcal E(t))$
-# (REFERENCE §1.3). The wells are the subject of `semsim.wells`; this chapter builds the two interaction terms:
+# (the paper; semsimula-paper@eb95852: `companion_notes/PARF_Augmented_SPLM_Architecture.md`). The wells are the subject of `semsim.wells`; this chapter builds the two interaction terms:
 #
 # 1. **PARF** (property attractive–repulsive force): an inverse-square force between two aspects, switched on by a
 #    *type matcher* $\Phi$ (aspects of similar type interact) and signed by a *value aligner* $\Theta$ (aligned values
@@ -475,7 +475,7 @@ print(f'at k = 8: error {rows[8, 0]:.3g}, bound {rows[8, 1]:.3g}, a-priori bound
 # %% [markdown]
 # ## The lift to hidden states
 #
-# The PARF-augmented SPLM (REFERENCE §5.8) applies the pair potential to hidden states $h_t \in \mathbb{R}^d$ (`h`):
+# The PARF-augmented SPLM (semsimula-paper@eb95852: `notebooks/conservative_arch/parf/model_parf.py`) applies the pair potential to hidden states $h_t \in \mathbb{R}^d$ (`h`):
 # type and value become linear read-outs, $l(h) = W_l h \in \mathbb{R}^{d_l}$ (`W_l`, shape $d_l \times d$) and
 # $\theta(h) = W_\theta h \in \mathbb{R}^K$ (`W_theta`, $K \times d$), and the softened pair potential is
 #
@@ -645,7 +645,7 @@ test_fail(lambda: parf_lift_forces(h, W_l[:, :3], W_th), contains='W_l must have
 # ## SARF: the reinforcement field and the Lennard-Jones-like potential
 #
 # SARF couples each token to a **reinforcement field** $\mathcal E(t)$ that aggregates the history of what has been
-# active so far. In SPLM the field *is* the causal context pool (REFERENCE §1.3),
+# active so far. In SPLM the field *is* the causal context pool (the paper; semsimula-paper@eb95852: `companion_notes/PARF_Augmented_SPLM_Architecture.md`),
 #
 # $$\mathcal E(t) = \xi_t = \frac1t\sum_{s \le t} h_s \qquad (t = 1, \dots, T),$$
 #
@@ -812,7 +812,7 @@ plt.tight_layout(); plt.show()
 # SARF on a trajectory. With the field detached, `sarf_forces` is exactly $-\nabla$ of `sarf_energy`, the first token
 # feels nothing, and the force on a token does not depend on later tokens. Without the detach, autograd also
 # differentiates through $\xi_t$, and the "force" on an early token picks up terms from every later token's energy:
-# the future leaks into the past, the bug behind REFERENCE §6.
+# the future leaks into the past, the bug behind semsimula-paper@eb95852: `companion_notes/Causal_Leak_in_SPLM_Integrate_Bug_and_Fix.md`.
 
 # %%
 torch.manual_seed(10)

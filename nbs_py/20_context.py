@@ -8,7 +8,7 @@
 
 # %% [markdown]
 # In a scalar-potential language model (SPLM) the energy of token $t$ depends on its own hidden state $h_t$ and on a
-# *context* $\xi_t$ that summarises the prefix $h_1, \dots, h_t$ (REFERENCE §5.0, §5.4). Every context in semsim is a
+# *context* $\xi_t$ that summarises the prefix $h_1, \dots, h_t$ (semsimula-paper@eb95852: `notebooks/conservative_arch/model.py`, `notebooks/conservative_arch/multixi/model_multixi.py`). Every context in semsim is a
 # set of $K$ causal linear filters applied to each feature independently:
 #
 # $$\xi^{k}_{t} = \sum_{s \le t} W_k[t, s]\, h_s, \qquad k = 1, \dots, K,$$
@@ -113,7 +113,7 @@ def _check_step(pool, state, h_t):
 # %% [markdown]
 # ## Cumulative mean
 #
-# The SPLM's original context (REFERENCE §5.0): the running average of the prefix, with 1-indexed position $t$,
+# The SPLM's original context (semsimula-paper@eb95852: `notebooks/conservative_arch/model.py`): the running average of the prefix, with 1-indexed position $t$,
 #
 # $$\xi_t = \frac{1}{t} \sum_{s \le t} h_s ,$$
 #
@@ -285,7 +285,7 @@ assert torch.autograd.gradcheck(lambda a, b: ema_scan(a, b, torch.rand(37, 2, dt
 # %% [markdown]
 # ## K-channel normalised EMA
 #
-# The multi-ξ SPLM (REFERENCE §5.4) uses $K$ exponential moving averages with different memories, each normalised so
+# The multi-ξ SPLM (semsimula-paper@eb95852: `notebooks/conservative_arch/multixi/model_multixi.py`) uses $K$ exponential moving averages with different memories, each normalised so
 # that its weights over the prefix sum to one:
 #
 # $$W_k[t,s] = \frac{\alpha_k^{\,t-s}}{\sum_{r \le t} \alpha_k^{\,t-r}}, \qquad
@@ -311,7 +311,7 @@ assert torch.autograd.gradcheck(lambda a, b: ema_scan(a, b, torch.rand(37, 2, dt
 
 # %%
 #| export
-ALPHA_MIN, ALPHA_MAX = 1e-6, 1 - 1e-6   # clamp of the EMA decays (REFERENCE §10.8)
+ALPHA_MIN, ALPHA_MAX = 1e-6, 1 - 1e-6   # clamp of the EMA decays (semsimula-paper@eb95852: `notebooks/conservative_arch/multixi/`)
 DEFAULT_ALPHA_INITS = (0.25, 0.5, 0.75, 0.95)
 
 def log_spaced_alphas(K:int, # number of channels
@@ -396,7 +396,7 @@ pool
 # %% [markdown]
 # ## HiPPO-LegT
 #
-# The HiPPO-LegT pool (REFERENCE §5.4) keeps, for every feature, the first $K$ coefficients of a Legendre expansion
+# The HiPPO-LegT pool (semsimula-paper@eb95852: `notebooks/conservative_arch/multixi/model_multixi.py`) keeps, for every feature, the first $K$ coefficients of a Legendre expansion
 # of the recent past: a sliding window of about $\theta$ tokens projected onto orthogonal polynomials. It is the
 # linear state-space model $\dot c = A c + B u$ with
 #
@@ -535,7 +535,7 @@ test_close(xi[0, -1], torch.tensor([1., 0., 0., 0.])[:, None].expand(4, 3), eps=
 # %% [markdown]
 # ## S4D
 #
-# The S4D pool (REFERENCE §5.4) is a *diagonal* complex state-space model: channel $k$ has its own eigenvalue
+# The S4D pool (semsimula-paper@eb95852: `notebooks/conservative_arch/multixi/model_multixi.py`) is a *diagonal* complex state-space model: channel $k$ has its own eigenvalue
 # $\lambda_k = -e^{\ell_k} + i\,\omega_k$ (`log_neg_re` = ℓ, `imag` = ω, the real part clamped to $\le -10^{-3}$), a
 # real input weight $B_k$ (`B_proj`) and a shared learnable step $\Delta = e^{\log \Delta}$ (`log_dt`). Zero-order-hold
 # discretisation gives
@@ -556,7 +556,7 @@ test_close(xi[0, -1], torch.tensor([1., 0., 0., 0.])[:, None].expand(4, 3), eps=
 
 # %%
 #| export
-S4D_MIN_NEG_RE = 1e-3   # Re(λ) ≤ -1e-3 (REFERENCE §10.8)
+S4D_MIN_NEG_RE = 1e-3   # Re(λ) ≤ -1e-3 (semsimula-paper@eb95852: `notebooks/conservative_arch/multixi/`)
 
 def cexpm1(z:Tensor) -> Tensor: # exp(z) - 1, accurate for small |z|, complex
     "Complex expm1: e^x cos y - 1 = expm1(x) cos y - 2 sin²(y/2), imaginary part e^x sin y."

@@ -14,7 +14,7 @@
 # $$f_t = -\frac{\partial V_\theta(\xi_t, h_t)}{\partial h_t} \in \mathbb{R}^d,$$
 #
 # a *partial* derivative: ξ is held fixed. (Differentiating through ξ as well, $-\partial_{h_t} \sum_s V(\xi_s(h), h_s)$,
-# is the historical anti-causal leak of REFERENCE §6: token $t$'s state enters the context of later tokens $s > t$.
+# is the historical anti-causal leak of semsimula-paper@eb95852: `companion_notes/Causal_Leak_in_SPLM_Integrate_Bug_and_Fix.md`: token $t$'s state enters the context of later tokens $s > t$.
 # The model reproduces that leak on request, by autograd through the pool; a potential never does it.)
 #
 # Every potential here is a `Potential` with
@@ -150,7 +150,7 @@ class Potential(nn.Module):
 # %% [markdown]
 # ## The MLP potential
 #
-# The reference's `ScalarPotential` (REFERENCE §5.0): the concatenation $[\xi; h] \in \mathbb{R}^{D_\xi + d}$ passes
+# The reference's `ScalarPotential` (semsimula-paper@eb95852: `notebooks/conservative_arch/model.py`): the concatenation $[\xi; h] \in \mathbb{R}^{D_\xi + d}$ passes
 # through `depth` hidden layers of width `hidden` with GELU, then a linear map to one number,
 #
 # $$V = w_{\text{out}}^\top\, \mathrm{GELU}(\cdots \mathrm{GELU}(W_1 [\xi; h] + b_1) \cdots) + b_{\text{out}}.$$
@@ -206,7 +206,7 @@ V
 # %% [markdown]
 # ## SQ1: a diagonal quadratic well
 #
-# The simplest structured potential (REFERENCE §5.5): one well per token whose centre, stiffness and offset are
+# The simplest structured potential (semsimula-paper@44cc714: `notebooks/conservative_arch/parf/model_structured_vtheta.py`): one well per token whose centre, stiffness and offset are
 # linear maps of the context,
 #
 # $$V = \tfrac12 \sum_{j=1}^d a_j (h_j - \mu_j)^2 + b, \qquad \frac{\partial V}{\partial h} = a \odot (h - \mu),$$
@@ -283,7 +283,7 @@ class SQ2Potential(SQ1Potential):
 # %% [markdown]
 # ## SQ3: a mixture of K wells
 #
-# SQ3 gives each token a choice of `K_mix` diagonal wells, softly combined (REFERENCE §5.5):
+# SQ3 gives each token a choice of `K_mix` diagonal wells, softly combined (semsimula-paper@44cc714: `notebooks/conservative_arch/parf/model_structured_vtheta.py`):
 #
 # $$E_k = \tfrac12 \sum_j a_{kj} (h_j - \mu_{kj})^2, \qquad \log \pi = \mathrm{log\_softmax}(W_\pi \xi), \qquad
 # V = -\tau \log \sum_{k=1}^{K} \exp\!\Big(-\frac{E_k}{\tau} + \log \pi_k\Big) + b,$$

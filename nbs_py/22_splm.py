@@ -7,7 +7,7 @@
 #| default_exp splm
 
 # %% [markdown]
-# A scalar-potential language model (SPLM, REFERENCE §5.0–5.7) has no attention. Each token's hidden state is a
+# A scalar-potential language model (SPLM, semsimula-paper@eb95852: `notebooks/conservative_arch/model.py`) has no attention. Each token's hidden state is a
 # particle: it starts at its embedding and moves for $L$ integration steps under the force of **one** learned scalar
 # energy $V_\theta(\xi, h)$, shared by all tokens and all steps, where $\xi_t$ is a causal summary of the prefix. The
 # final positions are read out through the tied embedding. With $x \in \{0..V-1\}^{B\times T}$ the token ids:
@@ -96,7 +96,7 @@ def softplus_inv(y:float) -> float:
 # %%
 #| export
 class SPLMConfig(PretrainedConfig):
-    "Configuration of the scalar-potential language model family (REFERENCE §5.0–5.7)."
+    "Configuration of the scalar-potential language model family (semsimula-paper@eb95852: `notebooks/conservative_arch/model.py`)."
     model_type = 'semsim-splm'
     attribute_map = {'hidden_size': 'd', 'num_hidden_layers': 'L', 'max_position_embeddings': 'max_len'}
     # --- sizes
@@ -242,7 +242,7 @@ test_eq(SPLMConfig(fixed_gamma=0.0).fixed_gamma, 0.0)
 # %% [markdown]
 # ## Mass, damping and context
 #
-# **Mass** (REFERENCE §1.5), computed once per forward from the tokens and held fixed over the $L$ steps, always
+# **Mass** (the paper; semsimula-paper@eb95852: `companion_notes/On_the_Interpretation_of_Semantic_Mass.md`), computed once per forward from the tokens and held fixed over the $L$ steps, always
 # $m > 0$:
 #
 # | `mass_mode` | $m_t$ | parameters |
@@ -313,7 +313,7 @@ def potential_kwargs(c:SPLMConfig) -> dict:
 #       = -\Big[\partial_h V_\theta(\xi_t, h_t) + \sum_{s \ge t} \partial_\xi V_\theta(\xi_s, h_s)\,\frac{\partial \xi_s}{\partial h_t}\Big]$$
 #
 # if $\xi$ is built from the *live* $h$. The second term couples $h_t$ to every later token $s > t$: it is
-# **anti-causal**, and trained models learn to exploit it (REFERENCE §6: perplexities inflated up to 777×). With
+# **anti-causal**, and trained models learn to exploit it (semsimula-paper@eb95852: `companion_notes/Causal_Leak_in_SPLM_Integrate_Bug_and_Fix.md`: perplexities inflated up to 777×). With
 # `causal_force=True` (default) the pool reads `h.detach()`, so only $\partial_h V$ remains, while gradients to the
 # pool's own parameters (α, Δ, S4D) and to $\theta$ still flow. `causal_force=False` reproduces the bug exactly — ξ from
 # the live $h$ and the force by autograd of $\sum V$ through the pool, for every potential including the closed-form
@@ -375,7 +375,7 @@ class SPLMOutput(ModelOutput):
 # %%
 #| export
 class SPLMForCausalLM(PreTrainedModel, GenerationMixin):
-    "Scalar-potential LM: L damped steps of h under -∇_h V_θ(ξ, h), tied readout (REFERENCE §5)."
+    "Scalar-potential LM: L damped steps of h under -∇_h V_θ(ξ, h), tied readout (semsimula-paper@eb95852: `notebooks/conservative_arch/model.py`)."
     config_class = SPLMConfig
     base_model_prefix = 'splm'
     main_input_name = 'input_ids'
@@ -664,7 +664,7 @@ assert dH[True].max() < 0 < dH[False].max()
 # %% [markdown]
 # ## Tests
 #
-# **Parameter counts** of the presets equal the reference's (REFERENCE §5.1, §5.4, §5.7): vanilla 7,123,075 (embedding
+# **Parameter counts** of the presets equal the reference's (semsimula-paper@eb95852: `notebooks/conservative_arch/model.py`, `notebooks/conservative_arch/multixi/model_multixi.py`, `notebooks/conservative_arch/symplectic_variant/model_symplectic.py`): vanilla 7,123,075 (embedding
 # 6,432,896 + P 32,768 + V_θ 657,409 + m, γ), Verlet 7,123,076 (logfreq: one more scalar), and the TinyStories ladder
 # 15,753,475 (single-ξ em_ln), 16,539,911 (K-EMA), 16,539,907 (HiPPO-LegT), 16,539,920 (S4D). The SQ3 potential has
 # 4,207,625 parameters on the multi-ξ base (ξ of size $K d$ = 1024 conditioning wells in $h$ of size 256).

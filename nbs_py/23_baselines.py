@@ -8,7 +8,7 @@
 
 # %% [markdown]
 # Every SPLM number in semsim is read against an attention model of the same width, depth, vocabulary and training
-# recipe: **MatchedGPT** (REFERENCE §5.12). It is a plain decoder-only transformer with pre-LayerNorm GPT-2 blocks.
+# recipe: **MatchedGPT** (semsimula-paper@eb95852: `notebooks/conservative_arch/matched_baseline_model.py`). It is a plain decoder-only transformer with pre-LayerNorm GPT-2 blocks.
 # With $x \in \mathbb{R}^{B\times T\times d}$ the residual stream (`x`), $d$ = `d` the width, $n_h$ = `n_head` heads
 # and $h = $ `mlp_mult`$\cdot d$ the MLP width, one block is
 #
@@ -125,7 +125,7 @@ test_fail(lambda: reference_loss(z, y.double()), contains='integer')
 # %%
 #| export
 class MatchedGPTConfig(PretrainedConfig):
-    "Configuration of the matched pre-LN GPT-2 attention baseline (REFERENCE §5.12)."
+    "Configuration of the matched pre-LN GPT-2 attention baseline (semsimula-paper@eb95852: `notebooks/conservative_arch/matched_baseline_model.py`)."
     model_type = 'semsim-matched-gpt'
     attribute_map = {'hidden_size': 'd', 'num_hidden_layers': 'n_layer', 'num_attention_heads': 'n_head',
                      'max_position_embeddings': 'max_len'}
@@ -312,7 +312,7 @@ print(f"transformers {transformers.__version__}: the cache is the output field {
 # %%
 #| export
 class MatchedGPTForCausalLM(PreTrainedModel, GenerationMixin):
-    "Pre-LN GPT-2 decoder with learned positions, tied readout and a final LayerNorm (REFERENCE §5.12)."
+    "Pre-LN GPT-2 decoder with learned positions, tied readout and a final LayerNorm (semsimula-paper@eb95852: `notebooks/conservative_arch/matched_baseline_model.py`)."
     config_class = MatchedGPTConfig
     base_model_prefix = 'matched_gpt'
     main_input_name = 'input_ids'
@@ -423,7 +423,7 @@ test_close(out.loss.item(), math.log(97), eps=0.01)
 # %% [markdown]
 # ## Tests
 #
-# **Parameter counts** of the reference configurations (REFERENCE §5.12): 8,052,096 (Shakespeare) and 19,446,528
+# **Parameter counts** of the reference configurations (semsimula-paper@eb95852: `notebooks/conservative_arch/matched_baseline_model.py`): 8,052,096 (Shakespeare) and 19,446,528
 # (TinyStories). Built on the meta device, so nothing is allocated.
 
 # %%

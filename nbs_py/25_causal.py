@@ -9,7 +9,7 @@
 # %% [markdown]
 # A language model is **causal** when the logits at position $t$ are a function of tokens $x_{\le t}$ only. Attention
 # models get this from a mask; the SPLM gets it from building its context ξ from *detached* hidden states (see
-# `semsim.splm`). The reference's SPLMs lost it through autograd (REFERENCE §6): the force
+# `semsim.splm`). The reference's SPLMs lost it through autograd (semsimula-paper@eb95852: `companion_notes/Causal_Leak_in_SPLM_Integrate_Bug_and_Fix.md`): the force
 # $-\partial_{h_t}\sum_s V(\xi_s(h), h_s)$ picks up $\partial V_s/\partial\xi_s \cdot \partial\xi_s/\partial h_t$ from every
 # later $s$, and trained models learned to read the future through it. `causal_probe` implements the reference's two
 # probes (§6.1) for any semsim model:
@@ -31,7 +31,7 @@
 #
 # **A relative criterion as well.** The absolute threshold depends on the scale of the weights. A freshly initialised
 # MLP potential (last layer std 0.002) leaks only $\sim 10^{-8}$ in absolute terms — below $10^{-6}$, which is how the
-# reference's leak went unnoticed (it was "measured only on a freshly initialised model", REFERENCE §6.2) — while
+# reference's leak went unnoticed (it was "measured only on a freshly initialised model", semsimula-paper@eb95852: `companion_notes/Causal_Leak_Empirical_Comparison_Report.md`) — while
 # training grows the same term to $10^{-1}$. In float64 a causal model's anti-causal terms are exactly zero or round-off
 # ($\lesssim 10^{-15}$ relative), so the probe also requires the *relative* leaks $\Delta_\text{pre}/\Delta_\text{post}$
 # and $\Delta_\text{grad}/\max_{t'\le t_\ast}\|g[t']\|$ to stay below `rel_tol` $= 10^{-9}$: six orders above
@@ -63,7 +63,7 @@ from torch import Tensor
 
 # %%
 #| export
-CAUSAL_TOL = 1e-6      # absolute pass threshold of both probes (REFERENCE §6.1, class smoke test)
+CAUSAL_TOL = 1e-6      # absolute pass threshold of both probes (semsimula-paper@eb95852: `notebooks/conservative_arch/causal_probe.py`, class smoke test)
 CAUSAL_REL_TOL = 1e-9  # relative pass threshold, applied when the probe runs in float64
 
 @dataclass
@@ -129,7 +129,7 @@ def causal_probe(model, # a semsim language model (SPLMForCausalLM, MatchedGPTFo
                  tol:float=CAUSAL_TOL, # absolute threshold on Δ_pre and Δ_grad
                  rel_tol:Optional[float]=CAUSAL_REL_TOL, # threshold on Δ_pre/Δ_post and Δ_grad/|g_self| (float64 runs only)
                 ) -> CausalReport:
-    "Perturbation and gradient-Jacobian causality probes (REFERENCE §6.1)."
+    "Perturbation and gradient-Jacobian causality probes (semsimula-paper@eb95852: `notebooks/conservative_arch/causal_probe.py`)."
     cfg = getattr(model, 'config', None)
     if cfg is None or not hasattr(model, 'get_input_embeddings'):
         raise TypeError(f"causal_probe needs a semsim language model with .config and get_input_embeddings(), got {type(model).__name__}")
@@ -208,7 +208,7 @@ print(f"leaky fresh model: Δ_grad = {r_leak.grad_delta:.1e} absolute, {r_leak.r
 # is independent of everything it may see. Training a small SPLM (EMA context, SQ1 wells) on such data, the causal
 # model stays at $\ln V$; the same model with `causal_force=False` drives its loss far below $\ln V$ — it predicts
 # tokens it cannot have seen — while its gradient-Jacobian leak grows by orders of magnitude from its initial value,
-# as in the reference (REFERENCE §6.2: training grew it from ~1e-7 at init to ~1e-1). The causal model's stays exactly 0.
+# as in the reference (semsimula-paper@eb95852: `companion_notes/Causal_Leak_Empirical_Comparison_Report.md`: training grew it from ~1e-7 at init to ~1e-1). The causal model's stays exactly 0.
 
 # %%
 V_IID = 32

@@ -8,7 +8,7 @@
 
 # %% [markdown]
 # Every model of the SPLM family and its attention baseline is trained by the same loop, written here in one flat
-# function, `train(cfg)`. It follows the reference's recipe (REFERENCE §7.2):
+# function, `train(cfg)`. It follows the reference's recipe (semsimula-paper@eb95852: `notebooks/conservative_arch/train_splm.py`):
 #
 # $$\mathcal{L}(\theta) = \frac{1}{BT}\sum_{b=1}^{B}\sum_{t=1}^{T} -\log \mathrm{softmax}\big(z_{b,t}\big)[y_{b,t}]
 #   \;+\; \lambda_V\,\overline{V_\theta^2},$$
@@ -71,7 +71,7 @@ torch.set_num_threads(1)  # tiny models: on a busy 2-core machine extra threads 
 # of blocks `n_layer`); any other field of the model's config goes in `model_args`. `RUNTIME_FIELDS` may differ when a
 # run is resumed; every other field must match the saved run.
 #
-# The presets are the reference's configurations (REFERENCE §7.3), plus `demo`, the CPU-sized recipe of `make demo`:
+# The presets are the reference's configurations (semsimula-paper@eb95852: `notebooks/conservative_arch/scaleup/`), plus `demo`, the CPU-sized recipe of `make demo`:
 #
 # | preset | model | batch × block | steps | lr | wd | warm-up | eval | reference result |
 # |---|---|---|---|---|---|---|---|---|
@@ -127,9 +127,10 @@ class TrainConfig:
     probe: bool = True            # causal probe before the first step; a leaking model is refused
     progress: bool = True         # live progress bar (in a terminal or notebook)
     out: str = 'runs/train'       # run folder: log.jsonl, checkpoints, plots, summary
-    resume: bool = False          # continue the run in `out` from its latest checkpoint
+    resume: Union[bool, str] = False  # True: continue the run in `out` (an error if it holds none); 'auto': continue if any, else start
+    extend: bool = False          # on resume, accept a new (larger) max_steps: the cosine schedule is stretched to it
 
-RUNTIME_FIELDS = ('device', 'threads', 'probe', 'progress', 'out', 'resume', 'ckpt_every')  # free to change on resume
+RUNTIME_FIELDS = ('device', 'threads', 'probe', 'progress', 'out', 'resume', 'extend', 'ckpt_every')  # free to change on resume
 
 PRESETS = {
     'smoke': dict(model='splm-em-ln', d=64, L=4, v_hidden=128, v_depth=2, max_len=128, batch_size=8, block_size=64,
@@ -575,7 +576,7 @@ test_close((total - ce).item(), out.v_reg.item(), eps=1e-7); assert out.v_reg.it
 # ## Guards
 #
 # **Causal probe.** Before the first step (and again on resume) the trainer runs `semsim.causal.causal_probe` on the
-# real model (REFERENCE §6.1): a token's logits must not change when a later token changes, and the gradient of a
+# real model (semsimula-paper@eb95852: `notebooks/conservative_arch/causal_probe.py`): a token's logits must not change when a later token changes, and the gradient of a
 # position's logits with respect to later embeddings must vanish. A model that fails is refused with
 # `CausalLeakError` (the command exits with status 2). The probe runs on the CPU copy before the model moves to its
 # device, inside `torch.random.fork_rng`, so it changes neither the model, nor its gradients, nor any RNG stream.
@@ -720,7 +721,7 @@ with tempfile.TemporaryDirectory() as d:
 # **Evaluation** is the mean CE over `eval_iters` validation batches drawn **once**, from a generator seeded with
 # `seed + 7919` that nothing else uses, so every evaluation of every run with the same seed, batch and block size
 # scores the same windows, whatever the model and however long it trained. Forces that come from `autograd.grad`
-# need gradients even in evaluation (REFERENCE §10.9), so for those models evaluation runs under
+# need gradients even in evaluation (semsimula-paper@eb95852: `notebooks/conservative_arch/model.py`), so for those models evaluation runs under
 # `torch.enable_grad()` (`create_graph` is off in eval mode); other models evaluate under `torch.no_grad()`.
 
 # %%
@@ -859,6 +860,35 @@ def _use_compile(cfg:TrainConfig, device:torch.device, autograd_force:bool) -> t
 # data generator and the RNGs; draw the fixed validation batches; then for each step: learning rate, batch, forward,
 # backward, clip, guard, update, log, and on schedule evaluate and checkpoint. At the end it writes the summary.
 
+# %% [markdown]
+# **Resuming and extending.** A resumed run must have the saved configuration, except the `RUNTIME_FIELDS`. The one
+# change a researcher needs is to train *longer*: `--resume --extend --max-steps N` (or `extend=True`) accepts a new
+# `max_steps` at or beyond the step reached. The cosine schedule is defined by `max_steps`, so extending stretches
+# it: every later step gets the learning rate of the longer schedule, which at the resume step is higher than the
+# saved schedule's (a finished run restarts from lr 0 to a positive lr). `check_resumable` prints that consequence.
+
+# %%
+#| export
+def check_resumable(state:dict, # the checkpoint's trainer state
+                    cfg:TrainConfig, world:int, verbose:bool=True):
+    "Refuse a resume whose configuration differs from the saved run's (bar RUNTIME_FIELDS and an explicit extension)."
+    saved, step = state['config'], state['step']
+    diff = _config_diff(saved, _jsonable(cfg))
+    if diff == ['max_steps'] and cfg.extend:
+        if cfg.max_steps < step: raise ValueError(f"--extend: max_steps={cfg.max_steps} is below the {step} steps the run has done")
+        if verbose:
+            old, new = (lr_at(step, cfg.lr, cfg.warmup, n) for n in (saved['max_steps'], cfg.max_steps))
+            print(f"extending the run from {saved['max_steps']} to {cfg.max_steps} steps: the cosine schedule is stretched, "
+                  f"so the learning rate at step {step} is {new:.3g} (the saved schedule had {old:.3g}) and reaches 0 at step "
+                  f"{cfg.max_steps}", flush=True)
+    elif diff:
+        how = (" To train longer, add --extend (extend=True) with the new --max-steps; the cosine learning-rate schedule "
+               "is then stretched to the new length." if 'max_steps' in diff and len(diff) == 1 else '')
+        raise ValueError(f"--resume: the configuration differs from the saved run's in {diff}; resume with the saved "
+                         f"settings ({Path(cfg.out)/'train_config.json'}).{how}")
+    if state['world_size'] != world: raise ValueError(f"--resume: the run used {state['world_size']} processes, now {world}")
+
+
 # %%
 #| export
 def train(cfg:TrainConfig) -> dict: # the run's summary (rank 0; None on other ranks)
@@ -880,14 +910,15 @@ def _train(cfg:TrainConfig, device:torch.device, rank:int, world:int) -> Optiona
     B, T = cfg.batch_size // world, cfg.block_size
     # ---- resume, or a fresh start in an empty run folder
     ckpt, state = latest_checkpoint(out), None
+    if cfg.resume not in (True, False, 'auto'): raise ValueError(f"resume must be True, False or 'auto', got {cfg.resume!r}")
     if ckpt is not None and not cfg.resume:
         raise ValueError(f"{out} already holds a run (latest checkpoint {ckpt.name}): pass --resume to continue it, or choose another --out")
+    if ckpt is None and cfg.resume is True:
+        raise ValueError(f"--resume: {out} holds no run to continue (no checkpoint {CKPT_PREFIX}N in it); check --out, "
+                         f"or start a new run there without --resume")
     if ckpt is not None:
         state = torch.load(ckpt/'trainer_state.pt', map_location='cpu', weights_only=True)
-        diff = _config_diff(state['config'], _jsonable(cfg))
-        if diff: raise ValueError(f"--resume: the configuration differs from the saved run's in {diff}; "
-                                  f"resume with the saved settings ({out/'train_config.json'})")
-        if state['world_size'] != world: raise ValueError(f"--resume: the run used {state['world_size']} processes, now {world}")
+        check_resumable(state, cfg, world, master)
     # ---- data (rank 0 tokenizes first, the others then read its cache)
     if rank != 0: _barrier(world)
     data = prepare_data(cfg)
@@ -1224,6 +1255,8 @@ test_eq(latest_checkpoint(f'{runs.name}/cut').name, 'ckpt-10')
 test_eq(read_log(f'{runs.name}/cut/log.jsonl')[-1]['step'], 16)
 test_fail(lambda: train(make_config(out=f'{runs.name}/cut', **small)), contains='pass --resume')
 test_fail(lambda: train(make_config(out=f'{runs.name}/cut', resume=True, **{**small, 'lr': 1e-3})), contains="differs from the saved run's in ['lr']")
+test_fail(lambda: train(make_config(out=f'{runs.name}/cut', resume=True, **{**small, 'max_steps': 40})), contains='add --extend')
+test_fail(lambda: train(make_config(out=f'{runs.name}/nothing-here', resume=True, **small)), contains='holds no run')
 crash['at'] = None
 train(make_config(out=f'{runs.name}/cut', resume=True, **small))
 whole, cut = read_log(f'{runs.name}/whole/log.jsonl'), read_log(f'{runs.name}/cut/log.jsonl')
@@ -1346,7 +1379,8 @@ def add_train_args(p:argparse.ArgumentParser) -> None:
                    help='override a training field or a model-config field (typed); repeatable')
     p.add_argument('--out', help='run folder (default runs/<preset>-<model>)')
     p.add_argument('--max-steps', type=int, help='shorten (or lengthen) the recipe')
-    p.add_argument('--resume', action='store_true', help='continue the run in --out from its latest checkpoint')
+    p.add_argument('--resume', action='store_true', help='continue the run in --out from its latest checkpoint (an error if it holds none)')
+    p.add_argument('--extend', action='store_true', help='with --resume and --max-steps: train a finished or running run longer (the cosine schedule is stretched)')
     p.add_argument('--device', help="'cpu', 'cuda', 'mps' (default: the best available)")
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     p.add_argument('--list', action='store_true', help='list presets and model families, then exit')
@@ -1356,11 +1390,16 @@ def config_from_args(args) -> TrainConfig:
     "The TrainConfig a command line describes (a resumed run without --preset starts from its saved configuration)."
     saved = Path(args.out)/'train_config.json' if args.out else None
     base, preset = {}, args.preset or 'smoke'
-    if args.resume and args.preset is None and saved is not None and saved.exists():
+    if args.resume and not args.out: raise ValueError("--resume needs --out, the folder of the run to continue")
+    if args.extend and not (args.resume and args.max_steps): raise ValueError("--extend needs --resume and the new --max-steps")
+    if args.resume and (saved is None or not saved.exists()):
+        raise ValueError(f"--resume: {args.out} holds no run to continue (no train_config.json in it); check --out, "
+                         f"or start a new run there without --resume")
+    if args.resume and args.preset is None:
         base, preset = json.loads(saved.read_text()), None
     over = {k: v for k, v in dict(model=args.model, out=args.out, max_steps=args.max_steps, device=args.device).items() if v is not None}
     if args.no_progress: over['progress'] = False
-    cfg = make_config(preset, args.sets, **{**base, **over, 'resume': args.resume})
+    cfg = make_config(preset, args.sets, **{**base, **over, 'resume': args.resume, 'extend': args.extend})
     if not args.out: cfg.out = f"runs/{preset}-{cfg.model}"
     return cfg
 

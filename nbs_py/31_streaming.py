@@ -9,7 +9,7 @@
 # %% [markdown]
 # An SPLM (`semsim.splm`) has no attention. The only way token $t$ sees its prefix is the context $\xi_t$, a causal
 # linear filter of the prefix (`semsim.context`), and every pool in semsim is a linear recurrence. So the whole prefix
-# can be summarised by a fixed-size state, and decoding one more token needs only that state (REFERENCE §8.1):
+# can be summarised by a fixed-size state, and decoding one more token needs only that state (semsimula-paper@eb95852: `notebooks/conservative_arch/inference_efficiency/splm_streaming_decode.py`):
 #
 # 1. **embed** the new token at its position $p$: $h_0 = E[x] + P[p]$ (then LN when `ln_after_step`), $v_0 = 0$;
 # 2. **integrate** $L$ steps. At step $\ell$ the force $f_\ell = -\nabla_h V_\theta(\xi_\ell, h_\ell)$ needs the

@@ -9,7 +9,7 @@
 # %% [markdown]
 # Wall-clock time depends on the machine, the batch and the software; a FLOP count does not. This chapter counts the
 # operations one new token costs, for the SPLM decoded with its recurrent state (`semsim.streaming`) and for
-# MatchedGPT decoded with a KV cache, with the conventions of the reference's counter (REFERENCE §8.2):
+# MatchedGPT decoded with a KV cache, with the conventions of the reference's counter (semsimula-paper@eb95852: `notebooks/conservative_arch/inference_efficiency/flop_counter.py`):
 #
 # | operation | FLOPs |
 # |---|---|
@@ -228,7 +228,7 @@ test_eq(splm.total, 44_396_544)
 # %% [markdown]
 # ### Three reference numbers that no count of this form can give
 #
-# REFERENCE §8.2 also lists 85.82 MFLOPs/token at T = 16,384 and crossovers $T^*$ = 8,092 (decode) and 7,165
+# semsimula-paper@eb95852: `notebooks/conservative_arch/inference_efficiency/flop_counter.py` also lists 85.82 MFLOPs/token at T = 16,384 and crossovers $T^*$ = 8,092 (decode) and 7,165
 # (forward). With the conventions above the counter gives 85.76, 6,666 and 13,331 (6,666 when the forward counts
 # all $T^2$ pairs). Any per-token attention count is affine in $T$, $C(T) = a + bT$ — the context only enters through
 # $q K^\top$, the softmax and the weighted sum. The reference's own values at T = 1,024 (20.385, three decimals, from

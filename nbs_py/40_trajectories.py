@@ -9,7 +9,7 @@
 # %% [markdown]
 # The descriptive half of Semantic Simulation treats the hidden states of a pretrained transformer as the positions of
 # a particle. For one sentence of $T$ tokens $x_0, \dots, x_{T-1}$ and a model with $L$ blocks there are two axes
-# (REFERENCE §2.1, §4.1):
+# (semsimula-paper@eb95852: `notebooks/stp_loss/energy_landscape_validation.ipynb`, `notebooks/conservative_arch/trajectory_extraction.py`):
 #
 # - **token axis** (time = token position): $h_t^{(\ell)} \in \mathbb{R}^d$, $t = 0, \dots, T-1$, at a fixed depth
 #   $\ell$ (`layer`, default the last). This is the trajectory the STP–acceleration study reads (next chapter);
@@ -34,7 +34,7 @@
 # **The trap.** Hugging Face's `out.hidden_states` has $L+1$ entries, but the last one is *not* the output of block $L$:
 # GPT-2 (`transformer.ln_f`) and Pythia (`gpt_neox.final_layer_norm`) apply their final LayerNorm first, so
 # `hidden_states[-1]` $= \mathrm{LN}_f(\tilde h^{(L)})$ and the pre-norm residual $\tilde h^{(L)}$ appears nowhere in the
-# output. **The reference study used `out.hidden_states[-1][0]`, i.e. the post-`ln_f` states** (REFERENCE §2.1); semsim
+# output. **The reference study used `out.hidden_states[-1][0]`, i.e. the post-`ln_f` states** (semsimula-paper@eb95852: `notebooks/stp_loss/energy_landscape_validation.ipynb`); semsim
 # keeps that as `h` (with `layer=-1`) so its numbers are comparable, and captures $\tilde h^{(L)}$ with a forward hook
 # on the final norm as `h_prenorm`. The two are different geometric objects: LayerNorm removes each state's mean and
 # rescales it to norm $\approx \sqrt d$ (times the gain), so lengths and angles along the two trajectories differ.
@@ -302,7 +302,7 @@ test_fail(lambda: find_final_norm(gpt2_tiny, 'transformer.nope'), contains='no m
 # `trajectory(model, text)` runs one sentence (no padding, batch of one) with `output_hidden_states=True` and returns a
 # `Trajectory`. Everything is detached and moved to the CPU in fp32 (the model may run in fp16 on a GPU). For
 # 🤗 models the forward runs under `torch.no_grad()`; any other module is called as is, because semsim's own models
-# compute their forces with autograd even at evaluation (REFERENCE §10.9).
+# compute their forces with autograd even at evaluation (semsimula-paper@eb95852: `notebooks/conservative_arch/model.py`).
 #
 # Whether the last `hidden_states` entry is the norm's output is *checked*, not assumed (`last_is_post_norm`): for
 # GPT-2 and Pythia it is, and `residual` then swaps in the hooked input so that every depth is pre-norm. Models
@@ -556,7 +556,7 @@ test_eq({k: len(v) for k, v in corpus.items()},
 lens = [len(encode(tok, s)) for _, s in corpus_items(corpus)]
 print(f"{len(lens)} sentences, {sum(lens):,} GPT-2 tokens (min {min(lens)}, max {max(lens)}), "
       f"{sum(l - 2 for l in lens):,} consecutive triplets")
-test_eq(sum(l - 2 for l in lens), 1_314)   # the reference's GPT-2 triplet count (REFERENCE §2.4), from the tokenizer alone
+test_eq(sum(l - 2 for l in lens), 1_314)   # the reference's GPT-2 triplet count (semsimula-paper@eb95852: `notebooks/stp_loss/results/experiment_results.json`), from the tokenizer alone
 
 # %% [markdown]
 # The 1,314 consecutive triplets of the reference's GPT-2 table follow from the corpus and the tokenizer alone: this

@@ -8,7 +8,7 @@
 
 # %% [markdown]
 # Semantic Tube Prediction (STP) penalises a trajectory for turning: for three consecutive hidden states it is
-# $1 - \cos$ of the angle between the two steps. The reference (REFERENCE §2) shows that this is the same thing as the
+# $1 - \cos$ of the angle between the two steps. The reference (semsimula-paper@eb95852: `notebooks/stp_loss/energy_landscape_validation.ipynb`) shows that this is the same thing as the
 # *normal* component of the discrete acceleration, and then measures on GPT-2 and Pythia-160M that the *tangential*
 # component is about twice as large (the trajectories mostly brake), and that the real token order is much smoother
 # than a shuffled one.
@@ -330,7 +330,7 @@ fig = fig_identity(trajs + [iid, walk[:400], circle, line] + walks, title='examp
 # %% [markdown]
 # ## Acceleration statistics
 #
-# Pooled over all $N = \sum_i (T_i - 2)$ triplets of a corpus (REFERENCE §2.2): the fraction decelerating
+# Pooled over all $N = \sum_i (T_i - 2)$ triplets of a corpus (semsimula-paper@eb95852: `notebooks/stp_loss/energy_landscape_validation.ipynb`): the fraction decelerating
 # $\frac1N\sum[a_\parallel < 0]$ (`frac_decel`), the means of $\lvert a_\parallel\rvert$, $a_\parallel$ and
 # $\lvert a_\perp\rvert$, and the **ratio** $\overline{\lvert a_\parallel\rvert}/\overline{\lvert a_\perp\rvert}$,
 # pooled (`ratio`) and per trajectory (mean and median of the per-sentence ratios). A ratio above 1 means the
@@ -400,7 +400,7 @@ test_close(s['ratio'], math.sqrt(3), eps=0.02); test_eq(s['frac_decel'], 1.0)
 # $\lvert a_\perp\rvert$ on the consecutive triplets of the shuffled sequence, pool the means over the corpus, and
 # repeat $n$ = 100 times (`n_perm`) with NumPy's `default_rng(42)` (`seed`). For each statistic $m$,
 # $z = (m_\text{obs} - \overline{m_\text{null}})/\mathrm{sd}(m_\text{null})$ (population sd, NumPy's default) and the
-# one-sided $p = \#\{m_\text{null} \ge m_\text{obs}\}/n$ (`p_…`, REFERENCE §2.3). Negative $z$ = real order smoother
+# one-sided $p = \#\{m_\text{null} \ge m_\text{obs}\}/n$ (`p_…`, semsimula-paper@eb95852: `notebooks/stp_loss/energy_landscape_validation.ipynb`). Negative $z$ = real order smoother
 # than shuffled.
 #
 # Note the direction of the reference's $p$: it counts shuffles at least as *rough* as the real order, so it tests
@@ -489,7 +489,7 @@ assert accel_stats(spirals)['frac_decel'] > 0.9
 #
 # STP on non-consecutive triplets: for each trajectory draw 500 (`n`) triples $s < r < t$ uniformly among the
 # $\binom T3$ (NumPy `default_rng(42)`; each draw is the first three entries of a random permutation, sorted) and
-# average $1 - \cos(h_t - h_r, h_r - h_s)$; report the mean and sd of those per-trajectory averages (REFERENCE §2.5:
+# average $1 - \cos(h_t - h_r, h_r - h_s)$; report the mean and sd of those per-trajectory averages (semsimula-paper@eb95852: `notebooks/stp_loss/energy_landscape_validation.ipynb`:
 # 1.333 ± 0.072 on GPT-2).
 
 # %%
@@ -532,7 +532,7 @@ test_close(random_triplet_stp(clouds, n=200)['mean'], 1.5, eps=0.05)  # i.i.d. p
 # (For i.i.d. Gaussian points $x, y, z$: $E[(y-x)\cdot(z-y)] = -E\lVert y\rVert^2$ while both chords have the same
 # length distribution, which puts $E\cos$ near $-\tfrac12$ and STP near 1.5, as the last line checks.)
 #
-# ## Gaussian well and action (REFERENCE §2.5)
+# ## Gaussian well and action (semsimula-paper@eb95852: `notebooks/stp_loss/energy_landscape_validation.ipynb`)
 #
 # The reference asks whether the per-token loss behaves like the potential energy of a well centred on the sentence's
 # final state. For each sentence, $x_t = 1 - \cos(h_t, h_{T-1})$ is the cosine distance to the final state and
@@ -663,7 +663,7 @@ def stp_study(trajs, # Trajectory list (or plain (T_i,d) tensors: then no well/a
               n_perm:int=100, # permutation-null shuffles
               seed:int=42, # seed of the null and of the random triplets
               n_random:int=500) -> dict: # random triples per trajectory
-    "Every statistic of REFERENCE §2 on one corpus of trajectories, as a JSON-ready dict."
+    "Every statistic of the reference's STP study on one corpus of trajectories, as a JSON-ready dict."
     hs = states_list(trajs, which)
     has_loss = isinstance(trajs, (list, tuple)) and all(isinstance(t, Trajectory) for t in trajs)
     out = {'which': which, 'n_trajectories': len(hs), 'identity': identity_error(hs), 'acceleration': accel_stats(hs),
@@ -676,7 +676,7 @@ def stp_study(trajs, # Trajectory list (or plain (T_i,d) tensors: then no well/a
     return out
 
 def headline(st:dict) -> dict:
-    "The flat numbers of REFERENCE §2.4–2.5 from a `stp_study` result."
+    "The flat headline numbers of the reference's STP study from a `stp_study` result."
     acc, pn, rt = st['acceleration'], st['permutation_null'], st['random_triplet_stp']
     h = {'n_triplets': acc['n_triplets'], 'mean_a_perp': acc['mean_a_perp'], 'mean_abs_a_par': acc['mean_abs_a_par'],
          'mean_a_par': acc['mean_a_par'], 'ratio': acc['ratio'], 'ratio_per_traj_median': acc['ratio_per_traj_median'],
@@ -691,7 +691,7 @@ def headline(st:dict) -> dict:
 
 # %%
 #| export
-REFERENCE_STP = {  # REFERENCE §2.4 (stp notebook, cross-model notebook) and §2.5
+REFERENCE_STP = {  # semsimula-paper@eb95852 `notebooks/stp_loss/`, `notebooks/cross_model/`
     'GPT-2 (ref., stp nb)': dict(n_triplets=1314, mean_a_perp=44.20, mean_abs_a_par=92.47, mean_a_par=-91.71, ratio=2.092,
         ratio_per_traj_median=2.100, frac_decel=0.9787, z_abs_a_par=-11.83, z_a_perp=-12.01, random_triplet_stp_mean=1.333,
         random_triplet_stp_sd=0.072, identity_max_abs=1.68e-13, gaussian_r2=1.1e-16, harmonic_r2=-1.52, linear_r2=-0.91,

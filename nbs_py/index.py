@@ -16,6 +16,12 @@
 # - **20–29 models**: the conservative-by-construction SPLM family and its matched attention baseline;
 # - **30–39 training and inference**; **40–49 analysis** of hidden-state trajectories;
 # - **tutorials**: end-to-end notebooks that open in Colab.
+#
+# **Sources.** The theory is that of the paper, Gueorguiev (2026), *Semantic Simulation: A Prescriptive Lagrangian
+# Framework*; the numbers semsim reproduces come from its public companion repository
+# [`dimitarpg13/semsimula-paper`](https://github.com/dimitarpg13/semsimula-paper). The chapters cite it as
+# `semsimula-paper@COMMIT: path`, a path relative to the repository's root at that commit: `eb95852` (2026-05-07)
+# for most of it, later commits (`44cc714` for the structured potentials) where a model appeared only there.
 
 # %% [markdown]
 # ## Install and run
@@ -27,7 +33,7 @@
 # make test   # the whole suite; ends with one line "N passed, N failed"
 # ```
 #
-# To use semsim in your own work: `pip install -e .` from a clone (Python ≥ 3.9, torch ≥ 2.2). Data is found in
+# To use semsim in your own work: `pip install -e .` from a clone (Python ≥ 3.9, torch ≥ 2.2, transformers ≥ 5.0). Data is found in
 # `$SEMSIM_DATA_DIR` when you set it, else in the user cache (`~/.cache/semsim`), else downloaded; the GPT-2
 # tokenizer works offline.
 

@@ -49,7 +49,7 @@ def reference_loss(logits:Tensor, # next-token scores, (B,T,V)
 
 # %% ../nbs/23_baselines.ipynb #6068bf75
 class MatchedGPTConfig(PretrainedConfig):
-    "Configuration of the matched pre-LN GPT-2 attention baseline (REFERENCE §5.12)."
+    "Configuration of the matched pre-LN GPT-2 attention baseline (semsimula-paper@eb95852: `notebooks/conservative_arch/matched_baseline_model.py`)."
     model_type = 'semsim-matched-gpt'
     attribute_map = {'hidden_size': 'd', 'num_hidden_layers': 'n_layer', 'num_attention_heads': 'n_head',
                      'max_position_embeddings': 'max_len'}
@@ -182,7 +182,7 @@ def output_cache(out): # a model forward or generate(return_dict_in_generate=Tru
 
 # %% ../nbs/23_baselines.ipynb #0aacb3e3
 class MatchedGPTForCausalLM(PreTrainedModel, GenerationMixin):
-    "Pre-LN GPT-2 decoder with learned positions, tied readout and a final LayerNorm (REFERENCE §5.12)."
+    "Pre-LN GPT-2 decoder with learned positions, tied readout and a final LayerNorm (semsimula-paper@eb95852: `notebooks/conservative_arch/matched_baseline_model.py`)."
     config_class = MatchedGPTConfig
     base_model_prefix = 'matched_gpt'
     main_input_name = 'input_ids'

@@ -15,7 +15,7 @@ from torch import Tensor
 __all__ = ['CAUSAL_TOL', 'CAUSAL_REL_TOL', 'CausalReport', 'causal_probe', 'assert_causal', 'option_grid', 'probe_grid']
 
 # %% ../nbs/25_causal.ipynb #3fedd254
-CAUSAL_TOL = 1e-6      # absolute pass threshold of both probes (REFERENCE §6.1, class smoke test)
+CAUSAL_TOL = 1e-6      # absolute pass threshold of both probes (semsimula-paper@eb95852: `notebooks/conservative_arch/causal_probe.py`, class smoke test)
 CAUSAL_REL_TOL = 1e-9  # relative pass threshold, applied when the probe runs in float64
 
 @dataclass
@@ -71,7 +71,7 @@ def causal_probe(model, # a semsim language model (SPLMForCausalLM, MatchedGPTFo
                  tol:float=CAUSAL_TOL, # absolute threshold on Δ_pre and Δ_grad
                  rel_tol:Optional[float]=CAUSAL_REL_TOL, # threshold on Δ_pre/Δ_post and Δ_grad/|g_self| (float64 runs only)
                 ) -> CausalReport:
-    "Perturbation and gradient-Jacobian causality probes (REFERENCE §6.1)."
+    "Perturbation and gradient-Jacobian causality probes (semsimula-paper@eb95852: `notebooks/conservative_arch/causal_probe.py`)."
     cfg = getattr(model, 'config', None)
     if cfg is None or not hasattr(model, 'get_input_embeddings'):
         raise TypeError(f"causal_probe needs a semsim language model with .config and get_input_embeddings(), got {type(model).__name__}")

@@ -146,7 +146,7 @@ def ema_scan(h:Tensor, # one real input shared by all channels, (B,T,d)
     return (W.to(h.dtype) @ xc).reshape(B, n * C, K, d)[:, :T]
 
 # %% ../nbs/20_context.ipynb #6581ec4b
-ALPHA_MIN, ALPHA_MAX = 1e-6, 1 - 1e-6   # clamp of the EMA decays (REFERENCE §10.8)
+ALPHA_MIN, ALPHA_MAX = 1e-6, 1 - 1e-6   # clamp of the EMA decays (semsimula-paper@eb95852: `notebooks/conservative_arch/multixi/`)
 DEFAULT_ALPHA_INITS = (0.25, 0.5, 0.75, 0.95)
 
 def log_spaced_alphas(K:int, # number of channels
@@ -303,7 +303,7 @@ class HiPPOLegTPool(XiPool):
     def extra_repr(self): return f"K={self.n_channels}, theta={self.theta}, learnable_dt={self.learnable_dt}"
 
 # %% ../nbs/20_context.ipynb #91c2ea6e
-S4D_MIN_NEG_RE = 1e-3   # Re(λ) ≤ -1e-3 (REFERENCE §10.8)
+S4D_MIN_NEG_RE = 1e-3   # Re(λ) ≤ -1e-3 (semsimula-paper@eb95852: `notebooks/conservative_arch/multixi/`)
 
 def cexpm1(z:Tensor) -> Tensor: # exp(z) - 1, accurate for small |z|, complex
     "Complex expm1: e^x cos y - 1 = expm1(x) cos y - 2 sin²(y/2), imaginary part e^x sin y."

@@ -207,7 +207,7 @@ def feasibility_ellipsoid(P:ArrayLike, # signature matrix of one property, (N, L
 
 # %% ../nbs/10_signature.ipynb #c4611715
 class TrajectorySignature(NamedTuple):
-    "Signature quantities of a hidden-state trajectory (REFERENCE §1.1, transformer correspondence)."
+    "Signature quantities of a hidden-state trajectory (the paper; semsimula-paper@eb95852: `companion_notes/STP_Loss_Is_An_Emergent_Property_Of_The_Energy_Landscape_Defined_By_Gaussian_Well_Potential.md`, transformer correspondence)."
     Ht: ArrayLike      # centred trajectory H - 1 h_bar^T (or M_w H), (..., T, d)
     sigma: ArrayLike   # singular values of Ht, descending, (..., n), n = min(T, d)
     r: ArrayLike       # normalised spectrum sigma_i^2 / sum_j sigma_j^2, (..., n)

@@ -39,7 +39,7 @@ def softplus_inv(y:float) -> float:
 
 # %% ../nbs/22_splm.ipynb #87052375
 class SPLMConfig(PretrainedConfig):
-    "Configuration of the scalar-potential language model family (REFERENCE §5.0–5.7)."
+    "Configuration of the scalar-potential language model family (semsimula-paper@eb95852: `notebooks/conservative_arch/model.py`)."
     model_type = 'semsim-splm'
     attribute_map = {'hidden_size': 'd', 'num_hidden_layers': 'L', 'max_position_embeddings': 'max_len'}
     # --- sizes
@@ -213,7 +213,7 @@ class SPLMOutput(ModelOutput):
 
 # %% ../nbs/22_splm.ipynb #0288cd60
 class SPLMForCausalLM(PreTrainedModel, GenerationMixin):
-    "Scalar-potential LM: L damped steps of h under -∇_h V_θ(ξ, h), tied readout (REFERENCE §5)."
+    "Scalar-potential LM: L damped steps of h under -∇_h V_θ(ξ, h), tied readout (semsimula-paper@eb95852: `notebooks/conservative_arch/model.py`)."
     config_class = SPLMConfig
     base_model_prefix = 'splm'
     main_input_name = 'input_ids'

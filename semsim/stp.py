@@ -250,7 +250,7 @@ def stp_study(trajs, # Trajectory list (or plain (T_i,d) tensors: then no well/a
               n_perm:int=100, # permutation-null shuffles
               seed:int=42, # seed of the null and of the random triplets
               n_random:int=500) -> dict: # random triples per trajectory
-    "Every statistic of REFERENCE §2 on one corpus of trajectories, as a JSON-ready dict."
+    "Every statistic of the reference's STP study on one corpus of trajectories, as a JSON-ready dict."
     hs = states_list(trajs, which)
     has_loss = isinstance(trajs, (list, tuple)) and all(isinstance(t, Trajectory) for t in trajs)
     out = {'which': which, 'n_trajectories': len(hs), 'identity': identity_error(hs), 'acceleration': accel_stats(hs),
@@ -263,7 +263,7 @@ def stp_study(trajs, # Trajectory list (or plain (T_i,d) tensors: then no well/a
     return out
 
 def headline(st:dict) -> dict:
-    "The flat numbers of REFERENCE §2.4–2.5 from a `stp_study` result."
+    "The flat headline numbers of the reference's STP study from a `stp_study` result."
     acc, pn, rt = st['acceleration'], st['permutation_null'], st['random_triplet_stp']
     h = {'n_triplets': acc['n_triplets'], 'mean_a_perp': acc['mean_a_perp'], 'mean_abs_a_par': acc['mean_abs_a_par'],
          'mean_a_par': acc['mean_a_par'], 'ratio': acc['ratio'], 'ratio_per_traj_median': acc['ratio_per_traj_median'],
@@ -276,7 +276,7 @@ def headline(st:dict) -> dict:
     return h
 
 # %% ../nbs/41_stp.ipynb #bf02400f
-REFERENCE_STP = {  # REFERENCE §2.4 (stp notebook, cross-model notebook) and §2.5
+REFERENCE_STP = {  # semsimula-paper@eb95852 `notebooks/stp_loss/`, `notebooks/cross_model/`
     'GPT-2 (ref., stp nb)': dict(n_triplets=1314, mean_a_perp=44.20, mean_abs_a_par=92.47, mean_a_par=-91.71, ratio=2.092,
         ratio_per_traj_median=2.100, frac_decel=0.9787, z_abs_a_par=-11.83, z_a_perp=-12.01, random_triplet_stp_mean=1.333,
         random_triplet_stp_sd=0.072, identity_max_abs=1.68e-13, gaussian_r2=1.1e-16, harmonic_r2=-1.52, linear_r2=-0.91,

@@ -23,8 +23,9 @@ __all__ = ['RUNTIME_FIELDS', 'PRESETS', 'MODELS', 'CKPT_PREFIX', 'ERRORS', 'Trai
            'parse_value', 'make_config', 'model_kwargs', 'validate_config', 'VocabCodec', 'RunData',
            'compact_vocabulary', 'prepare_data', 'build_model', 'n_params', 'lr_at', 'make_optimizer', 'forward_loss',
            'CausalLeakError', 'NonFiniteError', 'probe_model', 'latest_checkpoint', 'save_checkpoint', 'load_weights',
-           'read_log', 'fixed_val_batches', 'evaluate', 'wrap_ddp', 'train', 'sample', 'plot_run', 'write_summary',
-           'load_run', 'train_together', 'plot_runs', 'add_train_args', 'config_from_args', 'run_train', 'main']
+           'read_log', 'fixed_val_batches', 'evaluate', 'wrap_ddp', 'check_resumable', 'train', 'sample', 'plot_run',
+           'write_summary', 'load_run', 'train_together', 'plot_runs', 'add_train_args', 'config_from_args',
+           'run_train', 'main']
 
 # %% ../nbs/30_train.ipynb #f068d624
 @dataclass
@@ -68,9 +69,10 @@ class TrainConfig:
     probe: bool = True            # causal probe before the first step; a leaking model is refused
     progress: bool = True         # live progress bar (in a terminal or notebook)
     out: str = 'runs/train'       # run folder: log.jsonl, checkpoints, plots, summary
-    resume: bool = False          # continue the run in `out` from its latest checkpoint
+    resume: Union[bool, str] = False  # True: continue the run in `out` (an error if it holds none); 'auto': continue if any, else start
+    extend: bool = False          # on resume, accept a new (larger) max_steps: the cosine schedule is stretched to it
 
-RUNTIME_FIELDS = ('device', 'threads', 'probe', 'progress', 'out', 'resume', 'ckpt_every')  # free to change on resume
+RUNTIME_FIELDS = ('device', 'threads', 'probe', 'progress', 'out', 'resume', 'extend', 'ckpt_every')  # free to change on resume
 
 PRESETS = {
     'smoke': dict(model='splm-em-ln', d=64, L=4, v_hidden=128, v_depth=2, max_len=128, batch_size=8, block_size=64,
@@ -520,6 +522,26 @@ def _use_compile(cfg:TrainConfig, device:torch.device, autograd_force:bool) -> t
     return want, ('compiled' if want else 'eager')
 
 # %% ../nbs/30_train.ipynb #a9e48595
+def check_resumable(state:dict, # the checkpoint's trainer state
+                    cfg:TrainConfig, world:int, verbose:bool=True):
+    "Refuse a resume whose configuration differs from the saved run's (bar RUNTIME_FIELDS and an explicit extension)."
+    saved, step = state['config'], state['step']
+    diff = _config_diff(saved, _jsonable(cfg))
+    if diff == ['max_steps'] and cfg.extend:
+        if cfg.max_steps < step: raise ValueError(f"--extend: max_steps={cfg.max_steps} is below the {step} steps the run has done")
+        if verbose:
+            old, new = (lr_at(step, cfg.lr, cfg.warmup, n) for n in (saved['max_steps'], cfg.max_steps))
+            print(f"extending the run from {saved['max_steps']} to {cfg.max_steps} steps: the cosine schedule is stretched, "
+                  f"so the learning rate at step {step} is {new:.3g} (the saved schedule had {old:.3g}) and reaches 0 at step "
+                  f"{cfg.max_steps}", flush=True)
+    elif diff:
+        how = (" To train longer, add --extend (extend=True) with the new --max-steps; the cosine learning-rate schedule "
+               "is then stretched to the new length." if 'max_steps' in diff and len(diff) == 1 else '')
+        raise ValueError(f"--resume: the configuration differs from the saved run's in {diff}; resume with the saved "
+                         f"settings ({Path(cfg.out)/'train_config.json'}).{how}")
+    if state['world_size'] != world: raise ValueError(f"--resume: the run used {state['world_size']} processes, now {world}")
+
+# %% ../nbs/30_train.ipynb #aa8b2c7d
 def train(cfg:TrainConfig) -> dict: # the run's summary (rank 0; None on other ranks)
     "Train the model `cfg` describes; see the chapter text for the procedure."
     validate_config(cfg)
@@ -539,14 +561,15 @@ def _train(cfg:TrainConfig, device:torch.device, rank:int, world:int) -> Optiona
     B, T = cfg.batch_size // world, cfg.block_size
     # ---- resume, or a fresh start in an empty run folder
     ckpt, state = latest_checkpoint(out), None
+    if cfg.resume not in (True, False, 'auto'): raise ValueError(f"resume must be True, False or 'auto', got {cfg.resume!r}")
     if ckpt is not None and not cfg.resume:
         raise ValueError(f"{out} already holds a run (latest checkpoint {ckpt.name}): pass --resume to continue it, or choose another --out")
+    if ckpt is None and cfg.resume is True:
+        raise ValueError(f"--resume: {out} holds no run to continue (no checkpoint {CKPT_PREFIX}N in it); check --out, "
+                         f"or start a new run there without --resume")
     if ckpt is not None:
         state = torch.load(ckpt/'trainer_state.pt', map_location='cpu', weights_only=True)
-        diff = _config_diff(state['config'], _jsonable(cfg))
-        if diff: raise ValueError(f"--resume: the configuration differs from the saved run's in {diff}; "
-                                  f"resume with the saved settings ({out/'train_config.json'})")
-        if state['world_size'] != world: raise ValueError(f"--resume: the run used {state['world_size']} processes, now {world}")
+        check_resumable(state, cfg, world, master)
     # ---- data (rank 0 tokenizes first, the others then read its cache)
     if rank != 0: _barrier(world)
     data = prepare_data(cfg)
@@ -784,7 +807,8 @@ def add_train_args(p:argparse.ArgumentParser) -> None:
                    help='override a training field or a model-config field (typed); repeatable')
     p.add_argument('--out', help='run folder (default runs/<preset>-<model>)')
     p.add_argument('--max-steps', type=int, help='shorten (or lengthen) the recipe')
-    p.add_argument('--resume', action='store_true', help='continue the run in --out from its latest checkpoint')
+    p.add_argument('--resume', action='store_true', help='continue the run in --out from its latest checkpoint (an error if it holds none)')
+    p.add_argument('--extend', action='store_true', help='with --resume and --max-steps: train a finished or running run longer (the cosine schedule is stretched)')
     p.add_argument('--device', help="'cpu', 'cuda', 'mps' (default: the best available)")
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     p.add_argument('--list', action='store_true', help='list presets and model families, then exit')
@@ -794,11 +818,16 @@ def config_from_args(args) -> TrainConfig:
     "The TrainConfig a command line describes (a resumed run without --preset starts from its saved configuration)."
     saved = Path(args.out)/'train_config.json' if args.out else None
     base, preset = {}, args.preset or 'smoke'
-    if args.resume and args.preset is None and saved is not None and saved.exists():
+    if args.resume and not args.out: raise ValueError("--resume needs --out, the folder of the run to continue")
+    if args.extend and not (args.resume and args.max_steps): raise ValueError("--extend needs --resume and the new --max-steps")
+    if args.resume and (saved is None or not saved.exists()):
+        raise ValueError(f"--resume: {args.out} holds no run to continue (no train_config.json in it); check --out, "
+                         f"or start a new run there without --resume")
+    if args.resume and args.preset is None:
         base, preset = json.loads(saved.read_text()), None
     over = {k: v for k, v in dict(model=args.model, out=args.out, max_steps=args.max_steps, device=args.device).items() if v is not None}
     if args.no_progress: over['progress'] = False
-    cfg = make_config(preset, args.sets, **{**base, **over, 'resume': args.resume})
+    cfg = make_config(preset, args.sets, **{**base, **over, 'resume': args.resume, 'extend': args.extend})
     if not args.out: cfg.out = f"runs/{preset}-{cfg.model}"
     return cfg
 

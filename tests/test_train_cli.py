@@ -122,3 +122,31 @@ def test_semsim_demo_side_by_side(tmp_path, shared_data, isolated_cache):
                         '--no-progress', '--sequential', '--out', str(out)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]                            # a second demo replaces the first
     assert json.loads((out/'matched-gpt'/'summary.json').read_text())['steps'] == 2
+
+
+def test_resume_needs_a_run(tmp_path, isolated_cache, salad):
+    "A mistyped --out with --resume is an error (exit 1), never a silent fresh start."
+    rc, out_, err = run(['--out', str(tmp_path/'no-such-run'), '--resume', '--no-progress'])
+    assert rc == 1 and 'holds no run to continue' in err and not (tmp_path/'no-such-run').exists()
+    (tmp_path/'empty').mkdir()
+    rc, _, err = run(['--model', 'matched-gpt', '--set', f'corpus={salad}', '--out', str(tmp_path/'empty'), '--resume', *TINY])
+    assert rc == 1 and 'holds no run to continue' in err
+    rc, _, err = run(['--resume', '--no-progress'])
+    assert rc == 1 and '--resume needs --out' in err
+
+
+def test_extend_a_finished_run(tmp_path, isolated_cache, salad):
+    "Training longer is refused without --extend (the message says how) and works with it, the schedule stretched."
+    out = tmp_path/'run'
+    assert run(['--model', 'matched-gpt', '--set', f'corpus={salad}', '--out', str(out), '--max-steps', '5', *TINY])[0] == 0
+    rc, _, err = run(['--out', str(out), '--resume', '--max-steps', '8', '--no-progress'])
+    assert rc == 1 and "differs from the saved run's in ['max_steps']" in err and 'add --extend' in err
+    rc, _, err = run(['--out', str(out), '--extend', '--no-progress'])
+    assert rc == 1 and '--extend needs --resume' in err
+    rc, out_, err = run(['--out', str(out), '--resume', '--extend', '--max-steps', '8', '--no-progress'])
+    assert rc == 0, err
+    assert 'extending the run from 5 to 8 steps' in out_ and 'resumed from step 5' in out_
+    assert [r['step'] for r in read_log(out/'log.jsonl')] == list(range(1, 9))
+    assert json.loads((out/'train_config.json').read_text())['max_steps'] == 8
+    rc, _, err = run(['--out', str(out), '--resume', '--extend', '--max-steps', '6', '--no-progress'])
+    assert rc == 1 and 'below the 8 steps the run has done' in err

@@ -27,7 +27,7 @@
 #
 # **Disconnects.** Every run writes its checkpoints to Google Drive (`MyDrive/semsim-runs/<run>`) every 200 or 400
 # steps, atomically: a disconnect at any moment leaves the last checkpoint readable. After a disconnect, reconnect and
-# run all cells again: each training cell is called with `resume=True`, so it continues from the latest checkpoint
+# run all cells again: each training cell is called with `resume='auto'`, so it continues from the latest checkpoint
 # (same optimizer state, schedule position and data stream) or starts fresh when there is none; a finished run only
 # reloads.
 #
@@ -69,7 +69,7 @@ print('runs folder:', RUNS, '| GPU:', torch.cuda.get_device_name(0) if torch.cud
 # ## The three recipes
 #
 # A recipe is a preset of `semsim.train` plus the model and its options. `recipe_config` turns one into a
-# `TrainConfig` writing to `RUNS/<run>` with `resume=True`; keyword arguments override fields (the CPU-sized
+# `TrainConfig` writing to `RUNS/<run>` with `resume='auto'` (continue if the folder holds a run, else start one); keyword arguments override fields (the CPU-sized
 # version below uses them to shrink everything).
 
 # %%
@@ -82,7 +82,7 @@ RECIPES = {  # run: (preset, model, model options, reference validation perplexi
 def recipe_config(run:str, runs:Path, **overrides):
     "The TrainConfig of a recipe, resuming in runs/<run> when a checkpoint is there."
     preset, model, sets, _ = RECIPES[run]
-    return make_config(preset, sets, model=model, out=str(Path(runs)/run), resume=True, **overrides)
+    return make_config(preset, sets, model=model, out=str(Path(runs)/run), resume='auto', **overrides)
 
 for run in RECIPES:
     c = recipe_config(run, RUNS)
