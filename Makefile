@@ -17,12 +17,13 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 
-.PHONY: install demo test test-latest lock nbs export clean-nbs sync readme docs site bench help
+.PHONY: install demo test test-latest test-oldest lock nbs export clean-nbs sync readme docs site bench help
 
 help:
 	@echo "make demo   — create .venv, install, run the main job"
 	@echo "make test   — create .venv, install the locked versions, run the whole suite (ends with 'N passed, N failed')"
 	@echo "make test-latest — the suite on the newest versions the package allows (own venv $(LATEST_VENV))"
+	@echo "make test-oldest — the suite on the oldest declared versions (requirements/oldest.txt, own venv $(OLDEST_VENV))"
 	@echo "make lock   — rewrite requirements/lock.txt from $(LATEST_VENV) (after make test-latest passed)"
 	@echo "make docs   — build the docs (Quarto when installed, else the offline renderer into _site/)"
 	@echo "make nbs NB=nbs/05_data.ipynb — sync from nbs_py/, execute (store outputs), clean, export"
@@ -52,6 +53,15 @@ test-latest:
 	$(LATEST_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]" "$(TORCH_SPEC)"
 	$(LATEST_VENV)/bin/python -m pip list --format=freeze 2>/dev/null | grep -iE '^(torch|transformers|tokenizers|datasets|numpy|scipy|nbdev|fastcore)=='
 	$(LATEST_VENV)/bin/python tools/suite.py
+
+# The oldest declared versions (requirements/oldest.txt), in their own venv: the floors in settings.ini are tested.
+OLDEST_VENV ?= .venv-oldest
+test-oldest:
+	@[ -x $(OLDEST_VENV)/bin/python ] || { $(PYTHON) -m venv $(OLDEST_VENV) && $(OLDEST_VENV)/bin/python -m pip install -q --upgrade pip; }
+	$(OLDEST_VENV)/bin/python -c "import torch" 2>/dev/null || $(OLDEST_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(OLDEST_VENV)/bin/python -m pip install -q -e ".[dev]" -c requirements/oldest.txt
+	$(OLDEST_VENV)/bin/python -m pip list --format=freeze 2>/dev/null | grep -iE '^(torch|transformers|tokenizers)=='
+	$(OLDEST_VENV)/bin/python tools/suite.py
 
 lock:
 	@[ -x $(LATEST_VENV)/bin/python ] || { echo "no $(LATEST_VENV): run make test-latest first"; exit 1; }
