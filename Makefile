@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 
-.PHONY: install demo test test-latest test-oldest lock nbs export clean-nbs sync readme docs site bench help
+.PHONY: install demo test test-latest test-oldest lock nbs export clean-nbs sync update lab readme docs site bench help
 
 help:
 	@echo "make demo   — create .venv, install, run the main job"
@@ -26,7 +26,10 @@ help:
 	@echo "make test-oldest — the suite on the oldest declared versions (requirements/oldest.txt, own venv $(OLDEST_VENV))"
 	@echo "make lock   — rewrite requirements/lock.txt from $(LATEST_VENV) (after make test-latest passed)"
 	@echo "make docs   — build the docs (Quarto when installed, else the offline renderer into _site/)"
+	@echo "make sync   — rewrite the notebooks from their sources in nbs_py/ (one-way, by content)"
 	@echo "make nbs NB=nbs/05_data.ipynb — sync from nbs_py/, execute (store outputs), clean, export"
+	@echo "make update — carry a fix made directly in semsim/ back into the notebooks and nbs_py/"
+	@echo "make lab    — JupyterLab on the chapters (either form opens; saving writes both)"
 	@echo "make bench  — run the benchmarks in bench/"
 
 $(PY):
@@ -72,31 +75,42 @@ lock:
 	@echo "requirements/lock.txt: $$(grep -c '==' requirements/lock.txt) pinned packages"
 
 # --- developer helpers -------------------------------------------------------------------------------
-# Edit nbs_py/*.py (py:percent) or the notebooks; `make sync` brings the pairs together (newest wins).
+# The hand-edited source of every chapter is nbs_py/NAME.py (py:percent); nbs/NAME.ipynb is made from it, with the
+# stored outputs kept. The sync is one-way and by content (tools/sync.py), never by modification time.
 sync: $(STAMP)
-	@for py in nbs_py/*.py nbs_py/tutorials/*.py; do rel=$${py#nbs_py/}; f=nbs/$${rel%.py}.ipynb; \
-	  if [ ! -f $$f ] || [ $$py -nt $$f ]; then $(BIN)/jupytext --quiet --update --to ipynb -o $$f $$py || exit 1; \
-	  elif [ $$f -nt $$py ]; then $(BIN)/jupytext --quiet --to py:percent -o $$py $$f || exit 1; fi; done
+	$(PY) tools/sync.py
 
 export: $(STAMP)
+	$(PY) tools/sync.py
 	$(BIN)/nbdev_export
 
 clean-nbs: $(STAMP)
 	$(BIN)/nbdev_clean
 
-# Export (so that notebooks importing semsim see the edited code), execute the notebooks so their outputs (figures)
-# are stored, then clean, re-sync the text pairs and export again.
-# NB takes notebook paths (nbs/NAME.ipynb); a newer nbs_py/NAME.py is synced into the notebook first.
+# A fix made directly in semsim/*.py: nbdev_update carries it into the notebooks, then their text sources follow.
+update: $(STAMP)
+	$(BIN)/nbdev_update
+	@changed=$$(git status --porcelain -- nbs | awk '/\.ipynb$$/{print $$2}'); \
+	  if [ -n "$$changed" ]; then $(PY) tools/sync.py --adopt $$changed; else echo "no notebook changed"; fi
+	$(BIN)/nbdev_export
+
+# JupyterLab (installed on first use, not in CI): jupytext pairs each notebook with its text source (jupytext.toml),
+# so a chapter opens from either form and saving writes both.
+lab: $(STAMP)
+	$(PY) -c "import jupyterlab" 2>/dev/null || $(PY) -m pip install -q -e ".[lab]" $(CONSTRAINTS)
+	$(BIN)/jupyter lab nbs/
+
+# Sync from nbs_py/, export (so notebooks that import semsim see the edited code), execute the notebooks so their
+# outputs (figures) are stored, clean them, export again and check that every notebook still equals its text source.
+# NB takes notebook paths (nbs/NAME.ipynb).
 NB ?= $(wildcard nbs/*.ipynb nbs/tutorials/*.ipynb)
 nbs: $(STAMP)
-	@for f in $(NB); do rel=$${f#nbs/}; py=nbs_py/$${rel%.ipynb}.py; \
-	  if [ -f $$py ] && [ ! -f $$f ]; then $(BIN)/jupytext --quiet --to ipynb -o $$f $$py || exit 1; \
-	  elif [ -f $$py ] && [ $$py -nt $$f ]; then $(BIN)/jupytext --quiet --update --to ipynb -o $$f $$py || exit 1; fi; done
+	$(PY) tools/sync.py
 	$(BIN)/nbdev_export
 	$(PY) tools/run_nbs.py $(NB)
-	@for f in $(NB); do rel=$${f#nbs/}; $(BIN)/nbdev_clean --fname $$f && \
-	  $(BIN)/jupytext --quiet --to py:percent -o nbs_py/$${rel%.ipynb}.py $$f || exit 1; done
+	@for f in $(NB); do $(BIN)/nbdev_clean --fname $$f || exit 1; done
 	$(BIN)/nbdev_export
+	$(PY) tools/sync.py --check
 
 readme: $(STAMP)
 	$(PY) tools/docs.py --readme

@@ -16,6 +16,7 @@ lic = licenses[c['license']]
 min_python = c['min_python']
 requirements = c.get('requirements', '').split()
 dev_requirements = c.get('dev_requirements', '').split()
+lab_requirements = c.get('lab_requirements', '').split()
 
 setuptools.setup(
     name=c['lib_name'],
@@ -35,7 +36,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['semsim', 'semsim.*']),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements},
+    extras_require={'dev': dev_requirements, 'lab': dev_requirements + lab_requirements},
     python_requires='>=' + min_python,
     zip_safe=False,
     entry_points={'console_scripts': c.get('console_scripts', '').split(),

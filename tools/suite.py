@@ -1,13 +1,14 @@
 """The whole test suite behind `make test`, ending with one line `N passed, N failed`.
 
-Stages (each counted): the library is in sync with the notebooks (`nbdev_export` changes nothing), notebooks are
-clean (`nbdev_clean` changes nothing), jupytext pairs in `nbs_py/` match their notebooks, every notebook passes
+Stages (each counted): the library is what `nbdev_export` makes of the notebooks, notebooks are clean (`nbdev_clean`
+changes nothing), every notebook equals its text source in `nbs_py/` — all three checked on scratch copies, so the
+suite never overwrites a file — every notebook passes
 nbdev's test (one count per notebook), every pytest test in `tests/` (one count per test), README.md is fresh and the
 offline docs site renders without loading anything from the network. Exit status is non-zero on any failure.
 
 Usage: python tools/suite.py [--only checks,nbs,pytest,docs] [--flags slow] [--workers 2]
 """
-import argparse, hashlib, os, subprocess, sys, time
+import argparse, json, os, shutil, subprocess, sys, tempfile, time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -22,14 +23,6 @@ def record(name, ok, note=''):
     print(f"{'PASS' if ok else 'FAIL'}  {name}{(' — ' + note) if note else ''}", flush=True)
 
 
-def tree_hash(paths):
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        h.update(str(p.relative_to(ROOT)).encode()); h.update(p.read_bytes())
-    return h.hexdigest()
-
-
-def lib_files(): return [p for p in (ROOT/'semsim').rglob('*') if p.is_file() and '__pycache__' not in p.parts]
 def nb_files(): return [p for p in (ROOT/'nbs').rglob('*.ipynb') if '.ipynb_checkpoints' not in p.parts]
 
 
@@ -37,17 +30,36 @@ def run(cmd, **kw):
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, **kw)
 
 
+def _tree(root:Path) -> dict:
+    "relative path -> bytes of every file under root (no caches)."
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob('*')
+            if p.is_file() and '__pycache__' not in p.parts and '.ipynb_checkpoints' not in p.parts}
+
+
+def _scratch_copy(d:Path, *names):
+    "Copy settings.ini and the named folders of the checkout into the scratch folder d (links followed)."
+    shutil.copy(ROOT/'settings.ini', d/'settings.ini')
+    for n in names: shutil.copytree(ROOT/n, d/n)
+
+
 def checks():
-    before = tree_hash(lib_files())
-    r = run([str(BIN/'nbdev_export')])
-    record('nbdev_export leaves semsim/ unchanged (notebooks and library in sync)',
-           r.returncode == 0 and tree_hash(lib_files()) == before,
-           r.stderr.strip()[-300:] if r.returncode else ('' if tree_hash(lib_files()) == before else 'semsim/ changed: run `make export` and commit'))
-    before = tree_hash(nb_files())
-    r = run([str(BIN/'nbdev_clean')])
-    record('notebooks are clean (nbdev_clean changes nothing)', r.returncode == 0 and tree_hash(nb_files()) == before,
-           '' if tree_hash(nb_files()) == before else 'notebooks changed: run `make clean-nbs` and commit')
-    import json
+    "Read-only checks: each tool runs on a scratch copy, and its result is compared with the checkout."
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d); _scratch_copy(d, 'nbs'); (d/'semsim').mkdir()
+        r = subprocess.run([str(BIN/'nbdev_export')], cwd=d, capture_output=True, text=True)
+        want, have = _tree(d/'semsim'), _tree(ROOT/'semsim')
+        changed = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        record('semsim/ is what nbdev_export makes of the notebooks (exported into a scratch folder and compared)',
+               r.returncode == 0 and not changed,
+               r.stderr.strip()[-300:] if r.returncode else (f"differs in {', '.join(changed[:6])}: edit the chapter in "
+               "nbs_py/ and run `make sync export`, or for a fix made in semsim/ run `make update`" if changed else ''))
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d); _scratch_copy(d, 'nbs')
+        r = subprocess.run([str(BIN/'nbdev_clean')], cwd=d, capture_output=True, text=True)
+        want, have = _tree(d/'nbs'), _tree(ROOT/'nbs')
+        changed = sorted(k for k in have if k.endswith('.ipynb') and want.get(k) != have[k])
+        record('notebooks are clean (nbdev_clean on a scratch copy changes nothing)', r.returncode == 0 and not changed,
+               r.stderr.strip()[-300:] if r.returncode else (f"{', '.join(changed[:6])}: run `make clean-nbs`" if changed else ''))
     unexecuted = []
     for nb in nb_files():
         cells = json.loads(nb.read_text(encoding='utf-8'))['cells']
@@ -56,13 +68,11 @@ def checks():
         images = sum('image/png' in o.get('data', {}) for c in cells if c['cell_type'] == 'code' for o in c.get('outputs', []))
         if plots and not images: unexecuted.append(str(nb.relative_to(ROOT)))
     record('notebooks that plot carry their figures (executed with `make nbs`)', not unexecuted, ', '.join(unexecuted))
-    import jupytext
-    stale = []
-    for nb in nb_files():
-        pair = ROOT/'nbs_py'/nb.relative_to(ROOT/'nbs').with_suffix('.py')
-        text = jupytext.writes(jupytext.read(nb), fmt='py:percent')
-        if not pair.exists() or pair.read_text(encoding='utf-8') != text: stale.append(str(pair.relative_to(ROOT)))
-    record('jupytext pairs in nbs_py/ match their notebooks', not stale, ', '.join(stale[:5]) + (' … (run `make sync`)' if stale else ''))
+    sys.path.insert(0, str(ROOT/'tools'))
+    from sync import stale
+    bad = stale()
+    record('every notebook equals its text source in nbs_py/ (content, not modification time)', not bad,
+           ', '.join(f"{py.relative_to(ROOT)} ({why})" for py, _, why in bad[:5]) + (' … run `make sync`' if bad else ''))
 
 
 def notebooks(flags, workers):
