@@ -1,7 +1,7 @@
 """Question 4: per-token latency and memory of SPLM streaming against MatchedGPT with a KV cache, vs the context.
 
 Equal width and depth, d = 128 and L = 8 as in the reference, GPT-2 vocabulary, CPU fp32. Decoders:
-- SPLM em_ln with the MLP potential (force by the manual backward pass, `semsim.streaming`),
+- SPLM em_ln with the MLP potential (force by the manual backward pass, `semsim.potentials`),
 - SPLM em_ln with the SQ3 potential (closed-form force),
 - MatchedGPT (4 heads, MLP ×4) with `KVCache`.
 For each context T: prefill a T-token prompt (batch 1), then time decode steps — 2 warm-up steps, then 32 steps per
@@ -19,8 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 from _common import parser, setup, save, sync
 from semsim.splm import SPLMConfig, SPLMForCausalLM
-from semsim.baselines import MatchedGPTConfig, MatchedGPTForCausalLM, output_cache
-from semsim.streaming import splm_prefill, splm_decode_step, gpt_forward
+from semsim.baselines import MatchedGPTConfig, MatchedGPTForCausalLM
+from semsim.lm import output_cache
+from semsim.streaming import splm_prefill, splm_decode_step
 
 
 def theil_sen(x, y) -> tuple: # (intercept, slope)
@@ -70,7 +71,7 @@ def main():
     for T in Ts:
         t0 = time.perf_counter()
         caches = {k: splm_prefill(m, ids[:, :T], logits_to_keep=1)[1] for k, m in models.items() if k != 'gpt_kv'}
-        caches['gpt_kv'] = output_cache(gpt_forward(models['gpt_kv'], ids[:, :T], logits_to_keep=1))
+        with torch.no_grad(): caches['gpt_kv'] = output_cache(models['gpt_kv'](ids[:, :T], use_cache=True, logits_to_keep=1))
         t_prefill = time.perf_counter() - t0
         row = dict(T=T, bytes_per_sequence={k: c.nbytes for k, c in caches.items()})
         for B in ([1] + ([args.batch] if args.batch > 1 else [])):
@@ -79,7 +80,8 @@ def main():
             pos = {k: T for k in caches}
             def step(k):
                 x = ids[:, pos[k]].expand(B)
-                if k == 'gpt_kv': gpt_forward(models[k], x[:, None], caches[k], logits_to_keep=1)
+                if k == 'gpt_kv':
+                    with torch.no_grad(): models[k](x[:, None], cache=caches[k], use_cache=True, logits_to_keep=1)
                 else: splm_decode_step(models[k], caches[k], x)
                 pos[k] += 1
             times = {k: [] for k in caches}

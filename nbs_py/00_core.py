@@ -22,7 +22,7 @@
 # %%
 #| export
 from __future__ import annotations
-import contextlib, hashlib, os, random, tempfile
+import contextlib, hashlib, numbers, os, random, tempfile
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
@@ -186,3 +186,32 @@ set_seed(0); b = (random.random(), np.random.rand(), torch.rand(3))
 test_eq(a[0], b[0]); test_eq(a[1], b[1]); torch.testing.assert_close(a[2], b[2], rtol=0, atol=0)
 test_eq(get_device('cpu').type, 'cpu')
 if not torch.cuda.is_available(): test_fail(lambda: get_device('cuda'), contains='CUDA is not available')
+
+
+# %% [markdown]
+# ## Validating arguments
+#
+# Bad input gets an error that names the argument, the expected kind and the value received. Every module checks
+# counts and sizes with these two, so the wording is the same everywhere.
+
+# %%
+#| export
+def check_positive_int(name:str, # the argument's name, as the user wrote it
+                       v, # the value received
+                      ) -> int:
+    "Return `v` if it is a positive integer (a bool is not); else raise ValueError naming `name`."
+    if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1: raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    return int(v)
+
+def check_positive_ints(obj, # a config (or any object) with the fields as attributes
+                        names): # field names that must hold positive integers
+    "Check several fields of one object with `check_positive_int`."
+    for k in names: check_positive_int(k, getattr(obj, k))
+
+
+# %%
+test_eq(check_positive_int('L', 3), 3)
+for bad in (0, -1, 2.0, True, '3', None): test_fail(lambda: check_positive_int('L', bad), contains='L must be a positive integer')
+class _C: d, L = 4, 0
+test_fail(lambda: check_positive_ints(_C, ('d', 'L')), contains='L must be a positive integer, got 0')
+

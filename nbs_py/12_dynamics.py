@@ -35,6 +35,8 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor
 
+from semsim.core import check_positive_int
+
 # %%
 #| hide
 from fastcore.test import test_eq, test_fail, test_close
@@ -443,6 +445,84 @@ for _ in range(8): h, v, f = verlet_step(h, v, f, 1.3, 0.2, 0.1, force_fn)
 torch.testing.assert_close((hs[-1], vs[-1]), (h, v), rtol=0, atol=0)
 test_fail(lambda: rollout(h0, v0, force_fn, 1.0, 0.1, 0.1, 5, method='rk4'), contains="method must be 'verlet' or 'euler'")
 
+
+# %% [markdown]
+# ### The L-step loop of a scalar-potential LM
+#
+# Every SPLM moves its tokens for $L$ steps from $h_0$ with $v_0 = 0$, one step per "layer", and `integrate` is that
+# loop, written once: the parallel forward of `semsim.splm` (all tokens at once) and the one-token decoding step of
+# `semsim.streaming` both call it, with different force callables. The force is a function of the layer $\ell$ as
+# well as of the position — the context $\xi_\ell$ it needs is built from layer $\ell$'s states — and returns the
+# energy with it (or None). `project` is applied to $h$ after every step (the em_ln family's LayerNorm). The
+# integrators are the three steps above: `'euler'` (damped semi-implicit, one force per step), `'verlet'` (KDK with
+# Strang damping, $L+1$ forces; the last one, at $h_L$, moves only $v_L$, and a decoder that needs only $h_L$ skips it
+# with `final_force=False`), `'first_order'` (gradient flow; the velocity reported is $f/m$).
+
+# %%
+#| export
+INTEGRATORS = ('euler', 'verlet', 'first_order')   # the steps `integrate` can take
+
+def integrate(force:Callable, # (l, h) -> (f, V or None): force and energy at layer l's positions h
+              h0:Tensor, # initial positions, (..., d); v_0 = 0
+              m:Union[Number, Tensor], # mass, broadcastable to h
+              gamma:Union[Number, Tensor], # damping rate (ignored by 'first_order')
+              dt:Union[Number, Tensor], # step size Δt
+              L:int, # number of steps (layers)
+              integrator:str='euler', # one of INTEGRATORS
+              project:Optional[Callable]=None, # h -> h after every step (e.g. a LayerNorm); None: identity
+              final_force:bool=True, # 'verlet': also evaluate the force at h_L (it moves only v_L)
+             ) -> dict: # positions [h_0..h_L], velocities [v_0..v_L], energies [V at each force evaluation]
+    "The L-step loop of every SPLM, one implementation for the parallel forward and for decoding."
+    if integrator not in INTEGRATORS: raise ValueError(f"integrator must be one of {INTEGRATORS}, got {integrator!r}")
+    check_positive_int('L', L)
+    P = project if project is not None else (lambda h: h)
+    h, v = h0, torch.zeros_like(h0)
+    hs, vs, Vs = [h], [v], []
+    if integrator == 'verlet':
+        f, V = force(0, h); Vs.append(V)
+        for l in range(L):
+            h, v = verlet_kick_drift(h, v, f, m, gamma, dt)
+            h = P(h)
+            if l + 1 < L or final_force:
+                f, V = force(l + 1, h); Vs.append(V)
+                v = verlet_kick(v, f, m, gamma, dt)
+            hs.append(h); vs.append(v)
+    else:
+        for l in range(L):
+            f, V = force(l, h); Vs.append(V)
+            if integrator == 'euler': h, v = damped_euler_step(h, v, f, m, gamma, dt)
+            else: h, v = first_order_step(h, f, m, dt), f / m
+            h = P(h)
+            hs.append(h); vs.append(v)
+    return {'positions': hs, 'velocities': vs, 'energies': Vs}
+
+
+# %% [markdown]
+# With a layer-independent force, `integrate` is `rollout` from rest (Verlet: bit for bit, with its $L+1$ force
+# evaluations, or $L$ with `final_force=False`, which leaves $h_L$ unchanged); the first-order loop is repeated
+# `first_order_step`s; the projection is applied after every step; the layer index reaches the force.
+
+# %%
+calls = []
+def counting_layer_force(l, h): calls.append(l); return fw.force(h, dim=-1), fw.V(h, dim=-1)
+torch.manual_seed(0)
+h0 = torch.randn(3, 2, dtype=torch.float64)
+tr = integrate(counting_layer_force, h0, 1.3, 0.2, 0.1, 8, 'verlet')
+hs, vs = rollout(h0, torch.zeros_like(h0), force_fn, 1.3, 0.2, 0.1, 8)
+torch.testing.assert_close((torch.stack(tr['positions']), torch.stack(tr['velocities'])), (hs, vs), rtol=0, atol=0)
+test_eq(calls, list(range(9))); test_eq(len(tr['energies']), 9)
+calls.clear(); short = integrate(counting_layer_force, h0, 1.3, 0.2, 0.1, 8, 'verlet', final_force=False)
+test_eq(calls, list(range(8))); torch.testing.assert_close(short['positions'][-1], hs[-1], rtol=0, atol=0)
+tr = integrate(counting_layer_force, h0, 1.3, 0.2, 0.1, 4, 'euler')
+h, v = h0, torch.zeros_like(h0)
+for _ in range(4): h, v = damped_euler_step(h, v, fw.force(h, dim=-1), 1.3, 0.2, 0.1)
+torch.testing.assert_close(tr['positions'][-1], h, rtol=0, atol=0)
+tr = integrate(counting_layer_force, h0, 1.3, 0.2, 0.1, 3, 'first_order', project=lambda h: h / h.norm(dim=-1, keepdim=True))
+h = h0
+for _ in range(3): h = first_order_step(h, fw.force(h, dim=-1), 1.3, 0.1); h = h / h.norm(dim=-1, keepdim=True)
+torch.testing.assert_close(tr['positions'][-1], h, rtol=0, atol=0)
+test_fail(lambda: integrate(counting_layer_force, h0, 1., 0., 0.1, 3, 'rk4'), contains='integrator must be one of')
+test_fail(lambda: integrate(counting_layer_force, h0, 1., 0., 0.1, 0), contains='L must be a positive integer')
 
 # %% [markdown]
 # ## Braking: two tanh forms, and what SPLM uses instead

@@ -49,6 +49,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from fastcore.basics import patch
+
+from semsim.core import check_positive_int
+
 # %%
 #| hide
 from fastcore.test import test_eq, test_fail, test_close
@@ -79,8 +83,7 @@ class Potential(nn.Module):
     def __init__(self, d_xi:int, # D_xi, width of the flattened context
                  d:int): # width of the hidden state
         super().__init__()
-        for name, v in (('d_xi', d_xi), ('d', d)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        check_positive_int('d_xi', d_xi); check_positive_int('d', d)
         self.d_xi, self.d = d_xi, d
     def check(self, xi:Tensor, # context, (B,T,D_xi) or (B,T,K,d')
               h:Tensor, # hidden states, (B,T,d)
@@ -121,6 +124,7 @@ class Potential(nn.Module):
     def energy_and_force(self, xi:Tensor, # context, (B,T,D_xi)
                          h:Tensor, # hidden states, (B,T,d)
                          create_graph:bool=False, # keep a graph through the force (training)
+                         need_energy:bool=True, # False: a potential may skip V (returns None) when only f is needed
                         ) -> tuple: # (V (B,T), f (B,T,d))
         "Energy and force f = -∂V/∂h; detached unless `create_graph`."
         xi = self.check(xi, h)
@@ -157,7 +161,8 @@ class Potential(nn.Module):
 #
 # `depth` counts hidden layers, so there are `depth + 1` Linear layers, at `net.0`, `net.2`, …, `net.{2·depth}` (the
 # reference's `V_theta.net.N` names). Init: weights N(0, 0.02²), zero biases, and the last layer N(0, 0.002²), so the
-# initial force is tiny. Its force comes from autograd.
+# initial force is tiny. In training its force comes from autograd (the loss needs the second-order graph); with no
+# graph to keep it comes from a hand-written backward pass (below).
 
 # %%
 #| export
@@ -168,7 +173,7 @@ def _normal_(lin:nn.Linear, std:float, bias:float=0.0):
         if lin.bias is not None: lin.bias.fill_(bias)
 
 class MLPPotential(Potential):
-    "V = MLP([ξ; h]) with GELU; the force comes from autograd."
+    "V = MLP([ξ; h]) with GELU; the force by autograd in training, by a hand-written backward pass otherwise."
     closed_form = False
     def __init__(self, d_xi:int, # D_xi
                  d:int, # hidden width d
@@ -202,6 +207,101 @@ test_eq([k for k in V.state_dict() if k.endswith('weight')], ['net.0.weight', 'n
 test_close(V.net[6].weight.std().item(), 0.002, eps=5e-4); test_close(V.net[0].weight.std().item(), 0.02, eps=1e-3)
 test_eq(V.net[0].bias.abs().max().item(), 0.)
 V
+
+# %% [markdown]
+# ### Forces without autograd
+#
+# Computing the force with `torch.autograd.grad` builds and walks a graph per evaluation — per layer and, when
+# decoding, per token. For $V = w_{D}^\top \mathrm{GELU}(z_{D-1}) + b_D$, $z_i = W_i a_{i-1} + b_i$, $a_0 = [\xi; h]$,
+# the force is the hand-written backward pass
+#
+# $$g_{D-1} = w_D, \qquad g_{i-1} = W_i^\top\big(g_i \odot \mathrm{GELU}'(z_i)\big), \qquad
+#   f = -\big(W_1^\top (g_1 \odot \mathrm{GELU}'(z_1))\big)_{h}, \qquad \mathrm{GELU}'(z) = \Phi(z) + z\,\varphi(z),$$
+#
+# with $\Phi, \varphi$ the standard normal CDF and density (exact, erf GELU) and only the $h$ columns of $W_1$ used in
+# the last product. It is the same arithmetic autograd would do, without the graph; $\Phi(z)$ is computed once per
+# layer and gives both $\mathrm{GELU}(z) = z\,\Phi(z)$ for the next layer and $\mathrm{GELU}'(z)$ for the way back, and
+# the first layer multiplies $\xi$ and $h$ by their own column blocks of $W_1$ instead of concatenating $[\xi; h]$.
+# `MLPPotential.energy_and_force` uses it whenever no graph is kept (evaluation and decoding; the MLP half of SQ4
+# with it), and autograd when `create_graph=True` (training). The decoding latencies it buys are measured in
+# `bench/bench_vs_attention.py`.
+
+# %%
+#| export
+_GELU_CONSTS = {}   # (dtype, device) -> (1/√2, 1/2, -1/2) as 0-d tensors: a Python float operand costs a dtype conversion per op
+
+def gelu_and_prime(z:Tensor) -> tuple: # (GELU(z), GELU'(z)), each shaped like z
+    "The exact GELU and its derivative together, sharing Φ(z): GELU = zΦ, GELU' = Φ + zφ."
+    key = (z.dtype, z.device)
+    if key not in _GELU_CONSTS: _GELU_CONSTS[key] = tuple(torch.tensor(x, dtype=z.dtype, device=z.device) for x in (0.7071067811865476, 0.5, -0.5))
+    r2, half, mhalf = _GELU_CONSTS[key]
+    Phi = torch.erf(z * r2).mul_(half).add_(half)                          # Φ(z)
+    return z * Phi, torch.addcmul(Phi, z, torch.exp(z * z * mhalf), value=0.3989422804014327)   # zΦ, Φ + z e^{-z²/2}/√(2π)
+
+def mlp_energy_and_force(pot:MLPPotential, # the MLP potential
+                         xi:Tensor, # context, (..., D_xi), e.g. (B,T,D_xi)
+                         h:Tensor, # hidden states, (..., d)
+                         need_energy:bool=True, # False: skip V's last product (decoding needs only f)
+                        ) -> tuple: # (V (...) or None, f (..., d)), no graph
+    "V and f = -∂V/∂h of an MLP potential by a hand-written backward pass."
+    lins = [m for m in pot.net if isinstance(m, nn.Linear)]
+    D, d, W1 = xi.shape[-1], h.shape[-1], lins[0].weight
+    if (D, d) != (pot.d_xi, pot.d) or xi.shape[:-1] != h.shape[:-1]:
+        raise ValueError(f"xi {tuple(xi.shape)} and h {tuple(h.shape)} must share their leading axes and end in D_xi={pot.d_xi}, d={pot.d}")
+    x, y = xi.reshape(-1, D), h.reshape(-1, d)                             # tokens flattened, (N,D_xi), (N,d)
+    a, gp = gelu_and_prime(torch.addmm(torch.addmm(lins[0].bias, x, W1[:, :D].t()), y, W1[:, D:].t()))  # W₁[ξ;h]+b₁, no concatenation (out of place: FlopCounterMode misses addmm_)
+    gps = [gp]
+    for lin in lins[1:-1]:
+        a, gp = gelu_and_prime(torch.addmm(lin.bias, a, lin.weight.t())); gps.append(gp)
+    V = F.linear(a, lins[-1].weight, lins[-1].bias).reshape(h.shape[:-1]) if need_energy else None
+    g = lins[-1].weight * gps[-1]                                          # ∂V/∂z_{D-1}, (N,hidden)
+    for lin, gp in zip(lins[-2:0:-1], gps[-2::-1]): g = (g @ lin.weight).mul_(gp)   # ∂V/∂z_{i-1} = (∂V/∂z_i Wᵢ) ⊙ GELU'(z_{i-1})
+    return V, (g @ W1[:, D:]).neg_().reshape(h.shape)                     # only the h columns of W₁
+
+# %%
+#| export
+@patch
+def energy_and_force(self:MLPPotential, xi:Tensor, # context, (B,T,D_xi)
+                     h:Tensor, # hidden states, (B,T,d)
+                     create_graph:bool=False, # keep the graph (training): autograd; else the manual backward pass
+                     need_energy:bool=True, # False: skip V's last product (V is then None)
+                    ) -> tuple: # (V (B,T), f (B,T,d))
+    "Energy and force: autograd when a graph is kept, else the hand-written backward pass (no graph)."
+    if create_graph: return Potential.energy_and_force(self, xi, h, True)
+    xi = self.check(xi, h)
+    with torch.no_grad(): return mlp_energy_and_force(self, xi, h, need_energy)
+
+@patch
+def force(self:MLPPotential, xi:Tensor, h:Tensor, create_graph:bool=False) -> Tensor: # f, (B,T,d)
+    "Force on every token, -∂V/∂h (the manual backward pass unless a graph is kept)."
+    return self.energy_and_force(xi, h, create_graph, need_energy=False)[1]
+
+# %% [markdown]
+# Tests, in float64 with weights large enough that the GELUs work in their curved region: `gelu_and_prime` equals
+# `F.gelu` and autograd's derivative of it, and the no-graph MLP force equals autograd's; on any leading axes; and
+# shapes that do not fit are refused.
+
+# %%
+torch.manual_seed(1)
+z = torch.linspace(-6, 6, 101, dtype=torch.float64, requires_grad=True)
+g, = torch.autograd.grad(F.gelu(z).sum(), z)
+G, Gp = gelu_and_prime(z.detach())
+test_close(G, F.gelu(z.detach()), eps=1e-14); test_close(Gp, g, eps=1e-14)   # GELU and autograd's GELU'
+test_close(gelu_and_prime(z.detach().float())[1], g.float(), eps=1e-6)     # float32 too (its constants are cached per dtype)
+pot = MLPPotential(12, 6, hidden=16, depth=3).double()
+with torch.no_grad():
+    for m in pot.modules():
+        if isinstance(m, nn.Linear): m.weight.normal_(0, 0.5)
+xi, hh = torch.randn(2, 5, 12, dtype=torch.float64), torch.randn(2, 5, 6, dtype=torch.float64)
+V, f = pot.energy_and_force(xi, hh)                                        # manual backward pass
+V_ref, g_ref = pot._autograd(xi, hh, False)                                # autograd
+test_close(V, V_ref, eps=1e-12); test_close(f, -g_ref, eps=1e-12 * g_ref.abs().max().item())
+torch.testing.assert_close(pot.force(xi, hh), f, rtol=0, atol=0); test_eq(pot.energy_and_force(xi, hh, need_energy=False)[0], None)
+with torch.no_grad(): V2, f2 = mlp_energy_and_force(pot, xi.reshape(-1, 12), hh.reshape(-1, 6))   # tokens flattened, (N, ·)
+test_eq(f2.shape, (10, 6)); test_close(f2.reshape(2, 5, 6), f, eps=1e-12); test_close(V2.reshape(2, 5), V, eps=1e-12)
+test_fail(lambda: mlp_energy_and_force(pot, xi[:, :4], hh), contains='leading axes')
+test_fail(lambda: mlp_energy_and_force(pot, xi[..., :8], hh), contains='D_xi=12')
+print(f"|f| max {g_ref.abs().max().item():.2f}, manual vs autograd max |Δf| {(f + g_ref).abs().max().item():.1e}")
 
 # %% [markdown]
 # ## SQ1: a diagonal quadratic well
@@ -260,7 +360,7 @@ class SQ1Potential(Potential):
 class SQ2Potential(SQ1Potential):
     "Quadratic well with stiffness U Uᵀ + diag(λ), U rank-r and linear in ξ; closed-form force."
     def __init__(self, d_xi:int, d:int, rank:int=4, init_a_bias:float=0.0):
-        if not isinstance(rank, int) or rank < 1: raise ValueError(f"rank must be a positive integer, got {rank!r}")
+        check_positive_int('rank', rank)
         super().__init__(d_xi, d, init_a_bias)
         self.rank = rank
         self.u_proj = nn.Linear(d_xi, d * rank)
@@ -311,7 +411,7 @@ class SQ3Potential(Potential):
                  tau:float=1.0, # temperature τ > 0
                  init_a_bias:float=0.0): # bias of a_proj at init
         super().__init__(d_xi, d)
-        if not isinstance(K_mix, int) or K_mix < 1: raise ValueError(f"K_mix must be a positive integer, got {K_mix!r}")
+        check_positive_int('K_mix', K_mix)
         if not tau > 0: raise ValueError(f"tau must be > 0, got {tau!r}")
         self.K_mix, self.tau, self.init_a_bias = K_mix, float(tau), init_a_bias
         self.mu_proj, self.a_proj = nn.Linear(d_xi, K_mix * d), nn.Linear(d_xi, K_mix * d)
@@ -395,7 +495,7 @@ class SQ4Potential(Potential):
             with torch.no_grad(): Vs, gs = self.sq1.energy_and_grad(xi, h)
         alpha = self.alpha if create_graph else self.alpha.detach()
         return Vs + alpha * Vm, -gs + alpha * fm
-    def energy_and_force(self, xi:Tensor, h:Tensor, create_graph:bool=False) -> tuple:
+    def energy_and_force(self, xi:Tensor, h:Tensor, create_graph:bool=False, need_energy:bool=True) -> tuple:
         return self._both(self.check(xi, h), h, create_graph)
     def force(self, xi:Tensor, h:Tensor, create_graph:bool=False) -> Tensor:
         return self._both(self.check(xi, h), h, create_graph)[1]
@@ -500,7 +600,7 @@ for kind in POTENTIALS:
     h2 = h.detach().clone(); h2[:, 3] += 0.7
     f2 = P.force(xi.detach(), h2)
     test_eq((f2[:, [0, 1, 2, 4, 5]] - f[:, [0, 1, 2, 4, 5]]).abs().max().item(), 0.)
-    test_close(f, autograd_force(P, xi.detach(), h.detach()), eps=1e-12)
+    test_close(f, autograd_force(P, xi.detach(), h.detach()), eps=1e-13 * f.abs().max().item())   # relative: |f| is in the hundreds
 
 # %% [markdown]
 # **`no_grad` and `create_graph`.** Inside `torch.no_grad()` every force still works (and is detached). With

@@ -26,8 +26,8 @@
 # Parameter names mirror the reference's (`E.weight`, `P`, `blocks.N.attn.qkv.weight`, …), so a reference
 # checkpoint's state dict loads as it is (see `semsim.reference`).
 #
-# The chapter also holds the two loss conventions shared by every semsim language model: the Hugging Face one
-# (labels are the inputs, shifted inside) and the reference's (targets `y` already shifted by the data loader).
+# What every semsim causal LM shares (the loss conventions, id checks, left padding, the cache's names) lives in
+# `semsim.lm`; this chapter is the attention model itself and its KV cache.
 
 # %%
 #| hide
@@ -54,65 +54,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers import initialization as hf_init
-from transformers.modeling_outputs import CausalLMOutput, CausalLMOutputWithPast
+from transformers.modeling_outputs import CausalLMOutput
 
-# %% [markdown]
-# ## Two loss conventions
-#
-# With logits $z \in \mathbb{R}^{B\times T\times V}$ and integer targets:
-#
-# - **Hugging Face** (`lm_loss`, what `model(input_ids, labels=...)` returns): `labels` are the input ids themselves and
-#   position $t$ predicts token $t+1$, so $\mathcal{L} = \frac{1}{N}\sum_{b}\sum_{t<T-1} -\log \mathrm{softmax}(z_{b,t})[\ell_{b,t+1}]$
-#   over the $N$ targets that are not `ignore_index` (-100), exactly as GPT-2 does;
-# - **reference** (`reference_loss`): the data loader already returns $y = x$ shifted by one, so
-#   $\mathcal{L} = \frac{1}{BT}\sum_{b,t} -\log \mathrm{softmax}(z_{b,t})[y_{b,t}]$ with **no** shift. The reference
-#   fixtures' `loss` is this one.
-#
-# With $y_t = x_{t+1}$ they agree on the first $T-1$ positions: `lm_loss(z, x) == reference_loss(z[:, :-1], y[:, :-1])`.
-
-# %%
-#| export
-IGNORE_INDEX = -100  # label value skipped by the loss (Hugging Face convention)
-
-def _check_logits_targets(logits:Tensor, targets:Tensor, name:str):
-    "Shape and dtype checks shared by the two losses."
-    if logits.ndim != 3: raise ValueError(f"logits must be (B,T,V), got shape {tuple(logits.shape)}")
-    if targets.shape != logits.shape[:2]:
-        raise ValueError(f"{name} must have shape (B,T)={tuple(logits.shape[:2])} matching the logits, got {tuple(targets.shape)}")
-    if targets.dtype.is_floating_point: raise ValueError(f"{name} must hold integer token ids, got dtype {targets.dtype}")
-
-def lm_loss(logits:Tensor, # next-token scores, (B,T,V)
-            labels:Tensor, # the input ids (or -100 to ignore), (B,T); shifted inside
-            ignore_index:int=IGNORE_INDEX) -> Tensor: # scalar mean cross-entropy
-    "Hugging Face causal-LM loss: position t predicts labels[t+1]."
-    _check_logits_targets(logits, labels, 'labels')
-    B, T, V = logits.shape
-    z, y = logits[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1).to(logits.device)
-    return F.cross_entropy(z.float() if z.dtype in (torch.float16, torch.bfloat16) else z, y, ignore_index=ignore_index)
-
-def reference_loss(logits:Tensor, # next-token scores, (B,T,V)
-                   y:Tensor) -> Tensor: # targets already shifted by the data loader, (B,T)
-    "The reference's loss: mean cross-entropy of logits[t] against y[t], no shift."
-    _check_logits_targets(logits, y, 'y')
-    B, T, V = logits.shape
-    return F.cross_entropy(logits.reshape(-1, V), y.reshape(-1).to(logits.device))
-
-
-# %%
-torch.manual_seed(0)
-z, x = torch.randn(2, 6, 11, dtype=torch.float64), torch.randint(0, 11, (2, 7))
-y = x[:, 1:]; x = x[:, :-1]
-test_close(lm_loss(z, x), reference_loss(z[:, :-1], y[:, :-1]), eps=1e-12)
-# the shifted loss ignores the last position's logits and the first label, and honours ignore_index
-z2 = z.clone(); z2[:, -1] += 100.
-test_close(lm_loss(z2, x), lm_loss(z, x), eps=1e-12)
-lab = x.clone(); lab[0, 3] = IGNORE_INDEX
-manual = torch.stack([F.cross_entropy(z[b, t], x[b, t+1]) for b in range(2) for t in range(5) if (b, t+1) != (0, 3)]).mean()
-test_close(lm_loss(z, lab), manual, eps=1e-12)
-test_fail(lambda: lm_loss(z, x[:, :3]), contains='shape (B,T)')
-test_fail(lambda: reference_loss(z[0], y), contains='(B,T,V)')
-test_fail(lambda: reference_loss(z, y.double()), contains='integer')
-
+from semsim.core import check_positive_int, check_positive_ints
+from semsim.lm import (lm_loss, reference_loss, IGNORE_INDEX, check_input_ids, embed_inputs, check_position,
+                       left_pad_lengths, check_new_tokens_mask, resolve_cache, lm_output, output_cache, generation_inputs)
 
 # %% [markdown]
 # ## Configuration
@@ -140,7 +86,7 @@ class MatchedGPTConfig(PretrainedConfig):
     init_std: float = 0.02         # std of every Linear weight and of the token embedding E at initialisation
     pos_init_std: float = 0.02     # std of the positional table P at initialisation (0.02 for attention models)
     tie_word_embeddings: bool = True  # readout is E^T (always true for this model; kept for transformers)
-    use_cache: bool = True         # generate() decodes with a KV cache (semsim.streaming.KVCache); False: full recompute
+    use_cache: bool = True         # generate() decodes with a KV cache (KVCache); False: full recompute
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -148,9 +94,7 @@ class MatchedGPTConfig(PretrainedConfig):
 
     def validate_semsim(self):
         "Raise ValueError naming the first invalid field."
-        for k in ('vocab_size', 'd', 'max_len', 'n_layer', 'n_head', 'mlp_mult'):
-            v = getattr(self, k)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{k} must be a positive integer, got {v!r}")
+        check_positive_ints(self, ('vocab_size', 'd', 'max_len', 'n_layer', 'n_head', 'mlp_mult'))
         if self.d % self.n_head: raise ValueError(f"d={self.d} must be divisible by n_head={self.n_head}")
         if not 0 <= self.dropout < 1: raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         for k in ('ln_eps', 'init_std', 'pos_init_std'):
@@ -194,11 +138,18 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.dropout = n_head, dropout
         self.qkv, self.proj = nn.Linear(d, 3*d), nn.Linear(d, d)
     def forward(self, x:Tensor, # normalised stream, (B,T,d)
+                cache=None, # a KVCache (or transformers Cache): this block's keys/values are appended and attended over
+                layer_idx:int=0, # this block's index in the cache
+                attn_mask:Optional[Tensor]=None, # boolean mask (B or 1, 1, T, past+T), True = may attend; None: causal
                 ) -> Tensor: # attention output, (B,T,d)
         B, T, d = x.shape
         q, k, v = self.qkv(x).split(d, dim=-1)
         q, k, v = (t.view(B, T, self.n_head, d // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        past = 0 if cache is None else cache.get_seq_length(layer_idx)
+        if cache is not None: k, v = cache.update(k, v, layer_idx)
+        causal = attn_mask is None and past == 0 and T > 1                # one new token after a cache sees every key
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, d))
 
 class GPTMLP(nn.Module):
@@ -215,10 +166,93 @@ class GPTBlock(nn.Module):
         self.ln1, self.ln2 = nn.LayerNorm(d, eps=eps), nn.LayerNorm(d, eps=eps)
         self.attn, self.mlp = CausalSelfAttention(d, n_head, dropout), GPTMLP(d, mult)
         self.drop = nn.Dropout(dropout)
-    def forward(self, x:Tensor) -> Tensor:
-        x = x + self.drop(self.attn(self.ln1(x)))
+    def forward(self, x:Tensor, # residual stream, (B,T,d)
+                cache=None, layer_idx:int=0, attn_mask:Optional[Tensor]=None) -> Tensor: # (B,T,d)
+        x = x + self.drop(self.attn(self.ln1(x), cache, layer_idx, attn_mask))
         return x + self.drop(self.mlp(self.ln2(x)))
 
+
+# %% [markdown]
+# ## The KV cache
+#
+# For a fair comparison the attention baseline decodes the standard way: every block caches the keys and values of
+# all previous tokens, and a new token computes its own $q, k, v$, appends $k, v$ and attends over the cache, so the
+# per-token work grows linearly with the context $T$ ($4dT$ multiply-adds per block for $qK^\top$ and the weighted
+# sum). The cache lives inside the attention above (`cache.update(k, v, layer_idx)`), so there is one block and one
+# forward for training, evaluation and decoding. `KVCache` stores the keys and values in per-layer buffers that grow by
+# doubling, so appending a token never copies the past (the reference's `torch.cat` cache did, which inflated its
+# attention timings). Any cache with the transformers `update(k, v, layer_idx)` / `get_seq_length()` API works too
+# (e.g. `DynamicCache`). Left padding is handled with per-row positions (`cumsum(mask) - 1`) and a key mask
+# (`attention_layout`); padding queries attend to themselves only, so no row of the softmax is empty.
+
+# %%
+#| export
+class KVCache:
+    "Keys and values of every attention block, in buffers that grow by doubling (append never copies the past)."
+    is_compileable = False
+    is_croppable = False
+    def __init__(self, n_layers:int, # number of attention blocks
+                 capacity:int=0): # initial buffer length in tokens (0: sized by the first update)
+        self.n_layers, self.capacity = check_positive_int('n_layers', n_layers), int(capacity)
+        self.k, self.v, self.lens = [None] * n_layers, [None] * n_layers, [0] * n_layers
+    def update(self, k:Tensor, # new keys, (B,H,n,dh)
+               v:Tensor, # new values, (B,H,n,dh)
+               layer_idx:int) -> tuple: # every key and value of the layer so far, (B,H,T,dh) each
+        "Append one layer's new keys/values and return all of them (the transformers `Cache.update` API)."
+        n, T0, buf = k.shape[2], self.lens[layer_idx], self.k[layer_idx]
+        if buf is None or T0 + n > buf.shape[2]:
+            cap = max(self.capacity, T0 + n, 2 * (buf.shape[2] if buf is not None else 0))
+            nk, nv = k.new_empty(*k.shape[:2], cap, k.shape[3]), v.new_empty(*v.shape[:2], cap, v.shape[3])
+            if buf is not None: nk[:, :, :T0], nv[:, :, :T0] = buf[:, :, :T0], self.v[layer_idx][:, :, :T0]
+            self.k[layer_idx], self.v[layer_idx] = nk, nv
+        self.k[layer_idx][:, :, T0:T0 + n], self.v[layer_idx][:, :, T0:T0 + n] = k, v
+        self.lens[layer_idx] = T0 + n
+        return self.k[layer_idx][:, :, :T0 + n], self.v[layer_idx][:, :, :T0 + n]
+    def get_seq_length(self, layer_idx:int=0) -> int: return self.lens[layer_idx]
+    @property
+    def is_linear(self) -> list: return [False] * self.n_layers   # transformers ≥ 5.24: key/value layers, sliced by position
+    @property
+    def nbytes(self) -> int:
+        "Bytes of the cached keys and values, 2·L·B·T·d·itemsize (grows with the context)."
+        return sum(2 * k[:, :, :n].numel() * k.element_size() for k, n in zip(self.k, self.lens) if k is not None)
+    def _map_rows(self, fn):
+        for i in range(self.n_layers):
+            if self.k[i] is not None: self.k[i], self.v[i] = fn(self.k[i]), fn(self.v[i])
+    def reorder_cache(self, beam_idx:Tensor): self._map_rows(lambda t: t.index_select(0, beam_idx.to(t.device)))
+    def batch_select_indices(self, indices:Tensor): self.reorder_cache(indices)
+    def batch_repeat_interleave(self, repeats:int): self._map_rows(lambda t: t.repeat_interleave(repeats, 0))
+    def __repr__(self): return f"KVCache(layers={self.n_layers}, seen={self.lens[0]}, bytes={self.nbytes})"
+
+
+# %%
+#| export
+def attention_layout(attention_mask:Optional[Tensor], # (B, past+n): 1 token, 0 left padding; None: none
+                     B:int, past:int, n:int, device=None) -> tuple: # (positions (B or 1, n), attn_mask or None)
+    "Positions of the n new tokens and the attention mask, for a left-padded batch after `past` cached columns."
+    q_pos = torch.arange(past, past + n, device=device)
+    if attention_mask is None:
+        if n == 1 or past == 0: return q_pos[None], None                   # plain causal attention, no mask needed
+        k_pos = torch.arange(past + n, device=device)
+        return q_pos[None], (k_pos[None, None] <= q_pos[None, :, None])[:, None]
+    km = torch.as_tensor(attention_mask, device=device)
+    left_pad_lengths(km, B, past + n, device)                              # validates the shape and the left padding
+    km = km.bool()
+    pos = (km.long().cumsum(-1) - 1).clamp(min=0)[:, past:]                # each row counts its own tokens from 0
+    k_pos = torch.arange(past + n, device=device)
+    allowed = (k_pos[None, None] <= q_pos[None, :, None]) & km[:, None, :]  # causal and not padding, (B,n,T)
+    allowed = allowed | (k_pos[None, None] == q_pos[None, :, None])          # a padding query sees itself
+    return pos, allowed[:, None]
+
+
+# %%
+kv = KVCache(2, capacity=1)
+for t in range(5): k, v = kv.update(torch.full((1, 1, 1, 3), float(t)), torch.zeros(1, 1, 1, 3), 0)
+test_eq(k[0, 0, :, 0].tolist(), [0, 1, 2, 3, 4]); test_eq(kv.get_seq_length(), 5); test_eq(kv.k[0].shape[2], 8)   # doubled 1→2→4→8
+pos, mask = attention_layout(torch.tensor([[0, 1, 1], [1, 1, 1]]), 2, 0, 3)
+test_eq(pos, torch.tensor([[0, 0, 1], [0, 1, 2]]))
+test_eq(mask[0, 0].long(), torch.tensor([[1, 0, 0], [0, 1, 0], [0, 1, 1]]))   # row 0: padding sees itself, tokens skip it
+test_fail(lambda: KVCache(0), contains='n_layers must be a positive integer')
+test_fail(lambda: attention_layout(torch.ones(2, 3), 2, 1, 3), contains='shape (B,T)=(2, 4)')
 
 # %% [markdown]
 # `MatchedGPTForCausalLM` is a `PreTrainedModel` with `GenerationMixin`. Its forward takes `input_ids` (B,T) and/or
@@ -228,86 +262,6 @@ class GPTBlock(nn.Module):
 # (before `ln_f`). The readout is computed with $E$ itself, so there is one tensor and nothing to re-tie after loading.
 # `_init_weights` sets the reference's scales; transformers 5 calls it on construction and for any weight missing from a
 # checkpoint (loaded weights are never overwritten).
-
-# %%
-#| export
-def check_input_ids(input_ids:Tensor, vocab_size:int, max_len:int) -> Tensor:
-    "Validate token ids (B,T): integer, within [0, vocab_size), T <= max_len."
-    if not isinstance(input_ids, Tensor): raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
-    if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
-        raise ValueError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
-    if input_ids.ndim == 1: input_ids = input_ids[None]
-    if input_ids.ndim != 2: raise ValueError(f"input_ids must be (B,T), got shape {tuple(input_ids.shape)}")
-    if input_ids.shape[1] == 0: raise ValueError("input_ids is empty (T=0)")
-    if input_ids.shape[1] > max_len: raise ValueError(f"sequence length T={input_ids.shape[1]} exceeds max_len={max_len} (the positional table)")
-    lo, hi = int(input_ids.min()), int(input_ids.max())
-    if lo < 0 or hi >= vocab_size: raise ValueError(f"token ids must lie in [0, {vocab_size}), found range [{lo}, {hi}]")
-    return input_ids
-
-def check_inputs_embeds(inputs_embeds:Tensor, d:int, max_len:int) -> Tensor:
-    "Validate token embeddings (B,T,d)."
-    if inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != d:
-        raise ValueError(f"inputs_embeds must be (B,T,d) with d={d}, got shape {tuple(inputs_embeds.shape)}")
-    if inputs_embeds.shape[1] > max_len: raise ValueError(f"sequence length T={inputs_embeds.shape[1]} exceeds max_len={max_len}")
-    return inputs_embeds
-
-def embed_inputs(E:nn.Embedding, # the token embedding
-                 input_ids:Optional[Tensor], # token ids, (B,T), or None
-                 inputs_embeds:Optional[Tensor], # embeddings, (B,T,d), or None (then E(input_ids))
-                 vocab_size:int, d:int, max_len:int) -> tuple: # (input_ids, inputs_embeds), validated
-    "Validate ids and/or embeddings (both may be given: the logfreq mass needs the ids) and embed the ids if needed."
-    if input_ids is None and inputs_embeds is None: raise ValueError("pass input_ids, inputs_embeds, or both")
-    if input_ids is not None: input_ids = check_input_ids(input_ids, vocab_size, max_len)
-    if inputs_embeds is None: return input_ids, E(input_ids)
-    check_inputs_embeds(inputs_embeds, d, max_len)
-    if input_ids is not None and input_ids.shape != inputs_embeds.shape[:2]:
-        raise ValueError(f"input_ids {tuple(input_ids.shape)} and inputs_embeds {tuple(inputs_embeds.shape)} disagree on (B,T)")
-    return input_ids, inputs_embeds
-
-def prepare_generation_inputs(input_ids:Tensor, max_len:int, **kwargs) -> dict:
-    "Cache-free generation: feed the whole context each step, cropped to the last max_len tokens."
-    return {'input_ids': input_ids[:, -max_len:]}
-
-
-# %% [markdown]
-# ### The cache under its two names
-#
-# transformers 5.24 renamed the decoding cache from `past_key_values` to `cache`: in the model outputs (a field of
-# `CausalLMOutputWithPast` and of `generate()`'s outputs), in `prepare_inputs_for_generation` and in the forward
-# call. The old name still works there but logs a deprecation warning, and earlier releases know only the old one.
-# semsim's models speak both: their forward and `prepare_inputs_for_generation` take the cache under either name
-# (`resolve_cache`), the outputs carry it under the name of the installed release (`CACHE_FIELD`, read from the
-# output class's dataclass fields, public API), and `output_cache(out)` reads it from any output without a warning.
-
-# %%
-#| export
-CACHE_FIELD = 'cache' if 'cache' in getattr(CausalLMOutputWithPast, '__dataclass_fields__', {}) else 'past_key_values'
-
-def resolve_cache(cache=None, # the cache under its current name (transformers ≥ 5.24)
-                  past_key_values=None): # the same under its earlier name (still accepted)
-    "The one cache a caller passed, under either name; passing both is an error."
-    if cache is not None and past_key_values is not None:
-        raise ValueError("pass the decoding cache once, as `cache` (or the older name `past_key_values`), not both")
-    return cache if cache is not None else past_key_values
-
-def lm_output(logits:Tensor, # (B,T,V)
-              loss:Optional[Tensor]=None, cache=None) -> CausalLMOutputWithPast:
-    "A causal-LM output holding `cache` under the installed transformers' field name."
-    return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: cache})
-
-def output_cache(out): # a model forward or generate(return_dict_in_generate=True) output
-    "The cache held by an output, whichever name the installed transformers gives it (no deprecation warning)."
-    return out.get(CACHE_FIELD)
-
-
-# %%
-out = lm_output(torch.zeros(1, 2, 3), cache='state')
-test_eq(output_cache(out), 'state')
-test_eq(output_cache(lm_output(torch.zeros(1, 2, 3))), None)
-test_eq(resolve_cache(past_key_values='old'), 'old'); test_eq(resolve_cache(cache='new'), 'new')
-test_fail(lambda: resolve_cache('a', 'b'), contains='not both')
-print(f"transformers {transformers.__version__}: the cache is the output field {CACHE_FIELD!r}")
-
 
 # %%
 #| export
@@ -351,9 +305,8 @@ class MatchedGPTForCausalLM(PreTrainedModel, GenerationMixin):
     def _supports_default_dynamic_cache(cls) -> bool: return False   # generate(): the model makes its own KVCache
 
     def prepare_inputs_for_generation(self, input_ids:Tensor, **kwargs) -> dict:
-        "use_cache: a KVCache and, once it exists, only the new token; else the last max_len tokens (semsim.streaming)."
-        from semsim.streaming import gpt_generation_inputs
-        return gpt_generation_inputs(self, input_ids, **kwargs)
+        "use_cache: a fresh KVCache and, once it holds the prompt, only the new token; else the last max_len tokens."
+        return generation_inputs(self, input_ids, lambda: KVCache(self.config.n_layer), **kwargs)
 
     def forward(self, input_ids:Optional[Tensor]=None, # token ids, (B,T)
                 labels:Optional[Tensor]=None, # ids for the shifted HF loss, (B,T); -100 ignored
@@ -361,26 +314,34 @@ class MatchedGPTForCausalLM(PreTrainedModel, GenerationMixin):
                 output_hidden_states:Optional[bool]=None, # return x_0 ... x_L
                 return_dict:Optional[bool]=None,
                 attention_mask:Optional[Tensor]=None, # (B,T) left padding, 1 = token; rows then run as if alone
-                cache=None, # a KVCache (or transformers Cache): attend over it (semsim.streaming)
+                cache=None, # a KVCache (or transformers Cache): attend over it and append the new keys/values
                 use_cache:Optional[bool]=None, # True: keep and return the keys and values
                 logits_to_keep:int=0, # with a cache or padding: 0 all positions, k the last k
                 past_key_values=None, # the cache under its pre-5.24 name (either works)
                 **kwargs) -> CausalLMOutput:
         "Logits (B,T,V), optional loss and the n_layer+1 residual states."
-        cache = resolve_cache(cache, past_key_values)
-        if cache is not None or use_cache or (attention_mask is not None and not bool(attention_mask.all())):
-            if inputs_embeds is not None or output_hidden_states: raise ValueError("inputs_embeds / output_hidden_states are not supported with a KV cache or padding")
-            from semsim.streaming import gpt_forward   # KV cache, or left padding (semsim.streaming)
-            return gpt_forward(self, input_ids, cache, attention_mask, bool(use_cache), logits_to_keep, labels)
-        c = self.config
-        input_ids, inputs_embeds = embed_inputs(self.E, input_ids, inputs_embeds, c.vocab_size, c.d, c.max_len)
-        B, T, d = inputs_embeds.shape
-        x = self.drop(inputs_embeds + self.P[:T])
+        c, cache = self.config, resolve_cache(cache, past_key_values)
+        cached = cache is not None or bool(use_cache) or (attention_mask is not None and not bool(attention_mask.all()))
+        if cached and (inputs_embeds is not None or output_hidden_states):
+            raise ValueError("inputs_embeds / output_hidden_states are not supported with a KV cache or padding")
+        if cached:                                                         # decoding, or a left-padded batch
+            ids = check_input_ids(input_ids, c.vocab_size)
+            B, n = ids.shape
+            if cache is None and use_cache: cache = KVCache(c.n_layer)
+            past = cache.get_seq_length() if cache is not None else 0
+            pos, mask = attention_layout(attention_mask, B, past, n, ids.device)
+            check_position(c.max_len, int(pos.max()))
+            x = self.drop(self.E(ids) + self.P[pos])
+        else:
+            input_ids, inputs_embeds = embed_inputs(self.E, input_ids, inputs_embeds, c.vocab_size, c.d, c.max_len)
+            x, mask = self.drop(inputs_embeds + self.P[:inputs_embeds.shape[1]]), None
         states = [x]
-        for blk in self.blocks:
-            x = blk(x); states.append(x)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, cache, i, mask); states.append(x)
+        if logits_to_keep: x = x[:, -logits_to_keep:]
         logits = F.linear(self.ln_f(x), self.E.weight)
         loss = lm_loss(logits, labels) if labels is not None else None
+        if cached: return lm_output(logits, loss, cache if use_cache else None)
         out_hs = output_hidden_states if output_hidden_states is not None else c.output_hidden_states
         return CausalLMOutput(loss=loss, logits=logits, hidden_states=tuple(states) if out_hs else None)
 
@@ -527,7 +488,7 @@ torch.testing.assert_close(m2(ids).logits, m(ids).logits, atol=0, rtol=0)
 for (k, p), (k2, p2) in zip(m.state_dict().items(), m2.state_dict().items()): test_eq(k, k2); torch.testing.assert_close(p, p2, atol=0, rtol=0)
 
 # %% [markdown]
-# **Generation** by default decodes with the KV cache of `semsim.streaming` (positions past `max_len` are an error
+# **Generation** by default decodes with its KV cache (`KVCache`, above) (positions past `max_len` are an error
 # there). Without a cache (`use_cache=False`): greedy decoding equals an explicit argmax loop, sampling is
 # reproducible under a seed, contexts longer than `max_len` are cropped to the last `max_len` tokens, and the cached
 # decoder gives the same tokens.

@@ -55,7 +55,8 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from semsim.baselines import MatchedGPTConfig, MatchedGPTForCausalLM, reference_loss
+from semsim.baselines import MatchedGPTConfig, MatchedGPTForCausalLM
+from semsim.lm import reference_loss
 from semsim.splm import SPLMConfig, SPLMForCausalLM
 
 # %% [markdown]

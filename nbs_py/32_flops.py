@@ -41,6 +41,8 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional
 
+from semsim.core import check_positive_int
+
 # %%
 #| hide
 import warnings; warnings.filterwarnings('ignore', message='IProgress not found')
@@ -50,8 +52,9 @@ import matplotlib.pyplot as plt
 from torch.utils.flop_counter import FlopCounterMode
 from torch.nn.attention import sdpa_kernel, SDPBackend
 from semsim.splm import SPLMConfig, SPLMForCausalLM
-from semsim.baselines import MatchedGPTConfig, MatchedGPTForCausalLM, output_cache
-from semsim.streaming import splm_prefill, splm_decode_step, gpt_forward
+from semsim.baselines import MatchedGPTConfig, MatchedGPTForCausalLM
+from semsim.lm import output_cache
+from semsim.streaming import splm_prefill, splm_decode_step
 torch.set_num_threads(1)
 
 
@@ -93,8 +96,7 @@ class Flops(dict):
     def __repr__(self): return f"Flops({self.mflops:.4f} M: " + ', '.join(f"{k}={v:,}" for k, v in self.items()) + ')'
 
 def _pos_int(**kw):
-    for k, v in kw.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{k} must be a positive integer, got {v!r}")
+    for k, v in kw.items(): check_positive_int(k, v)
 
 
 # %% [markdown]
@@ -253,7 +255,7 @@ test_eq((round(T_dec), round(T_fwd), round(T_dense)), (6666, 13331, 6666))
 # ## Against what the code does
 #
 # The analytic matrix-product counts agree exactly with PyTorch's `FlopCounterMode` run on the actual decode steps of
-# `semsim.streaming` (it counts `mm`, `addmm` and `bmm` as $2mnp$): the SPLM step at the reference sizes with its
+# `semsim.streaming` and of MatchedGPT's cached forward (it counts `mm`, `addmm` and `bmm` as $2mnp$): the SPLM step at the reference sizes with its
 # manual force, and a MatchedGPT step with a KV cache at context $T$ (attention run with the math kernel, which
 # PyTorch's counter can see; the fused CPU kernel does the same products but is not registered with it).
 
@@ -265,8 +267,8 @@ _, cache = splm_prefill(m, torch.randint(0, V, (1, T - 1)))
 with FlopCounterMode(display=False) as fc: splm_decode_step(m, cache, torch.randint(0, V, (1,)))
 test_eq(fc.get_total_flops(), L * mlp_force_matmuls(d, d, 512, 3) + matmul(1, d, V))
 g = MatchedGPTForCausalLM(MatchedGPTConfig(max_len=64)).eval()
-kv = output_cache(gpt_forward(g, torch.randint(0, V, (1, T - 1))))
-with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc: gpt_forward(g, torch.randint(0, V, (1, 1)), kv)
+with torch.no_grad(): kv = output_cache(g(torch.randint(0, V, (1, T - 1)), use_cache=True))
+with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc: g(torch.randint(0, V, (1, 1)), cache=kv, use_cache=True)
 a = attention_decode_flops(T)
 test_eq(fc.get_total_flops(), a['qkv'] + a['attention'] + a['proj'] + a['mlp'] + a['logits'])
 evals = mlp_force_matmuls(d, d, 512, 3) / mlp_potential(2 * d, 512, 3)['potential_matmul']

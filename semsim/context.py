@@ -12,10 +12,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .core import check_positive_int
+
 # %% auto #0
 __all__ = ['ALPHA_MIN', 'ALPHA_MAX', 'DEFAULT_ALPHA_INITS', 'S4D_MIN_NEG_RE', 'XI_POOL_KINDS', 'check_h', 'rel_err', 'XiPool',
-           'CumulativeMeanPool', 'decay_scan', 'ema_scan', 'log_spaced_alphas', 'EMAPool', 'legt_matrices', 'bilinear',
-           'ssm_kernel', 'causal_fft_conv', 'HiPPOLegTPool', 'cexpm1', 'S4DPool', 'make_xi_pool']
+           'prefix_lags', 'CumulativeMeanPool', 'decay_scan', 'ema_scan', 'log_spaced_alphas', 'EMAPool',
+           'legt_matrices', 'bilinear', 'ssm_kernel', 'causal_fft_conv', 'HiPPOLegTPool', 'cexpm1', 'S4DPool',
+           'make_xi_pool']
 
 # %% ../nbs/20_context.ipynb #da26c1cf
 def check_h(h:Tensor, # hidden states, (B,T,d)
@@ -51,11 +54,24 @@ class XiPool(nn.Module):
         check_h(h)
         W = self.dense_weights(h.shape[1], device=h.device, dtype=h.dtype)
         return torch.einsum('kts,bsd->btkd', W, h)
+    def stream_constants(self, device=None, dtype=torch.float64) -> dict:
+        "Constants of the one-token update (decays, transition matrices), computed once per decode; none by default."
+        return {}
     def init_state(self, B:int, d:int, device=None, dtype=torch.float32) -> dict:
-        "Empty streaming state for a batch of B sequences of width d."
+        "Empty streaming state for a batch of B sequences of width d, kept in `dtype`."
         raise NotImplementedError
+    def prefix_state(self, h:Tensor, # prefix states, row b's tokens at [0, n_b) (padding after), (B,T,d)
+                     n:Tensor, # real tokens per row, (B,)
+                     dtype=None) -> dict: # the state after each row's n_b tokens, in `dtype` (default h's)
+        "State after a prefix. This default consumes it token by token (rows without padding only)."
+        B, T, d = h.shape
+        if not bool((n == T).all()):
+            raise ValueError(f"{type(self).__name__} has no padded-prefix rule: pass prompts of equal length (no padding)")
+        st = self.init_state(B, d, device=h.device, dtype=dtype or h.dtype)
+        for t in range(T): _, st = self.step(st, h[:, t])
+        return st
     def step(self, state:dict, h_t:Tensor, # new token's hidden state, (B,d)
-            ) -> tuple: # (xi_t (B,K,d), new state)
+            ) -> tuple: # (xi_t (B,K,d) in h_t's dtype, new state)
         "Advance the streaming state by one token: O(1) in the sequence length."
         raise NotImplementedError
     def reset_parameters(self): "Re-initialise learnable parameters (called by the model's `_init_weights`)."
@@ -64,6 +80,12 @@ class XiPool(nn.Module):
 def _check_step(pool, state, h_t):
     if not isinstance(h_t, Tensor) or h_t.dim() != 2: raise ValueError(f"h_t must have shape (B,d), got {tuple(getattr(h_t, 'shape', ()))}")
     if not isinstance(state, dict): raise TypeError(f"state must be the dict returned by {type(pool).__name__}.init_state")
+
+def prefix_lags(n:Tensor, # real tokens per row, (B,)
+                T:int) -> tuple: # (lag (B,T) = n_b - 1 - s clamped at 0, valid (B,T) = s < n_b)
+    "How many tokens after position s each row's last real token is, for the one-pass prefix states."
+    lag = n[:, None] - 1 - torch.arange(T, device=n.device)[None]
+    return lag.clamp(min=0), lag >= 0
 
 # %% ../nbs/20_context.ipynb #ca9bcc4a
 class CumulativeMeanPool(XiPool):
@@ -80,11 +102,15 @@ class CumulativeMeanPool(XiPool):
         t = torch.arange(1, T + 1, device=device, dtype=dtype)
         return (torch.ones(T, T, device=device, dtype=dtype).tril() / t[:, None])[None]
     def init_state(self, B:int, d:int, device=None, dtype=torch.float32) -> dict:
-        return {'sum': torch.zeros(B, d, device=device, dtype=dtype), 'n': torch.zeros((), device=device, dtype=dtype)}
+        return {'sum': torch.zeros(B, d, device=device, dtype=dtype), 'n': torch.zeros(B, 1, device=device, dtype=dtype)}
+    def prefix_state(self, h:Tensor, n:Tensor, dtype=None) -> dict:
+        dtype = dtype or h.dtype
+        _, valid = prefix_lags(n, h.shape[1])
+        return {'sum': (h.to(dtype) * valid[..., None]).sum(1), 'n': n.to(dtype)[:, None]}
     def step(self, state:dict, h_t:Tensor) -> tuple:
         _check_step(self, state, h_t)
-        s, n = state['sum'] + h_t, state['n'] + 1
-        return (s / n)[:, None, :], {'sum': s, 'n': n}
+        s, n = state['sum'] + h_t.to(state['sum'].dtype), state['n'] + 1
+        return (s / n).to(h_t.dtype)[:, None, :], {'sum': s, 'n': n}
 
 # %% ../nbs/20_context.ipynb #0d690e48
 def _decay_block(x:Tensor, # inputs, (N,C,K,d)
@@ -153,7 +179,7 @@ def log_spaced_alphas(K:int, # number of channels
                       tau_max:float=100.0, # longest memory 1/(1-α), in tokens
                      ) -> tuple: # α_k = 1 - τ_max^(-k/(K-1)), k = 0..K-1
     "EMA decays whose memories 1/(1-α_k) are log-spaced from 1 to `tau_max` tokens."
-    if int(K) != K or K < 1: raise ValueError(f"K must be a positive integer, got {K}")
+    check_positive_int('K', K)
     if not tau_max > 1: raise ValueError(f"tau_max must be > 1, got {tau_max}")
     if K == 1: return (0.0,)
     return tuple(1 - tau_max ** (-k / (K - 1)) for k in range(K))
@@ -201,22 +227,34 @@ class EMAPool(XiPool):
         lag = (i[:, None] - i[None, :]).to(dtype)
         logw = (lag[None] * la[:, None, None]).masked_fill((lag < 0)[None], float('-inf'))
         return (logw - torch.logsumexp(logw, -1, keepdim=True)).exp()
+    def stream_constants(self, device=None, dtype=torch.float64) -> dict: # ln α_k and α_k, (K,) each
+        la = self.log_alpha(dtype).detach().to(device)
+        return {'la': la, 'a': la.exp()}
     def init_state(self, B:int, d:int, device=None, dtype=torch.float32) -> dict:
         K = self.n_channels
-        return {'S': torch.zeros(B, K, d, device=device, dtype=dtype), 'Z': torch.zeros(K, device=device, dtype=dtype)}
+        return {'S': torch.zeros(B, K, d, device=device, dtype=dtype), 'Z': torch.zeros(B, K, device=device, dtype=dtype),
+                'const': self.stream_constants(device, dtype)}
+    def prefix_state(self, h:Tensor, n:Tensor, dtype=None) -> dict:
+        "S_k = Σ_{s<n} α_k^(n-1-s) h_s and Z_k = Σ_{r<n} α_k^r = expm1(n ln α_k)/expm1(ln α_k), per row, in one pass."
+        dtype = dtype or h.dtype
+        c = self.stream_constants(h.device, dtype)
+        lag, valid = prefix_lags(n, h.shape[1])
+        W = torch.exp(lag[..., None].to(dtype) * c['la']) * valid[..., None]        # α_k^(n-1-s), (B,T,K)
+        Z = torch.expm1(n[:, None].to(dtype) * c['la']) / torch.expm1(c['la'])      # (B,K)
+        return {'S': torch.einsum('btk,btd->bkd', W, h.to(dtype)), 'Z': Z, 'const': c}
     def step(self, state:dict, h_t:Tensor) -> tuple:
         _check_step(self, state, h_t)
-        a = self.log_alpha(h_t.dtype).to(h_t.device).exp()
-        S = a[None, :, None] * state['S'] + h_t[:, None, :]
-        Z = a * state['Z'] + 1
-        return S / Z[None, :, None], {'S': S, 'Z': Z}
+        c = state.get('const') or self.stream_constants(h_t.device, state['S'].dtype)
+        S = c['a'][None, :, None] * state['S'] + h_t.to(state['S'].dtype)[:, None, :]
+        Z = c['a'] * state['Z'] + 1
+        return (S / Z[..., None]).to(h_t.dtype), {'S': S, 'Z': Z, 'const': c}
     def extra_repr(self): return f"alpha_inits={self.alpha_inits}, learnable={self.raw_alpha.requires_grad}"
 
 # %% ../nbs/20_context.ipynb #03ea4ecb
 def legt_matrices(N:int, # state size (number of Legendre coefficients)
                   dtype=torch.float64, device=None) -> tuple: # (A (N,N), B (N,))
     "Continuous-time HiPPO-LegT matrices A_nk = -√((2n+1)(2k+1))·σ_nk, B_n = √(2n+1)."
-    if int(N) != N or N < 1: raise ValueError(f"N must be a positive integer, got {N}")
+    check_positive_int('N', N)
     n = torch.arange(N, dtype=dtype, device=device)
     r = torch.sqrt(2 * n + 1)
     sign = torch.where(n[:, None] >= n[None, :], torch.ones((), dtype=dtype, device=device), (-1.0) ** (n[:, None] - n[None, :]))
@@ -263,7 +301,7 @@ class HiPPOLegTPool(XiPool):
                  theta:float=200.0, # window length θ in tokens; Δ = 1/θ
                  learnable_dt:bool=False): # learn log Δ
         super().__init__()
-        if int(K) != K or K < 1: raise ValueError(f"K must be a positive integer, got {K}")
+        check_positive_int('K', K)
         if not theta > 0: raise ValueError(f"theta must be > 0, got {theta}")
         self.n_channels, self.theta, self.learnable_dt = int(K), float(theta), learnable_dt
         if learnable_dt: self.log_dt = nn.Parameter(torch.tensor(math.log(1.0 / theta)))
@@ -293,13 +331,22 @@ class HiPPOLegTPool(XiPool):
         i = torch.arange(T, device=device)
         lag = i[:, None] - i[None, :]
         return (M[lag.clamp(min=0)] * (lag >= 0)[..., None].to(dtype)).permute(2, 0, 1)
+    def stream_constants(self, device=None, dtype=torch.float64) -> dict: # Â (K,K), B̂ (K,)
+        Ad, Bd = self.discrete(device)
+        return {'Ad': Ad.detach().to(device=device, dtype=dtype), 'Bd': Bd.detach().to(device=device, dtype=dtype)}
     def init_state(self, B:int, d:int, device=None, dtype=torch.float32) -> dict:
-        return {'c': torch.zeros(B, self.n_channels, d, device=device, dtype=dtype)}
+        return {'c': torch.zeros(B, self.n_channels, d, device=device, dtype=dtype), 'const': self.stream_constants(device, dtype)}
+    def prefix_state(self, h:Tensor, n:Tensor, dtype=None) -> dict:
+        "c = Σ_{s<n} Â^(n-1-s) B̂ h_s per row, from the pool's kernel, in one pass."
+        dtype = dtype or h.dtype
+        lag, valid = prefix_lags(n, h.shape[1])
+        M = self.kernel(h.shape[1], h.device, torch.float64).detach().to(dtype)     # Â^j B̂, (T,K)
+        return {'c': torch.einsum('btk,btd->bkd', M[lag] * valid[..., None], h.to(dtype)), 'const': self.stream_constants(h.device, dtype)}
     def step(self, state:dict, h_t:Tensor) -> tuple:
         _check_step(self, state, h_t)
-        Ad, Bd = (x.to(device=h_t.device, dtype=h_t.dtype) for x in self.discrete(h_t.device))
-        c = torch.einsum('nm,bmd->bnd', Ad, state['c']) + Bd[None, :, None] * h_t[:, None, :]
-        return c, {'c': c}
+        k = state.get('const') or self.stream_constants(h_t.device, state['c'].dtype)
+        c = torch.einsum('nm,bmd->bnd', k['Ad'], state['c']) + k['Bd'][None, :, None] * h_t.to(state['c'].dtype)[:, None, :]
+        return c.to(h_t.dtype), {'c': c, 'const': k}
     def extra_repr(self): return f"K={self.n_channels}, theta={self.theta}, learnable_dt={self.learnable_dt}"
 
 # %% ../nbs/20_context.ipynb #91c2ea6e
@@ -317,7 +364,7 @@ class S4DPool(XiPool):
                  theta:float=200.0, # Δ is initialised to 1/θ
                  chunk:int=64): # block length of the O(T) scan
         super().__init__()
-        if int(K) != K or K < 1: raise ValueError(f"K must be a positive integer, got {K}")
+        check_positive_int('K', K)
         if init not in ('legt', 'lin'): raise ValueError(f"init must be 'legt' or 'lin', got {init!r}")
         if not theta > 0: raise ValueError(f"theta must be > 0, got {theta}")
         self.n_channels, self.init, self.theta, self.chunk = int(K), init, float(theta), chunk
@@ -355,14 +402,23 @@ class S4DPool(XiPool):
         lag = i[:, None] - i[None, :]
         W = 2 * (Bd[:, None, None] * torch.exp(lag.clamp(min=0).to(dtype)[None] * la[:, None, None])).real
         return W * (lag >= 0).to(dtype)[None]
+    def stream_constants(self, device=None, dtype=torch.float64) -> dict: # ln Â, Â, B̂, (K,) complex each
+        la, Bd = (x.detach().to(device) for x in self.discrete(dtype))
+        return {'la': la, 'A': la.exp(), 'Bd': Bd}
     def init_state(self, B:int, d:int, device=None, dtype=torch.float32) -> dict:
         cd = torch.complex128 if dtype == torch.float64 else torch.complex64
-        return {'s': torch.zeros(B, self.n_channels, d, device=device, dtype=cd)}
+        return {'s': torch.zeros(B, self.n_channels, d, device=device, dtype=cd), 'const': self.stream_constants(device, dtype)}
+    def prefix_state(self, h:Tensor, n:Tensor, dtype=None) -> dict:
+        "s_k = Σ_{s<n} Â_k^(n-1-s) h_s per row (complex), in one pass."
+        c = self.stream_constants(h.device, dtype or h.dtype)
+        lag, valid = prefix_lags(n, h.shape[1])
+        W = torch.exp(lag[..., None].to(c['la'].dtype) * c['la']) * valid[..., None]   # Â_k^(n-1-s), (B,T,K)
+        return {'s': torch.einsum('btk,btd->bkd', W, h.to(c['la'].dtype)), 'const': c}
     def step(self, state:dict, h_t:Tensor) -> tuple:
         _check_step(self, state, h_t)
-        la, Bd = (x.to(h_t.device) for x in self.discrete(h_t.dtype))
-        s = la.exp()[None, :, None] * state['s'] + h_t[:, None, :].to(la.dtype)
-        return (2 * (Bd[None, :, None] * s).real).to(h_t.dtype), {'s': s}
+        c = state.get('const') or self.stream_constants(h_t.device, state['s'].real.dtype)
+        s = c['A'][None, :, None] * state['s'] + h_t.to(c['A'].dtype)[:, None, :]
+        return (2 * (c['Bd'][None, :, None] * s).real).to(h_t.dtype), {'s': s, 'const': c}
     def extra_repr(self): return f"K={self.n_channels}, init={self.init!r}, theta={self.theta}"
 
 # %% ../nbs/20_context.ipynb #b10be312

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #0ea25c99
 from __future__ import annotations
-import contextlib, hashlib, os, random, tempfile
+import contextlib, hashlib, numbers, os, random, tempfile
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
@@ -13,7 +13,8 @@ import torch
 
 # %% auto #0
 __all__ = ['DATA_ENV', 'CACHE_ENV', 'data_dir', 'cache_dir', 'sha256_file', 'atomic_path', 'atomic_write_bytes',
-           'atomic_write_text', 'atomic_torch_save', 'set_seed', 'get_device']
+           'atomic_write_text', 'atomic_torch_save', 'set_seed', 'get_device', 'check_positive_int',
+           'check_positive_ints']
 
 # %% ../nbs/00_core.ipynb #93d4cff1
 DATA_ENV = 'SEMSIM_DATA_DIR'    # env var: a folder holding corpora / tokenizer files supplied by the user
@@ -85,3 +86,16 @@ def get_device(device:Optional[str]=None) -> torch.device: # 'cpu', 'cuda', 'cud
     if torch.cuda.is_available(): return torch.device('cuda')
     if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available(): return torch.device('mps')
     return torch.device('cpu')
+
+# %% ../nbs/00_core.ipynb #42ffe3dc
+def check_positive_int(name:str, # the argument's name, as the user wrote it
+                       v, # the value received
+                      ) -> int:
+    "Return `v` if it is a positive integer (a bool is not); else raise ValueError naming `name`."
+    if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1: raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    return int(v)
+
+def check_positive_ints(obj, # a config (or any object) with the fields as attributes
+                        names): # field names that must hold positive integers
+    "Check several fields of one object with `check_positive_int`."
+    for k in names: check_positive_int(k, getattr(obj, k))

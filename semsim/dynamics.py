@@ -11,10 +11,12 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor
 
+from .core import check_positive_int
+
 # %% auto #0
-__all__ = ['Number', 'kinetic_energy', 'energy', 'lagrangian', 'potential_force', 'euler_lagrange_accel', 'damped_euler_step',
-           'verlet_kick_drift', 'verlet_kick', 'verlet_step', 'first_order_step', 'overdamped_step', 'rollout',
-           'tanh_brake', 'tanh_brake_offset', 'energy_monotone_gamma']
+__all__ = ['Number', 'INTEGRATORS', 'kinetic_energy', 'energy', 'lagrangian', 'potential_force', 'euler_lagrange_accel',
+           'damped_euler_step', 'verlet_kick_drift', 'verlet_kick', 'verlet_step', 'first_order_step',
+           'overdamped_step', 'rollout', 'integrate', 'tanh_brake', 'tanh_brake_offset', 'energy_monotone_gamma']
 
 # %% ../nbs/12_dynamics.ipynb #21125992
 Number = Union[int, float]
@@ -194,6 +196,43 @@ def rollout(h:Tensor, # initial positions, (..., d)
         if method == 'euler': f = force_fn(h)
         hs.append(h); vs.append(v)
     return torch.stack(hs), torch.stack(vs)
+
+# %% ../nbs/12_dynamics.ipynb #a2bcb268
+INTEGRATORS = ('euler', 'verlet', 'first_order')   # the steps `integrate` can take
+
+def integrate(force:Callable, # (l, h) -> (f, V or None): force and energy at layer l's positions h
+              h0:Tensor, # initial positions, (..., d); v_0 = 0
+              m:Union[Number, Tensor], # mass, broadcastable to h
+              gamma:Union[Number, Tensor], # damping rate (ignored by 'first_order')
+              dt:Union[Number, Tensor], # step size Δt
+              L:int, # number of steps (layers)
+              integrator:str='euler', # one of INTEGRATORS
+              project:Optional[Callable]=None, # h -> h after every step (e.g. a LayerNorm); None: identity
+              final_force:bool=True, # 'verlet': also evaluate the force at h_L (it moves only v_L)
+             ) -> dict: # positions [h_0..h_L], velocities [v_0..v_L], energies [V at each force evaluation]
+    "The L-step loop of every SPLM, one implementation for the parallel forward and for decoding."
+    if integrator not in INTEGRATORS: raise ValueError(f"integrator must be one of {INTEGRATORS}, got {integrator!r}")
+    check_positive_int('L', L)
+    P = project if project is not None else (lambda h: h)
+    h, v = h0, torch.zeros_like(h0)
+    hs, vs, Vs = [h], [v], []
+    if integrator == 'verlet':
+        f, V = force(0, h); Vs.append(V)
+        for l in range(L):
+            h, v = verlet_kick_drift(h, v, f, m, gamma, dt)
+            h = P(h)
+            if l + 1 < L or final_force:
+                f, V = force(l + 1, h); Vs.append(V)
+                v = verlet_kick(v, f, m, gamma, dt)
+            hs.append(h); vs.append(v)
+    else:
+        for l in range(L):
+            f, V = force(l, h); Vs.append(V)
+            if integrator == 'euler': h, v = damped_euler_step(h, v, f, m, gamma, dt)
+            else: h, v = first_order_step(h, f, m, dt), f / m
+            h = P(h)
+            hs.append(h); vs.append(v)
+    return {'positions': hs, 'velocities': vs, 'energies': Vs}
 
 # %% ../nbs/12_dynamics.ipynb #3352e8db
 def tanh_brake(p:Tensor, # positions, (..., d)

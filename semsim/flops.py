@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional
 
+from .core import check_positive_int
+
 # %% auto #0
 __all__ = ['POOL_UPDATE', 'matmul', 'act', 'ln', 'softmax', 'Flops', 'mlp_potential', 'mlp_force_matmuls', 'sq3_potential',
            'splm_decode_flops', 'attention_decode_flops', 'attention_forward_flops', 'crossover']
@@ -43,8 +45,7 @@ class Flops(dict):
     def __repr__(self): return f"Flops({self.mflops:.4f} M: " + ', '.join(f"{k}={v:,}" for k, v in self.items()) + ')'
 
 def _pos_int(**kw):
-    for k, v in kw.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{k} must be a positive integer, got {v!r}")
+    for k, v in kw.items(): check_positive_int(k, v)
 
 # %% ../nbs/32_flops.ipynb #79fd05eb
 def mlp_potential(d_in:int, # input width D_ξ + d

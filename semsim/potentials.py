@@ -12,9 +12,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from fastcore.basics import patch
+
+from .core import check_positive_int
+
 # %% auto #0
-__all__ = ['A_FLOOR', 'POTENTIALS', 'Potential', 'MLPPotential', 'SQ1Potential', 'SQ2Potential', 'SQ3Potential', 'SQ4Potential',
-           'make_potential']
+__all__ = ['A_FLOOR', 'POTENTIALS', 'Potential', 'MLPPotential', 'gelu_and_prime', 'mlp_energy_and_force', 'SQ1Potential',
+           'SQ2Potential', 'SQ3Potential', 'SQ4Potential', 'make_potential']
 
 # %% ../nbs/21_potentials.ipynb #966aaaf9
 class Potential(nn.Module):
@@ -23,8 +27,7 @@ class Potential(nn.Module):
     def __init__(self, d_xi:int, # D_xi, width of the flattened context
                  d:int): # width of the hidden state
         super().__init__()
-        for name, v in (('d_xi', d_xi), ('d', d)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        check_positive_int('d_xi', d_xi); check_positive_int('d', d)
         self.d_xi, self.d = d_xi, d
     def check(self, xi:Tensor, # context, (B,T,D_xi) or (B,T,K,d')
               h:Tensor, # hidden states, (B,T,d)
@@ -65,6 +68,7 @@ class Potential(nn.Module):
     def energy_and_force(self, xi:Tensor, # context, (B,T,D_xi)
                          h:Tensor, # hidden states, (B,T,d)
                          create_graph:bool=False, # keep a graph through the force (training)
+                         need_energy:bool=True, # False: a potential may skip V (returns None) when only f is needed
                         ) -> tuple: # (V (B,T), f (B,T,d))
         "Energy and force f = -∂V/∂h; detached unless `create_graph`."
         xi = self.check(xi, h)
@@ -98,7 +102,7 @@ def _normal_(lin:nn.Linear, std:float, bias:float=0.0):
         if lin.bias is not None: lin.bias.fill_(bias)
 
 class MLPPotential(Potential):
-    "V = MLP([ξ; h]) with GELU; the force comes from autograd."
+    "V = MLP([ξ; h]) with GELU; the force by autograd in training, by a hand-written backward pass otherwise."
     closed_form = False
     def __init__(self, d_xi:int, # D_xi
                  d:int, # hidden width d
@@ -119,6 +123,54 @@ class MLPPotential(Potential):
         xi = self.check(xi, h)
         return self.net(torch.cat([xi, h], -1)).squeeze(-1)
     def extra_repr(self): return f"d_xi={self.d_xi}, d={self.d}, hidden={self.hidden}, depth={self.depth}"
+
+# %% ../nbs/21_potentials.ipynb #93f42e22
+_GELU_CONSTS = {}   # (dtype, device) -> (1/√2, 1/2, -1/2) as 0-d tensors: a Python float operand costs a dtype conversion per op
+
+def gelu_and_prime(z:Tensor) -> tuple: # (GELU(z), GELU'(z)), each shaped like z
+    "The exact GELU and its derivative together, sharing Φ(z): GELU = zΦ, GELU' = Φ + zφ."
+    key = (z.dtype, z.device)
+    if key not in _GELU_CONSTS: _GELU_CONSTS[key] = tuple(torch.tensor(x, dtype=z.dtype, device=z.device) for x in (0.7071067811865476, 0.5, -0.5))
+    r2, half, mhalf = _GELU_CONSTS[key]
+    Phi = torch.erf(z * r2).mul_(half).add_(half)                          # Φ(z)
+    return z * Phi, torch.addcmul(Phi, z, torch.exp(z * z * mhalf), value=0.3989422804014327)   # zΦ, Φ + z e^{-z²/2}/√(2π)
+
+def mlp_energy_and_force(pot:MLPPotential, # the MLP potential
+                         xi:Tensor, # context, (..., D_xi), e.g. (B,T,D_xi)
+                         h:Tensor, # hidden states, (..., d)
+                         need_energy:bool=True, # False: skip V's last product (decoding needs only f)
+                        ) -> tuple: # (V (...) or None, f (..., d)), no graph
+    "V and f = -∂V/∂h of an MLP potential by a hand-written backward pass."
+    lins = [m for m in pot.net if isinstance(m, nn.Linear)]
+    D, d, W1 = xi.shape[-1], h.shape[-1], lins[0].weight
+    if (D, d) != (pot.d_xi, pot.d) or xi.shape[:-1] != h.shape[:-1]:
+        raise ValueError(f"xi {tuple(xi.shape)} and h {tuple(h.shape)} must share their leading axes and end in D_xi={pot.d_xi}, d={pot.d}")
+    x, y = xi.reshape(-1, D), h.reshape(-1, d)                             # tokens flattened, (N,D_xi), (N,d)
+    a, gp = gelu_and_prime(torch.addmm(torch.addmm(lins[0].bias, x, W1[:, :D].t()), y, W1[:, D:].t()))  # W₁[ξ;h]+b₁, no concatenation (out of place: FlopCounterMode misses addmm_)
+    gps = [gp]
+    for lin in lins[1:-1]:
+        a, gp = gelu_and_prime(torch.addmm(lin.bias, a, lin.weight.t())); gps.append(gp)
+    V = F.linear(a, lins[-1].weight, lins[-1].bias).reshape(h.shape[:-1]) if need_energy else None
+    g = lins[-1].weight * gps[-1]                                          # ∂V/∂z_{D-1}, (N,hidden)
+    for lin, gp in zip(lins[-2:0:-1], gps[-2::-1]): g = (g @ lin.weight).mul_(gp)   # ∂V/∂z_{i-1} = (∂V/∂z_i Wᵢ) ⊙ GELU'(z_{i-1})
+    return V, (g @ W1[:, D:]).neg_().reshape(h.shape)                     # only the h columns of W₁
+
+# %% ../nbs/21_potentials.ipynb #2caf4fb2
+@patch
+def energy_and_force(self:MLPPotential, xi:Tensor, # context, (B,T,D_xi)
+                     h:Tensor, # hidden states, (B,T,d)
+                     create_graph:bool=False, # keep the graph (training): autograd; else the manual backward pass
+                     need_energy:bool=True, # False: skip V's last product (V is then None)
+                    ) -> tuple: # (V (B,T), f (B,T,d))
+    "Energy and force: autograd when a graph is kept, else the hand-written backward pass (no graph)."
+    if create_graph: return Potential.energy_and_force(self, xi, h, True)
+    xi = self.check(xi, h)
+    with torch.no_grad(): return mlp_energy_and_force(self, xi, h, need_energy)
+
+@patch
+def force(self:MLPPotential, xi:Tensor, h:Tensor, create_graph:bool=False) -> Tensor: # f, (B,T,d)
+    "Force on every token, -∂V/∂h (the manual backward pass unless a graph is kept)."
+    return self.energy_and_force(xi, h, create_graph, need_energy=False)[1]
 
 # %% ../nbs/21_potentials.ipynb #623c71fd
 A_FLOOR = 1e-4   # a = softplus(.) + A_FLOOR keeps every well strictly convex
@@ -149,7 +201,7 @@ class SQ1Potential(Potential):
 class SQ2Potential(SQ1Potential):
     "Quadratic well with stiffness U Uᵀ + diag(λ), U rank-r and linear in ξ; closed-form force."
     def __init__(self, d_xi:int, d:int, rank:int=4, init_a_bias:float=0.0):
-        if not isinstance(rank, int) or rank < 1: raise ValueError(f"rank must be a positive integer, got {rank!r}")
+        check_positive_int('rank', rank)
         super().__init__(d_xi, d, init_a_bias)
         self.rank = rank
         self.u_proj = nn.Linear(d_xi, d * rank)
@@ -177,7 +229,7 @@ class SQ3Potential(Potential):
                  tau:float=1.0, # temperature τ > 0
                  init_a_bias:float=0.0): # bias of a_proj at init
         super().__init__(d_xi, d)
-        if not isinstance(K_mix, int) or K_mix < 1: raise ValueError(f"K_mix must be a positive integer, got {K_mix!r}")
+        check_positive_int('K_mix', K_mix)
         if not tau > 0: raise ValueError(f"tau must be > 0, got {tau!r}")
         self.K_mix, self.tau, self.init_a_bias = K_mix, float(tau), init_a_bias
         self.mu_proj, self.a_proj = nn.Linear(d_xi, K_mix * d), nn.Linear(d_xi, K_mix * d)
@@ -239,7 +291,7 @@ class SQ4Potential(Potential):
             with torch.no_grad(): Vs, gs = self.sq1.energy_and_grad(xi, h)
         alpha = self.alpha if create_graph else self.alpha.detach()
         return Vs + alpha * Vm, -gs + alpha * fm
-    def energy_and_force(self, xi:Tensor, h:Tensor, create_graph:bool=False) -> tuple:
+    def energy_and_force(self, xi:Tensor, h:Tensor, create_graph:bool=False, need_energy:bool=True) -> tuple:
         return self._both(self.check(xi, h), h, create_graph)
     def force(self, xi:Tensor, h:Tensor, create_graph:bool=False) -> Tensor:
         return self._both(self.check(xi, h), h, create_graph)[1]

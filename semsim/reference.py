@@ -12,7 +12,8 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from .baselines import MatchedGPTConfig, MatchedGPTForCausalLM, reference_loss
+from .baselines import MatchedGPTConfig, MatchedGPTForCausalLM
+from .lm import reference_loss
 from .splm import SPLMConfig, SPLMForCausalLM
 
 # %% auto #0

@@ -16,20 +16,21 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, Pret
 from transformers import initialization as hf_init
 from transformers.utils import ModelOutput
 
-from .baselines import lm_loss, embed_inputs, prepare_generation_inputs, resolve_cache
-from .dynamics import damped_euler_step, first_order_step, verlet_kick, verlet_kick_drift
-from .context import XiPool, make_xi_pool
-from .potentials import Potential, make_potential
+from .core import check_positive_ints
+from .lm import lm_loss, embed_inputs, resolve_cache
+from .dynamics import INTEGRATORS, integrate
+from .context import XI_POOL_KINDS, XiPool, make_xi_pool
+from .potentials import POTENTIALS as POTENTIAL_CLASSES, Potential, make_potential
+from .streaming import splm_generation_inputs, streaming_forward
 
 # %% auto #0
-__all__ = ['XI_POOLS', 'POTENTIALS', 'MASS_MODES', 'INTEGRATORS', 'MASS_FLOOR', 'softplus_inv', 'SPLMConfig', 'pool_kwargs',
-           'potential_kwargs', 'SPLMMechanics', 'SPLMOutput', 'SPLMForCausalLM']
+__all__ = ['XI_POOLS', 'POTENTIALS', 'MASS_MODES', 'MASS_FLOOR', 'softplus_inv', 'SPLMConfig', 'pool_kwargs', 'potential_kwargs',
+           'SPLMMechanics', 'SPLMOutput', 'SPLMForCausalLM']
 
 # %% ../nbs/22_splm.ipynb #082e14cc
-XI_POOLS = ('cummean', 'ema', 'hippo_legt', 's4d')
-POTENTIALS = ('mlp', 'sq1', 'sq2', 'sq3', 'sq4')
+XI_POOLS = XI_POOL_KINDS                 # the context pools' names (semsim.context)
+POTENTIALS = tuple(POTENTIAL_CLASSES)     # the potentials' names (semsim.potentials)
 MASS_MODES = ('global', 'embed_head', 'logfreq')
-INTEGRATORS = ('euler', 'verlet', 'first_order')
 MASS_FLOOR = 1e-3  # m = softplus(.) + MASS_FLOOR keeps every mass strictly positive
 
 def softplus_inv(y:float) -> float:
@@ -99,10 +100,8 @@ class SPLMConfig(PretrainedConfig):
 
     def validate_semsim(self):
         "Raise ValueError naming the first invalid field."
-        for k in ('vocab_size', 'd', 'max_len', 'L', 'xi_channels', 'v_hidden', 'v_depth', 'sq_rank', 'K_mix',
-                  'sq4_mlp_hidden', 'sq4_mlp_depth'):
-            v = getattr(self, k)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{k} must be a positive integer, got {v!r}")
+        check_positive_ints(self, ('vocab_size', 'd', 'max_len', 'L', 'xi_channels', 'v_hidden', 'v_depth', 'sq_rank',
+                                   'K_mix', 'sq4_mlp_hidden', 'sq4_mlp_depth'))
         for k, allowed in (('xi_pool', XI_POOLS), ('potential', POTENTIALS), ('mass_mode', MASS_MODES),
                            ('integrator', INTEGRATORS), ('lambda_v_points', ('all', 'input')),
                            ('xi_s4d_init', ('legt', 'lin')), ('xi_alpha_dtype', (None, 'float32', 'float64')),
@@ -282,7 +281,6 @@ class SPLMForCausalLM(PreTrainedModel, GenerationMixin):
 
     def prepare_inputs_for_generation(self, input_ids:Tensor, **kwargs) -> dict:
         "use_cache: the SPLMCache and, once it exists, only the new token; else the last max_len tokens (semsim.streaming)."
-        from semsim.streaming import splm_generation_inputs
         return splm_generation_inputs(self, input_ids, **kwargs)
 
     def mass(self, input_ids:Optional[Tensor], # token ids, (B,T) (needed by 'logfreq')
@@ -343,30 +341,16 @@ class SPLMForCausalLM(PreTrainedModel, GenerationMixin):
                   m:Tensor, # masses, (B,T,1)
                   gamma:Tensor, # damping, scalar
                   need_final_energy:bool=False) -> dict:
-        "Run the L steps; returns positions, velocities, the energies at force evaluations (and at h_L)."
-        c, dt = self.config, self.config.dt
+        "Run the L steps (semsim.dynamics.integrate); returns positions, velocities, the energies at force evaluations (and at h_L)."
+        c = self.config
         grad = torch.is_grad_enabled()
         st = {'leak': not c.causal_force, 'create_graph': self.training and grad, 'grad': grad, 'xi': None}
         with torch.enable_grad():
-            h, v = h0, torch.zeros_like(h0)
-            hs, vs, Vs = [h], [v], []
-            if c.integrator == 'verlet':
-                f, V = self._force(h, st); Vs.append(V)
-                for _ in range(c.L):
-                    h, v = verlet_kick_drift(h, v, f, m, gamma, dt)
-                    h = self._ln(h)
-                    f, V = self._force(h, st); Vs.append(V)
-                    v = verlet_kick(v, f, m, gamma, dt)
-                    hs.append(h); vs.append(v)
-            else:
-                for _ in range(c.L):
-                    f, V = self._force(h, st); Vs.append(V)
-                    if c.integrator == 'euler': h, v = damped_euler_step(h, v, f, m, gamma, dt)
-                    else: h, v = first_order_step(h, f, m, dt), f / m
-                    h = self._ln(h)
-                    hs.append(h); vs.append(v)
-            final_V = self._energy(h, st) if need_final_energy and c.integrator != 'verlet' else None
-        return {'positions': hs, 'velocities': vs, 'energies': Vs, 'final_energy': final_V}
+            tr = integrate(lambda l, h: self._force(h, st), h0, m, gamma, c.dt, c.L, c.integrator,
+                           project=self._ln if c.ln_after_step else None)
+            h = tr['positions'][-1]
+            tr['final_energy'] = self._energy(h, st) if need_final_energy and c.integrator != 'verlet' else None
+        return tr
 
     def forward(self, input_ids:Optional[Tensor]=None, # token ids, (B,T)
                 labels:Optional[Tensor]=None, # ids for the shifted HF loss, (B,T); -100 ignored
@@ -390,7 +374,6 @@ class SPLMForCausalLM(PreTrainedModel, GenerationMixin):
         cache = resolve_cache(cache, past_key_values)
         if cache is not None or use_cache or (attention_mask is not None and not bool(attention_mask.all())):
             if output_mechanics or output_hidden_states: raise ValueError("output_mechanics / output_hidden_states need the parallel forward: call without a cache or padding")
-            from semsim.streaming import streaming_forward   # recurrent cache, or left padding (semsim.streaming)
             return streaming_forward(self, input_ids, cache, attention_mask, bool(use_cache), labels=labels,
                                      logits_to_keep=logits_to_keep, inputs_embeds=inputs_embeds)
         c = self.config

@@ -4,198 +4,25 @@
 
 # %% ../nbs/31_streaming.ipynb #303e18d3
 from __future__ import annotations
-import math
 from typing import Optional
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .context import XiPool, CumulativeMeanPool, EMAPool, HiPPOLegTPool, S4DPool
-from .potentials import Potential, MLPPotential, SQ4Potential
-from .dynamics import damped_euler_step, first_order_step, verlet_kick, verlet_kick_drift
-from .splm import SPLMForCausalLM
-from .baselines import MatchedGPTForCausalLM, lm_loss, lm_output, resolve_cache
+from .lm import (check_input_ids, check_position, check_new_tokens_mask, left_pad_lengths, roll_rows, lm_loss,
+                       lm_output, resolve_cache, generation_inputs)
+from .dynamics import integrate
 
 # %% auto #0
-__all__ = ['STREAM_RULES', 'left_pad_lengths', 'roll_rows', 'state_dtype', 'PoolStream', 'CumMeanStream', 'EMAStream',
-           'LegTStream', 'S4DStream', 'GenericStream', 'pool_stream', 'gelu_and_prime', 'mlp_energy_and_force',
-           'fast_energy_and_force', 'SPLMCache', 'check_streamable', 'check_token_ids', 'check_position',
-           'splm_prefill', 'splm_decode_step', 'streaming_forward', 'generation_inputs', 'splm_generation_inputs',
-           'KVCache', 'gpt_forward', 'gpt_generation_inputs']
+__all__ = ['SPLM_MODEL_TYPE', 'state_dtype', 'SPLMCache', 'check_streamable', 'splm_prefill', 'splm_decode_step',
+           'streaming_forward', 'splm_generation_inputs']
 
 # %% ../nbs/31_streaming.ipynb #d19da62b
-def left_pad_lengths(attention_mask:Optional[Tensor], # (B,T): 1 = token, 0 = left padding; None: no padding
-                     B:int, T:int, device=None) -> Tensor: # real tokens per row n_b, (B,)
-    "Number of real tokens per row, checking that the mask is left padding (zeros, then ones)."
-    if attention_mask is None: return torch.full((B,), T, dtype=torch.long, device=device)
-    m = torch.as_tensor(attention_mask, device=device)
-    if m.shape != (B, T): raise ValueError(f"attention_mask must have shape (B,T)={(B, T)} like input_ids, got {tuple(m.shape)}")
-    m = m.long()
-    if ((m != 0) & (m != 1)).any(): raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
-    n = m.sum(1)
-    if (n == 0).any(): raise ValueError(f"rows {torch.nonzero(n == 0).flatten().tolist()} of attention_mask are all padding: every sequence needs at least one token")
-    ar = torch.arange(T, device=m.device)
-    if not torch.equal(m, (ar[None] >= (T - n)[:, None]).long()):
-        raise ValueError("attention_mask must be LEFT padding (zeros first, then ones, in every row); right or inner "
-                         "padding is not supported: set tokenizer.padding_side = 'left'")
-    return n
-
-def roll_rows(x:Tensor, # (B,T,...)
-              shift:Tensor, # per-row left rotation, (B,)
-             ) -> Tensor: # y[b, j] = x[b, (j + shift_b) mod T], (B,T,...)
-    "Rotate every row left by its own shift (moves left padding to the right end; -shift undoes it)."
-    B, T = x.shape[:2]
-    idx = (torch.arange(T, device=x.device)[None] + shift[:, None]) % T
-    return x.gather(1, idx.view(B, T, *([1] * (x.dim() - 2))).expand_as(x))
-
-# %% ../nbs/31_streaming.ipynb #e74e0548
 def state_dtype(device) -> torch.dtype:
     "Running states are float64 (float32 on MPS, which has none): tiny, and they accumulate over the whole context."
     return torch.float32 if device is not None and torch.device(device).type == 'mps' else torch.float64
-
-class PoolStream:
-    "Streaming rule of one context pool: the state after a prefix (one pass), and the one-token update."
-    def __init__(self, pool:XiPool, # the model's context pool
-                 device=None, # where states live
-                 dtype=torch.float32): # dtype of the returned ξ (the model's)
-        self.pool, self.device, self.dtype, self.sdt = pool, device, dtype, state_dtype(device)
-    def prefix_state(self, h:Tensor, # prefix states, row b's tokens at [0, n_b) (padding after), (B,T,d)
-                     n:Tensor, # real tokens per row, (B,)
-                    ) -> dict: # the state after each row's n_b tokens
-        "State after the prefix, in one pass."
-        raise NotImplementedError
-    def step(self, state:dict, h_t:Tensor, # the new token's hidden state, (B,d)
-            ) -> tuple: # (xi_t (B,K,d), new state)
-        "Advance by one token: O(K d) work per row."
-        raise NotImplementedError
-    def _lag(self, h, n):
-        "(n_b - 1 - s clamped at 0, s < n_b) for every row and prefix position, (B,T) each."
-        s = torch.arange(h.shape[1], device=h.device)
-        lag = n[:, None] - 1 - s[None]
-        return lag.clamp(min=0), lag >= 0
-
-# %% ../nbs/31_streaming.ipynb #b32e69a8
-class CumMeanStream(PoolStream):
-    "Cumulative mean: running sum S and per-row count n, ξ = S/n."
-    def prefix_state(self, h, n):
-        _, valid = self._lag(h, n)
-        return {'sum': (h.to(self.sdt) * valid[..., None]).sum(1), 'n': n.to(self.sdt)[:, None]}
-    def step(self, state, h_t):
-        S, c = state['sum'] + h_t.to(self.sdt), state['n'] + 1
-        return (S / c).to(self.dtype)[:, None, :], {'sum': S, 'n': c}
-
-class EMAStream(PoolStream):
-    "Normalised EMA: numerators S_k, denominators Z_k per row, ξ_k = S_k/Z_k."
-    def __init__(self, pool, device=None, dtype=torch.float32):
-        super().__init__(pool, device, dtype)
-        self.la = pool.log_alpha(self.sdt).detach().to(device)            # ln α_k, (K,)
-        self.a = self.la.exp()
-    def prefix_state(self, h, n):
-        lag, valid = self._lag(h, n)
-        W = torch.exp(lag[..., None].to(self.sdt) * self.la) * valid[..., None]   # α_k^(n-1-s), (B,T,K)
-        Z = torch.expm1(n[:, None].to(self.sdt) * self.la) / torch.expm1(self.la)  # Σ_{r<n} α^r, (B,K)
-        return {'S': torch.einsum('btk,btd->bkd', W, h.to(self.sdt)), 'Z': Z}
-    def step(self, state, h_t):
-        S = self.a[None, :, None] * state['S'] + h_t.to(self.sdt)[:, None, :]
-        Z = self.a * state['Z'] + 1
-        return (S / Z[..., None]).to(self.dtype), {'S': S, 'Z': Z}
-
-class LegTStream(PoolStream):
-    "HiPPO-LegT: Legendre coefficients c ← Â c + B̂ h, per feature."
-    def __init__(self, pool, device=None, dtype=torch.float32):
-        super().__init__(pool, device, dtype)
-        Ad, Bd = pool.discrete(device)
-        self.Ad, self.Bd = Ad.detach().to(device=device, dtype=self.sdt), Bd.detach().to(device=device, dtype=self.sdt)
-    def prefix_state(self, h, n):
-        lag, valid = self._lag(h, n)
-        M = self.pool.kernel(h.shape[1], h.device, torch.float64).detach().to(self.sdt)  # Â^j B̂, (T,K)
-        return {'c': torch.einsum('btk,btd->bkd', M[lag] * valid[..., None], h.to(self.sdt))}
-    def step(self, state, h_t):
-        c = torch.einsum('nm,bmd->bnd', self.Ad, state['c']) + self.Bd[None, :, None] * h_t.to(self.sdt)[:, None, :]
-        return c.to(self.dtype), {'c': c}
-
-class S4DStream(PoolStream):
-    "S4D: complex modes s_k ← Â_k s_k + h, ξ_k = 2 Re(B̂_k s_k)."
-    def __init__(self, pool, device=None, dtype=torch.float32):
-        super().__init__(pool, device, dtype)
-        la, Bd = pool.discrete(self.sdt)
-        self.la, self.Bd = la.detach().to(device), Bd.detach().to(device)
-        self.A = self.la.exp()
-    def prefix_state(self, h, n):
-        lag, valid = self._lag(h, n)
-        W = torch.exp(lag[..., None].to(self.la.dtype) * self.la) * valid[..., None]   # Â_k^(n-1-s), (B,T,K)
-        return {'s': torch.einsum('btk,btd->bkd', W, h.to(self.la.dtype))}
-    def step(self, state, h_t):
-        s = self.A[None, :, None] * state['s'] + h_t.to(self.la.dtype)[:, None, :]
-        return (2 * (self.Bd[None, :, None] * s).real).to(self.dtype), {'s': s}
-
-class GenericStream(PoolStream):
-    "Any other pool: its own `init_state`/`step`, the prefix consumed token by token (equal-length rows only)."
-    def prefix_state(self, h, n):
-        B, T, d = h.shape
-        if not bool((n == T).all()):
-            raise ValueError(f"{type(self.pool).__name__} has no padded-prefix rule: pass prompts of equal length (no padding)")
-        st = self.pool.init_state(B, d, device=h.device, dtype=h.dtype)
-        for t in range(T): _, st = self.pool.step(st, h[:, t])
-        return st
-    def step(self, state, h_t):
-        xi, st = self.pool.step(state, h_t)
-        return xi.to(self.dtype), st
-
-STREAM_RULES = {CumulativeMeanPool: CumMeanStream, EMAPool: EMAStream, HiPPOLegTPool: LegTStream, S4DPool: S4DStream}
-
-def pool_stream(pool:XiPool, # a context pool
-                device=None, dtype=torch.float32) -> PoolStream:
-    "The streaming rule of `pool`, its constants (α, Â, B̂) computed once."
-    if not isinstance(pool, XiPool): raise TypeError(f"pool must be a semsim.context.XiPool, got {type(pool).__name__}")
-    return STREAM_RULES.get(type(pool), GenericStream)(pool, device, dtype)
-
-# %% ../nbs/31_streaming.ipynb #87df1a9b
-_GELU_CONSTS = {}   # (dtype, device) -> (1/√2, 1/2, -1/2) as 0-d tensors: a Python float operand costs a dtype conversion per op
-
-def gelu_and_prime(z:Tensor) -> tuple: # (GELU(z), GELU'(z)), each shaped like z
-    "The exact GELU and its derivative together, sharing Φ(z): GELU = zΦ, GELU' = Φ + zφ."
-    key = (z.dtype, z.device)
-    if key not in _GELU_CONSTS: _GELU_CONSTS[key] = tuple(torch.tensor(x, dtype=z.dtype, device=z.device) for x in (0.7071067811865476, 0.5, -0.5))
-    r2, half, mhalf = _GELU_CONSTS[key]
-    Phi = torch.erf(z * r2).mul_(half).add_(half)                          # Φ(z)
-    return z * Phi, torch.addcmul(Phi, z, torch.exp(z * z * mhalf), value=0.3989422804014327)   # zΦ, Φ + z e^{-z²/2}/√(2π)
-
-def mlp_energy_and_force(pot:MLPPotential, # the MLP potential
-                         xi:Tensor, # context, (..., D_xi), e.g. (B,T,D_xi)
-                         h:Tensor, # hidden states, (..., d)
-                         need_energy:bool=True, # False: skip V's last product (decoding needs only f)
-                        ) -> tuple: # (V (...) or None, f (..., d)), no graph
-    "V and f = -∂V/∂h of an MLP potential by a hand-written backward pass."
-    lins = [m for m in pot.net if isinstance(m, nn.Linear)]
-    D, d, W1 = xi.shape[-1], h.shape[-1], lins[0].weight
-    if (D, d) != (pot.d_xi, pot.d) or xi.shape[:-1] != h.shape[:-1]:
-        raise ValueError(f"xi {tuple(xi.shape)} and h {tuple(h.shape)} must share their leading axes and end in D_xi={pot.d_xi}, d={pot.d}")
-    x, y = xi.reshape(-1, D), h.reshape(-1, d)                             # tokens flattened, (N,D_xi), (N,d)
-    a, gp = gelu_and_prime(torch.addmm(torch.addmm(lins[0].bias, x, W1[:, :D].t()), y, W1[:, D:].t()))  # W₁[ξ;h]+b₁, no concatenation (out of place: FlopCounterMode misses addmm_)
-    gps = [gp]
-    for lin in lins[1:-1]:
-        a, gp = gelu_and_prime(torch.addmm(lin.bias, a, lin.weight.t())); gps.append(gp)
-    V = F.linear(a, lins[-1].weight, lins[-1].bias).reshape(h.shape[:-1]) if need_energy else None
-    g = lins[-1].weight * gps[-1]                                          # ∂V/∂z_{D-1}, (N,hidden)
-    for lin, gp in zip(lins[-2:0:-1], gps[-2::-1]): g = (g @ lin.weight).mul_(gp)   # ∂V/∂z_{i-1} = (∂V/∂z_i Wᵢ) ⊙ GELU'(z_{i-1})
-    return V, (g @ W1[:, D:]).neg_().reshape(h.shape)                     # only the h columns of W₁
-
-def fast_energy_and_force(pot:Potential, # any semsim potential
-                          xi:Tensor, # context, (B,T,D_xi)
-                          h:Tensor, # hidden states, (B,T,d)
-                          need_energy:bool=True, # False: the MLP skips its last product (V may then be None)
-                         ) -> tuple: # (V (B,T), f (B,T,d)), no graph
-    "Energy and force for inference: closed form where the potential has one, a manual backward for MLPs."
-    if type(pot) is MLPPotential: return mlp_energy_and_force(pot, xi, h, need_energy)
-    if type(pot) is SQ4Potential:
-        Vs, gs = pot.sq1.energy_and_grad(xi, h)
-        Vm, fm = mlp_energy_and_force(pot.mlp, xi, h)
-        return Vs + pot.alpha * Vm, -gs + pot.alpha * fm
-    return pot.energy_and_force(xi, h)
 
 # %% ../nbs/31_streaming.ipynb #cf82ccfd
 class SPLMCache:
@@ -203,24 +30,26 @@ class SPLMCache:
     is_compileable = False   # transformers: do not torch.compile generate() around it
     is_croppable = False     # a recurrent state cannot be rolled back by tokens
     is_linear = (True,)      # transformers ≥ 5.24: a recurrent (linear-time) layer, not key/value attention
-    def __init__(self, stream:PoolStream, # the pool's streaming rule
-                 states:list, # pool states: 1 if ξ is fixed from h_0, else one per force-evaluation layer (L)
+    def __init__(self, states:list, # pool states (semsim.context): 1 if ξ is fixed from h_0, else one per force-evaluation layer (L)
                  pos:Tensor, # next position of every row, (B,)
                  n_seen:int, # columns consumed, padding included
                  last_h:Tensor): # h_L of every row's last token, (B,d)
-        self.stream, self.states, self.pos, self.n_seen, self.last_h = stream, states, pos, n_seen, last_h
+        self.states, self.pos, self.n_seen, self.last_h = states, pos, n_seen, last_h
         self.max_pos = int(pos.max())  # largest next position (a Python int: no tensor reduction per token)
     def get_seq_length(self, layer_idx:int=0) -> int: return self.n_seen
     @property
     def batch_size(self) -> int: return self.pos.shape[0]
     @property
     def nbytes(self) -> int:
-        "Bytes held by the state (independent of the context length)."
-        ts = [t for st in self.states for t in st.values()] + [self.pos, self.last_h]
+        "Bytes held by the per-row state (independent of the context length; the pools' constants not counted)."
+        ts = [t for st in self.states for t in st.values() if isinstance(t, Tensor)] + [self.pos, self.last_h]
         return sum(t.numel() * t.element_size() for t in ts)
+    def copy(self) -> 'SPLMCache':
+        "An independent copy (decoding from it leaves this one as it is)."
+        return SPLMCache([dict(s) for s in self.states], self.pos.clone(), self.n_seen, self.last_h)
     def _map_rows(self, fn):
         B = self.batch_size
-        f = lambda t: fn(t) if t.dim() > 0 and t.shape[0] == B else t
+        f = lambda t: fn(t) if isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == B else t   # rows only: not the constants
         self.states = [{k: f(t) for k, t in st.items()} for st in self.states]
         self.pos, self.last_h = f(self.pos), f(self.last_h)
         self.max_pos = int(self.pos.max())
@@ -236,32 +65,15 @@ class SPLMCache:
         return f"SPLMCache(batch={self.batch_size}, states={len(self.states)}, seen={self.n_seen}, positions={pos}, bytes={self.nbytes})"
 
 # %% ../nbs/31_streaming.ipynb #6cec0b37
-def check_streamable(model:SPLMForCausalLM):
+SPLM_MODEL_TYPE = 'semsim-splm'   # SPLMConfig.model_type: what the decoder accepts (it imports no model class)
+
+def check_streamable(model): # an SPLMForCausalLM
     "Raise a clear error for models that no recurrent state can reproduce."
-    if not all(hasattr(model, a) for a in ('integrate', 'V_theta', 'xi_module', 'E', 'P')):   # duck-typed: notebooks redefine the class
-        raise TypeError(f"expected an SPLMForCausalLM, got {type(model).__name__}")
+    if getattr(getattr(model, 'config', None), 'model_type', None) != SPLM_MODEL_TYPE:
+        raise TypeError(f"expected an SPLMForCausalLM (config.model_type {SPLM_MODEL_TYPE!r}), got {type(model).__name__}")
     if not model.config.causal_force:
         raise ValueError("causal_force=False (the historical leak) is not causal: token t's force depends on later tokens "
                          "through ξ, so no streaming state can reproduce it; use use_cache=False (full recompute)")
-
-def check_token_ids(model, ids:Tensor, # token ids, (B,T) or (T,)
-                    name:str='input_ids') -> Tensor: # (B,T)
-    "Validate token ids against the model's vocabulary, naming the problem."
-    if not isinstance(ids, Tensor): raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(ids).__name__}")
-    if ids.dtype.is_floating_point or ids.dtype == torch.bool: raise ValueError(f"{name} must be integer token ids, got dtype {ids.dtype}")
-    if ids.dim() == 1: ids = ids[None]
-    if ids.dim() != 2 or ids.shape[1] == 0: raise ValueError(f"{name} must have shape (B,T) with T ≥ 1, got {tuple(ids.shape)}")
-    V = model.config.vocab_size
-    lo, hi = int(ids.min()), int(ids.max())
-    if lo < 0 or hi >= V: raise ValueError(f"{name} must lie in [0, {V}), found range [{lo}, {hi}]")
-    return ids
-
-def check_position(model, last_pos:int):
-    "Positions are rows of P: past max_len is an error, never a silent wrap."
-    L = model.config.max_len
-    if last_pos >= L:
-        raise ValueError(f"position {last_pos} is past max_len={L}: the positional table P has {L} rows and the streaming "
-                         f"decoder never wraps or crops; keep prompt + new tokens ≤ {L}, or use a model with a larger max_len")
 
 def _h0_mass(model, ids:Tensor, # (B,T)
              pos:Tensor, # positions, (T,) or (B,T)
@@ -272,85 +84,63 @@ def _h0_mass(model, ids:Tensor, # (B,T)
 
 # %% ../nbs/31_streaming.ipynb #677a80da
 @torch.no_grad()
-def splm_prefill(model:SPLMForCausalLM, # a causal SPLM
+def splm_prefill(model, # a causal SPLMForCausalLM
                  input_ids:Tensor, # prompt, (B,T)
                  attention_mask:Optional[Tensor]=None, # (B,T): 1 token, 0 left padding
                  logits_to_keep:int=0, # 0: logits of every position; k: of the last k positions
                 ) -> tuple: # (logits (B,T or k,V), SPLMCache)
     "Run the prompt in one parallel pass; return its logits and the recurrent state after it."
     check_streamable(model)
-    ids = check_token_ids(model, input_ids)
+    c = model.config
+    ids = check_input_ids(input_ids, c.vocab_size)
     B, T = ids.shape
     n = left_pad_lengths(attention_mask, B, T, ids.device)
-    check_position(model, T - 1)
+    check_position(c.max_len, T - 1)
     shift = T - n                                                          # padding per row
     r_ids = roll_rows(ids, shift)                                          # row b's tokens at [0, n_b)
     h0, m = _h0_mass(model, r_ids, torch.arange(T, device=ids.device))
     hs = model.integrate(h0, m, model.gamma())['positions']                # h_0 .. h_L, (B,T,d) each
-    c = model.config
-    stream = pool_stream(model.xi_module, ids.device, h0.dtype)
-    states = [stream.prefix_state(hs[l], n) for l in ([0] if c.xi_fixed else range(c.L))]
+    sdt = state_dtype(ids.device)
+    states = [model.xi_module.prefix_state(hs[l], n, sdt) for l in ([0] if c.xi_fixed else range(c.L))]
     hL = hs[-1]
     last = hL.gather(1, (n - 1).view(B, 1, 1).expand(B, 1, hL.shape[-1]))[:, 0]
     if logits_to_keep == 1: logits = F.linear(last, model.E.weight)[:, None]   # generate(): the last token only
     else:
         logits = roll_rows(F.linear(hL, model.E.weight), -shift)           # back to the left-padded layout
         if logits_to_keep: logits = logits[:, -logits_to_keep:]
-    return logits, SPLMCache(stream, states, n.clone(), T, last)
+    return logits, SPLMCache(states, n.clone(), T, last)
 
+# %% ../nbs/31_streaming.ipynb #2047b359
 @torch.no_grad()
-def splm_decode_step(model:SPLMForCausalLM, # the model the cache was built with
+def splm_decode_step(model, # the SPLMForCausalLM the cache was built with
                      cache:SPLMCache, # state after the previous tokens (updated in place)
                      next_ids:Tensor, # one new token per row (B,), or several (B,n)
                     ) -> tuple: # (logits (B,n,V), cache)
     "Advance every row by its new token(s): O(L) work per token at any context length."
-    ids = check_token_ids(model, next_ids, 'next_ids')
+    c = model.config
+    ids = check_input_ids(next_ids, c.vocab_size, name='next_ids')
     if next_ids.dim() == 1: ids = next_ids[:, None]
     B, n = ids.shape
     if B != cache.batch_size: raise ValueError(f"next_ids has batch size {B} but the cache holds {cache.batch_size} sequences")
-    check_position(model, cache.max_pos + n - 1)
-    c, out = model.config, []
-    gamma, dt, pot, stream, states = model.gamma(), c.dt, model.V_theta, cache.stream, cache.states
+    check_position(c.max_len, cache.max_pos + n - 1)
+    gamma, pool, pot, states, out = model.gamma(), model.xi_module, model.V_theta, cache.states, []
     for j in range(n):
-        h, m = _h0_mass(model, ids[:, j:j + 1], cache.pos[:, None])        # (B,1,d), (B,1,1)
+        h0, m = _h0_mass(model, ids[:, j:j + 1], cache.pos[:, None])       # (B,1,d), (B,1,1)
         if c.xi_fixed:
-            xi0, states[0] = stream.step(states[0], h[:, 0])
-            xi0 = xi0.reshape(B, 1, -1)
+            xi0, states[0] = pool.step(states[0], h0[:, 0])
         def force(l, h):
-            "Force at layer l: ξ from that layer's state (or the fixed ξ), then the potential."
+            "Force at layer l: ξ from that layer's pool state (or the fixed ξ), then the potential (no graph)."
             if c.xi_fixed: xi = xi0
-            else:
-                xi, states[l] = stream.step(states[l], h[:, 0])
-                xi = xi.reshape(B, 1, -1)
-            return fast_energy_and_force(pot, xi, h, need_energy=False)[1]
-        v = torch.zeros_like(h)
-        if c.integrator == 'verlet':                                       # the same steps as SPLMForCausalLM.integrate
-            f = force(0, h)
-            for l in range(c.L):
-                h, v = verlet_kick_drift(h, v, f, m, gamma, dt)
-                h = model._ln(h)
-                if l + 1 < c.L:                                            # the force at h_L only moves v_L: skipped
-                    f = force(l + 1, h)
-                    v = verlet_kick(v, f, m, gamma, dt)
-        else:
-            for l in range(c.L):
-                f = force(l, h)
-                if c.integrator == 'euler': h, v = damped_euler_step(h, v, f, m, gamma, dt)
-                else: h = first_order_step(h, f, m, dt)
-                h = model._ln(h)
+            else: xi, states[l] = pool.step(states[l], h[:, 0])
+            return pot.energy_and_force(xi.reshape(B, 1, -1), h, need_energy=False)[1], None
+        h = integrate(force, h0, m, gamma, c.dt, c.L, c.integrator, project=model._ln if c.ln_after_step else None,
+                      final_force=False)['positions'][-1]                  # the same loop as the parallel forward
         cache.last_h, cache.pos, cache.n_seen, cache.max_pos = h[:, 0], cache.pos + 1, cache.n_seen + 1, cache.max_pos + 1
         out.append(F.linear(h, model.E.weight))
     return torch.cat(out, 1), cache
 
 # %% ../nbs/31_streaming.ipynb #5e79eda2
-def _check_new_tokens_mask(attention_mask, B:int, past:int, n:int):
-    "During decoding the mask must cover cached + new columns, and new tokens cannot be padding."
-    if attention_mask is None: return
-    m = torch.as_tensor(attention_mask)
-    if m.shape != (B, past + n): raise ValueError(f"attention_mask must cover the cached and new tokens, shape {(B, past + n)}, got {tuple(m.shape)}")
-    if not bool((m[:, past:] == 1).all()): raise ValueError("tokens after the prompt cannot be padding: attention_mask[:, past:] must be all ones")
-
-def streaming_forward(model:SPLMForCausalLM, # a causal SPLM
+def streaming_forward(model, # a causal SPLMForCausalLM
                       input_ids:Optional[Tensor]=None, # the prompt (no cache) or the new tokens, (B,n)
                       cache:Optional[SPLMCache]=None, # state so far; None: prefill
                       attention_mask:Optional[Tensor]=None, # (B, past+n): 1 token, 0 left padding
@@ -366,128 +156,16 @@ def streaming_forward(model:SPLMForCausalLM, # a causal SPLM
     past = resolve_cache(cache, past_key_values)
     if past is None: logits, cache = splm_prefill(model, input_ids, attention_mask, logits_to_keep)
     else:
-        if not all(hasattr(past, a) for a in ('stream', 'states', 'pos')):
+        if not isinstance(past, SPLMCache):
             raise TypeError(f"the cache must be the SPLMCache of an earlier call with use_cache=True, got {type(past).__name__}")
         ids = input_ids if input_ids.dim() == 2 else input_ids[None]
-        _check_new_tokens_mask(attention_mask, ids.shape[0], past.get_seq_length(), ids.shape[1])
+        check_new_tokens_mask(attention_mask, ids.shape[0], past.get_seq_length(), ids.shape[1])
         logits, cache = splm_decode_step(model, past, ids)
         if logits_to_keep: logits = logits[:, -logits_to_keep:]
     loss = lm_loss(logits, labels) if labels is not None else None
     return lm_output(logits, loss, cache if use_cache else None)
 
-def generation_inputs(model, input_ids:Tensor, # all ids so far, (B,T)
-                      new_cache, # callable () -> empty cache (or None to let the model's forward make it)
-                      cache=None, attention_mask=None, use_cache=None, logits_to_keep=None,
-                      next_sequence_length=None, past_key_values=None, **kwargs) -> dict:
-    "`prepare_inputs_for_generation`: with a cache, the unseen (last) tokens only; without, the last max_len tokens."
-    past_key_values = resolve_cache(cache, past_key_values)               # generate() passes `cache` (≥ 5.24) or `past_key_values`
-    use_cache = model.config.use_cache if use_cache is None else use_cache
-    if not use_cache:
-        L = model.config.max_len
-        out = {'input_ids': input_ids[:, -L:], 'use_cache': False}
-        if attention_mask is not None and not bool(attention_mask[:, -L:].all()): out['attention_mask'] = attention_mask[:, -L:]
-        return out
-    if past_key_values is None: past_key_values = new_cache()
-    ids = input_ids
-    if next_sequence_length is not None: ids = input_ids[:, -next_sequence_length:]
-    elif past_key_values is not None and past_key_values.get_seq_length() > 0: ids = input_ids[:, past_key_values.get_seq_length():]
-    out = {'input_ids': ids, 'cache': past_key_values, 'attention_mask': attention_mask, 'use_cache': True}
-    if logits_to_keep is not None: out['logits_to_keep'] = logits_to_keep
-    return out
-
-def splm_generation_inputs(model:SPLMForCausalLM, input_ids:Tensor, **kwargs) -> dict:
+def splm_generation_inputs(model, input_ids:Tensor, **kwargs) -> dict:
     "The SPLM's `prepare_inputs_for_generation` (the cache is created by the prefill; the leak mode always recomputes)."
     if not model.config.causal_force: kwargs['use_cache'] = False          # no state can reproduce the acausal leak
     return generation_inputs(model, input_ids, lambda: None, **kwargs)
-
-# %% ../nbs/31_streaming.ipynb #35edbe6c
-class KVCache:
-    "Keys and values of every attention block, in buffers that grow by doubling (append never copies the past)."
-    is_compileable = False
-    is_croppable = False
-    def __init__(self, n_layers:int, # number of attention blocks
-                 capacity:int=0): # initial buffer length in tokens (0: sized by the first update)
-        if not isinstance(n_layers, int) or isinstance(n_layers, bool) or n_layers < 1: raise ValueError(f"n_layers must be a positive integer, got {n_layers!r}")
-        self.n_layers, self.capacity = n_layers, int(capacity)
-        self.k, self.v, self.lens = [None] * n_layers, [None] * n_layers, [0] * n_layers
-    def update(self, k:Tensor, # new keys, (B,H,n,dh)
-               v:Tensor, # new values, (B,H,n,dh)
-               layer_idx:int) -> tuple: # every key and value of the layer so far, (B,H,T,dh) each
-        "Append one layer's new keys/values and return all of them (the transformers `Cache.update` API)."
-        n, T0, buf = k.shape[2], self.lens[layer_idx], self.k[layer_idx]
-        if buf is None or T0 + n > buf.shape[2]:
-            cap = max(self.capacity, T0 + n, 2 * (buf.shape[2] if buf is not None else 0))
-            nk, nv = k.new_empty(*k.shape[:2], cap, k.shape[3]), v.new_empty(*v.shape[:2], cap, v.shape[3])
-            if buf is not None: nk[:, :, :T0], nv[:, :, :T0] = buf[:, :, :T0], self.v[layer_idx][:, :, :T0]
-            self.k[layer_idx], self.v[layer_idx] = nk, nv
-        self.k[layer_idx][:, :, T0:T0 + n], self.v[layer_idx][:, :, T0:T0 + n] = k, v
-        self.lens[layer_idx] = T0 + n
-        return self.k[layer_idx][:, :, :T0 + n], self.v[layer_idx][:, :, :T0 + n]
-    def get_seq_length(self, layer_idx:int=0) -> int: return self.lens[layer_idx]
-    @property
-    def is_linear(self) -> list: return [False] * self.n_layers   # transformers ≥ 5.24: key/value layers, sliced by position
-    @property
-    def nbytes(self) -> int:
-        "Bytes of the cached keys and values, 2·L·B·T·d·itemsize (grows with the context)."
-        return sum(2 * k[:, :, :n].numel() * k.element_size() for k, n in zip(self.k, self.lens) if k is not None)
-    def _map_rows(self, fn):
-        for i in range(self.n_layers):
-            if self.k[i] is not None: self.k[i], self.v[i] = fn(self.k[i]), fn(self.v[i])
-    def reorder_cache(self, beam_idx:Tensor): self._map_rows(lambda t: t.index_select(0, beam_idx.to(t.device)))
-    def batch_select_indices(self, indices:Tensor): self.reorder_cache(indices)
-    def batch_repeat_interleave(self, repeats:int): self._map_rows(lambda t: t.repeat_interleave(repeats, 0))
-    def __repr__(self): return f"KVCache(layers={self.n_layers}, seen={self.lens[0]}, bytes={self.nbytes})"
-
-# %% ../nbs/31_streaming.ipynb #bda089cc
-def _key_mask(attention_mask, B:int, past:int, n:int, device) -> Optional[Tensor]:
-    "Valid keys per row from a left-padding mask over cached + new columns, (B, past+n); None without a mask."
-    if attention_mask is None: return None
-    m = torch.as_tensor(attention_mask, device=device)
-    if m.shape != (B, past + n): raise ValueError(f"attention_mask must cover the cached and new tokens, shape {(B, past + n)}, got {tuple(m.shape)}")
-    left_pad_lengths(m, B, past + n, device)
-    return m.bool()
-
-@torch.no_grad()
-def gpt_forward(model:MatchedGPTForCausalLM, # the attention baseline
-                input_ids:Tensor, # prompt or new tokens, (B,n)
-                cache=None, # KVCache (or a transformers Cache); None: a new KVCache when use_cache
-                attention_mask:Optional[Tensor]=None, # (B, past+n): 1 token, 0 left padding
-                use_cache:bool=True, # keep and return the cache
-                logits_to_keep:int=0, # 0: every position; k: the last k
-                labels:Optional[Tensor]=None, # ids for the shifted loss
-                past_key_values=None, # `cache` under its pre-5.24 name
-                **kwargs) -> CausalLMOutputWithPast:
-    "MatchedGPT forward with a KV cache; positions and keys follow the left-padding mask."
-    if not all(hasattr(model, a) for a in ('blocks', 'ln_f', 'E', 'P')): raise TypeError(f"expected a MatchedGPTForCausalLM, got {type(model).__name__}")
-    c = model.config
-    ids = check_token_ids(model, input_ids)
-    B, n = ids.shape
-    cache = resolve_cache(cache, past_key_values)
-    if cache is None and use_cache: cache = KVCache(c.n_layer)
-    past = cache.get_seq_length() if cache is not None else 0
-    km = _key_mask(attention_mask, B, past, n, ids.device)
-    pos = torch.arange(past, past + n, device=ids.device)[None] if km is None else (km.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
-    check_position(model, int(pos.max()))
-    x = model.drop(model.E(ids) + model.P[pos])
-    d, H = c.d, c.n_head
-    mask, causal = None, km is None and n > 1 and past == 0
-    if km is not None or (n > 1 and past > 0):
-        q_pos, k_pos = torch.arange(past, past + n, device=ids.device), torch.arange(past + n, device=ids.device)
-        allowed = k_pos[None, None] <= q_pos[None, :, None]                # causal, (1,n,T)
-        if km is not None: allowed = (allowed & km[:, None, :]) | (k_pos[None, None] == q_pos[None, :, None])
-        mask = allowed[:, None]                                            # (B or 1, 1, n, T)
-    for i, blk in enumerate(model.blocks):
-        q, k, v = blk.attn.qkv(blk.ln1(x)).split(d, dim=-1)
-        q, k, v = (t.view(B, n, H, d // H).transpose(1, 2) for t in (q, k, v))
-        if cache is not None: k, v = cache.update(k, v, i)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
-        x = x + blk.drop(blk.attn.proj(y.transpose(1, 2).reshape(B, n, d)))
-        x = x + blk.drop(blk.mlp(blk.ln2(x)))
-    if logits_to_keep: x = x[:, -logits_to_keep:]
-    logits = F.linear(model.ln_f(x), model.E.weight)
-    loss = lm_loss(logits, labels) if labels is not None else None
-    return lm_output(logits, loss, cache if use_cache else None)
-
-def gpt_generation_inputs(model:MatchedGPTForCausalLM, input_ids:Tensor, **kwargs) -> dict:
-    "MatchedGPT's `prepare_inputs_for_generation`: a fresh KVCache, then the last token only."
-    return generation_inputs(model, input_ids, lambda: KVCache(model.config.n_layer), **kwargs)

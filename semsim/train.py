@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .core import atomic_write_text, set_seed, get_device
+from .core import atomic_write_text, set_seed, get_device, check_positive_ints
 from .data import tokenize_corpus, get_batch, logfreq_surprisal, gpt2_tokenizer, GPT2_VOCAB_SIZE
 
 # %% auto #0
@@ -219,9 +219,7 @@ def _max_len_of(kw:dict) -> Optional[int]:
 def validate_config(cfg:TrainConfig) -> None:
     "Refuse bad values before any work, naming the field."
     if cfg.model not in MODELS: raise ValueError(f"unknown model {cfg.model!r}; known models: {', '.join(MODELS)}")
-    for k in ('d', 'L', 'batch_size', 'block_size', 'max_steps', 'eval_every', 'eval_iters', 'ckpt_every'):
-        v = getattr(cfg, k)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{k} must be a positive integer, got {v!r}")
+    check_positive_ints(cfg, ('d', 'L', 'batch_size', 'block_size', 'max_steps', 'eval_every', 'eval_iters', 'ckpt_every'))
     for k in ('warmup', 'weight_decay', 'vocab_size', 'threads'):
         if getattr(cfg, k) < 0: raise ValueError(f"{k} must be >= 0, got {getattr(cfg, k)!r}")
     for k in ('lr', 'grad_clip'):

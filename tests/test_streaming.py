@@ -5,8 +5,9 @@ import torch
 import torch.nn as nn
 
 from semsim.splm import SPLMConfig, SPLMForCausalLM
-from semsim.baselines import MatchedGPTConfig, MatchedGPTForCausalLM, output_cache
-from semsim.streaming import KVCache, SPLMCache, gpt_forward, splm_decode_step, splm_prefill, streaming_forward
+from semsim.baselines import KVCache, MatchedGPTConfig, MatchedGPTForCausalLM
+from semsim.lm import output_cache
+from semsim.streaming import SPLMCache, splm_decode_step, splm_prefill, streaming_forward
 
 VOCAB = 61
 torch.set_num_threads(1)
@@ -111,4 +112,4 @@ def test_state_size_independent_of_context():
     ids = torch.randint(0, VOCAB, (1, 200))
     assert len({splm_prefill(m, ids[:, :T])[1].nbytes for T in (5, 50, 200)}) == 1
     g = MatchedGPTForCausalLM(MatchedGPTConfig(vocab_size=VOCAB, d=12, n_layer=2, n_head=2, max_len=256)).eval()
-    assert [output_cache(gpt_forward(g, ids[:, :T])).nbytes for T in (5, 50)] == [2 * 2 * T * 12 * 4 for T in (5, 50)]
+    assert [output_cache(g(ids[:, :T], use_cache=True)).nbytes for T in (5, 50)] == [2 * 2 * T * 12 * 4 for T in (5, 50)]
