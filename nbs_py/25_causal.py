@@ -58,6 +58,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from semsim.splm import SPLMConfig, SPLMForCausalLM
+
 # %% [markdown]
 # ## The report
 
@@ -270,7 +272,6 @@ def option_grid(full:bool=False) -> list:
 
 def probe_grid(grid:list, base:Optional[dict]=None, seed:int=0, **probe_kw) -> list:
     "Probe every combination with causal_force True and False: list of (options, report_causal, report_leaky)."
-    from semsim.splm import SPLMConfig, SPLMForCausalLM
     base = base or dict(vocab_size=61, d=16, max_len=48, L=3, v_hidden=32, v_depth=2)
     out = []
     for i, kw in enumerate(grid):

@@ -47,6 +47,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from semsim.core import atomic_write_text, set_seed, get_device, check_positive_ints
+from semsim.models import MODELS, ModelSpec, model_fields, model_spec
+from semsim.causal import causal_probe
 from semsim.data import tokenize_corpus, get_batch, logfreq_surprisal, gpt2_tokenizer, GPT2_VOCAB_SIZE
 
 # %%
@@ -156,78 +158,9 @@ PRESETS = {
 # %% [markdown]
 # ## Model families
 #
-# `MODELS` maps a family name to a `ModelSpec`: how to make its config from a `TrainConfig`, how to build it, whether
-# its force is an `autograd.grad` inside the forward (then evaluation needs gradients enabled and `torch.compile`
-# is not used), and which scalars to log. The SPLM families are the named configurations of `SPLMConfig.PRESETS`
-# (chapter SPLM) with the generic sizes on top; every one of them takes the logfreq surprisal of the training split
-# when its mass mode is `logfreq`. The registry is a plain dict: a new family is one more entry.
-
-# %%
-#| export
-@dataclass
-class ModelSpec:
-    "How the trainer builds and inspects one model family."
-    help: str                 # one line for --list
-    config_cls: Callable      # () -> the family's config class (imported lazily)
-    defaults: Callable        # (TrainConfig) -> model-config kwargs from the generic size fields
-    build: Callable           # (config, RunData) -> model
-    autograd_force: Callable = lambda m: False  # (model) -> True when the force is autograd.grad inside forward
-    stats: Callable = lambda m, x: {}            # (model, x) -> scalars for the log (γ, mass, ξ decays)
-
-def _matched_cls():
-    from semsim.baselines import MatchedGPTConfig
-    return MatchedGPTConfig
-
-def _matched_build(conf, data=None):
-    from semsim.baselines import MatchedGPTForCausalLM
-    return MatchedGPTForCausalLM(conf)
-
-def _splm_cls():
-    from semsim.splm import SPLMConfig
-    return SPLMConfig
-
-def _splm_build(conf, data=None):
-    from semsim.splm import SPLMForCausalLM
-    m = SPLMForCausalLM(conf)
-    if conf.mass_mode == 'logfreq' and data is not None: m.set_logfreq_surprisal(data.surprisal)
-    return m
-
-@torch.no_grad()
-def _splm_stats(m, x:Tensor) -> dict: # x: input ids, (B,T)
-    "γ, statistics of the per-token masses of the batch, and the EMA decays α_k when the pool has them."
-    ms = m.mass(x, m.E(x))[..., 0].float()
-    r = {'gamma': float(m.gamma()), 'mass_mean': float(ms.mean()), 'mass_std': float(ms.std()) if ms.numel() > 1 else 0.0,
-         'mass_min': float(ms.min()), 'mass_max': float(ms.max())}
-    a = getattr(m.xi_module, 'alpha', None)
-    if isinstance(a, Tensor): r['xi_alpha'] = [round(float(v), 6) for v in a]
-    return r
-
-def _splm_spec(preset:str, help:str) -> ModelSpec:
-    return ModelSpec(help, _splm_cls,
-                     lambda c: {**_splm_cls().PRESETS[preset], 'd': c.d, 'L': c.L, 'v_hidden': c.v_hidden,
-                                'v_depth': c.v_depth, 'max_len': c.max_len},
-                     _splm_build, autograd_force=lambda m: not m.V_theta.closed_form, stats=_splm_stats)
-
-MODELS = {
-    'splm-em-ln': _splm_spec('em_ln', 'SPLM em_ln: SARF ξ, logfreq mass, LayerNorm after each step, free γ (§5.3)'),
-    'splm-multixi': _splm_spec('multixi', 'multi-ξ SPLM: 4-channel EMA ξ, em_ln, γ 0.30 fixed (§5.4)'),
-    'splm-sq3': _splm_spec('sq3_multixi', 'multi-ξ SPLM with the SQ3 mixture potential, K_mix 8, λ_V 0.01 (§5.5)'),
-    'splm-vanilla': _splm_spec('vanilla', 'vanilla SPLM: cumulative-mean ξ fixed from h_0, global mass (§5.1)'),
-    'splm-sarf-logfreq': _splm_spec('sarf_logfreq', 'SARF-faithful SPLM with logfreq mass, no LN (§5.2)'),
-    'splm-em-sg': _splm_spec('em_sg', 'SPLM em_sg: input-state scale gauge λ_V0 = 1e-3 (§5.3)'),
-    'splm-first-order': _splm_spec('first_order', 'first-order ablation SPLM-1 (§5.6)'),
-    'splm-verlet': _splm_spec('verlet', 'velocity-Verlet SPLM (§5.7)'),
-    'splm-multixi-hippo': _splm_spec('multixi_hippo', 'multi-ξ SPLM, HiPPO-LegT pool θ = 200 (§5.4)'),
-    'splm-multixi-s4d': _splm_spec('multixi_s4d', 'multi-ξ SPLM, S4D pool (§5.4)'),
-    'matched-gpt': ModelSpec('MatchedGPT: the pre-LN GPT-2 attention baseline (§5.12)', _matched_cls,
-                             lambda c: dict(d=c.d, n_layer=c.L, n_head=c.n_head, max_len=c.max_len), _matched_build),
-}
-
-def model_fields(name:str) -> dict:
-    "Config fields of a model family with their default values (what `--set` may target beyond TrainConfig)."
-    if name not in MODELS: raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
-    return {k: v for k, v in MODELS[name].config_cls()().to_dict().items() if not k.startswith('_')}
-
+# `--model` names a member of the model family: a key of `semsim.models.MODELS` (chapter *Model registry*), whose
+# `ModelSpec` says how to make its config from the generic sizes of a `TrainConfig`, how to build it, whether its
+# force is an `autograd.grad` inside the forward, and which scalars to log.
 
 # %% [markdown]
 # ## Options from the command line
@@ -340,7 +273,7 @@ def validate_config(cfg:TrainConfig) -> None:
     if ml is not None and cfg.block_size > ml:
         raise ValueError(f"block_size {cfg.block_size} exceeds the model's max_len {ml} (its positional table): "
                          f"lower block_size or raise max_len")
-    MODELS[cfg.model].config_cls()(**model_kwargs(cfg, max(cfg.vocab_size, 1)))   # the model's own checks
+    MODELS[cfg.model].config_cls(**model_kwargs(cfg, max(cfg.vocab_size, 1)))   # the model's own checks
 
 
 # %%
@@ -431,7 +364,7 @@ def prepare_data(cfg:TrainConfig) -> RunData:
 def build_model(cfg:TrainConfig, data:RunData) -> nn.Module:
     "The model `cfg` names, sized for the data's vocabulary (weights drawn from the current RNG state)."
     spec = MODELS[cfg.model]
-    return spec.build(spec.config_cls()(**model_kwargs(cfg, data.vocab_size)), data)
+    return spec.build(spec.config_cls(**model_kwargs(cfg, data.vocab_size)), data)
 
 def n_params(model:nn.Module) -> int:
     "Number of distinct parameters (a tied embedding counts once)."
@@ -558,14 +491,14 @@ def forward_loss(model:nn.Module, x:Tensor, # input ids, (B,T)
 # %%
 torch.manual_seed(0)
 mg = MODELS['matched-gpt']
-gpt = mg.build(mg.config_cls()(vocab_size=50, d=16, n_layer=1, n_head=2, max_len=32))
+gpt = mg.build(mg.config_cls(vocab_size=50, d=16, n_layer=1, n_head=2, max_len=32))
 win = torch.randint(0, 50, (3, 13)); x, y = win[:, :-1], win[:, 1:]
 total, ce, out = forward_loss(gpt, x, y)
 manual = -out.logits.log_softmax(-1).gather(-1, y[..., None]).mean()
 test_close(ce.item(), manual.item(), eps=1e-6); assert total is ce
 test_close(gpt(x, labels=x).loss.item(), F.cross_entropy(out.logits[:, :-1].reshape(-1, 50), y[:, :-1].reshape(-1)).item(), eps=1e-6)
 sp = MODELS['splm-em-ln']
-splm = sp.build(sp.config_cls()(**{**sp.defaults(make_config('smoke')), 'vocab_size': 50, 'd': 16, 'L': 2, 'lambda_v': 0.1}))
+splm = sp.build(sp.config_cls(**{**sp.defaults(make_config('smoke')), 'vocab_size': 50, 'd': 16, 'L': 2, 'lambda_v': 0.1}))
 total, ce, out = forward_loss(splm, x, y)
 test_close((total - ce).item(), out.v_reg.item(), eps=1e-7); assert out.v_reg.item() > 0
 
@@ -593,7 +526,6 @@ class NonFiniteError(RuntimeError):
 
 def probe_model(model:nn.Module, max_len:int):
     "semsim's causal probe on `model` (T = min(32, max_len)), leaving its mode, gradients and the global RNG as they were."
-    from semsim.causal import causal_probe
     T = min(32, max_len); t_pert = min(20, T - 4) if T > 8 else T // 2
     was = model.training
     with torch.random.fork_rng(devices=[]): rep = causal_probe(model, T=T, t_pert=t_pert, seed=0)
@@ -1088,7 +1020,7 @@ def load_run(path:Union[str, Path]): # a run folder (its latest checkpoint) or a
     cfg = TrainConfig(**json.loads((ck/'train_config.json').read_text()))
     vm = np.array(json.loads((ck/'vocab_map.json').read_text())) if (ck/'vocab_map.json').exists() else None
     spec = MODELS[cfg.model]
-    conf = spec.config_cls().from_pretrained(ck)
+    conf = spec.config_cls.from_pretrained(ck)
     model = spec.build(conf, None)
     return load_weights(model, ck).eval(), VocabCodec(vm), cfg
 
@@ -1242,9 +1174,8 @@ def _crashing_build(conf, data=None):
         return inner(*a, **k)
     m.forward = forward
     return m
-MODELS['test-crashing'] = ModelSpec('splm-em-ln that raises at a chosen training call (tests only)', _splm_cls,
-                                    MODELS['splm-em-ln'].defaults, _crashing_build, MODELS['splm-em-ln'].autograd_force,
-                                    MODELS['splm-em-ln'].stats)
+MODELS['test-crashing'] = replace(MODELS['splm-em-ln'], help='splm-em-ln that raises at a chosen training call (tests only)',
+                                              build=_crashing_build)
 small = dict(tiny, model='test-crashing', d=16, max_steps=30, eval_every=10, ckpt_every=10, probe=False)
 train(make_config(out=f'{runs.name}/whole', **small))
 crash.update(at=17, calls=0)
@@ -1283,7 +1214,7 @@ def _nan_build(conf, data=None):
         return o
     m.forward = forward
     return m
-MODELS['test-nan'] = ModelSpec('MatchedGPT whose logits turn NaN (tests only)', _matched_cls, MODELS['matched-gpt'].defaults, _nan_build)
+MODELS['test-nan'] = replace(MODELS['matched-gpt'], help='MatchedGPT whose logits turn NaN (tests only)', build=_nan_build)
 test_fail(lambda: train(make_config(out=f'{runs.name}/nan', **{**small, 'model': 'test-nan'})), contains='non-finite loss at step 25')
 test_eq(read_log(f'{runs.name}/nan/log.jsonl')[-1]['step'], 24)
 test_eq(latest_checkpoint(f'{runs.name}/nan').name, 'ckpt-20')

@@ -16,16 +16,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .core import atomic_write_text, set_seed, get_device, check_positive_ints
+from .models import MODELS, ModelSpec, model_fields, model_spec
+from .causal import causal_probe
 from .data import tokenize_corpus, get_batch, logfreq_surprisal, gpt2_tokenizer, GPT2_VOCAB_SIZE
 
 # %% auto #0
-__all__ = ['RUNTIME_FIELDS', 'PRESETS', 'MODELS', 'CKPT_PREFIX', 'ERRORS', 'TrainConfig', 'ModelSpec', 'model_fields',
-           'parse_value', 'make_config', 'model_kwargs', 'validate_config', 'VocabCodec', 'RunData',
-           'compact_vocabulary', 'prepare_data', 'build_model', 'n_params', 'lr_at', 'make_optimizer', 'forward_loss',
-           'CausalLeakError', 'NonFiniteError', 'probe_model', 'latest_checkpoint', 'save_checkpoint', 'load_weights',
-           'read_log', 'fixed_val_batches', 'evaluate', 'wrap_ddp', 'check_resumable', 'train', 'sample', 'plot_run',
-           'write_summary', 'load_run', 'train_together', 'plot_runs', 'add_train_args', 'config_from_args',
-           'run_train', 'main']
+__all__ = ['RUNTIME_FIELDS', 'PRESETS', 'CKPT_PREFIX', 'ERRORS', 'TrainConfig', 'parse_value', 'make_config', 'model_kwargs',
+           'validate_config', 'VocabCodec', 'RunData', 'compact_vocabulary', 'prepare_data', 'build_model', 'n_params',
+           'lr_at', 'make_optimizer', 'forward_loss', 'CausalLeakError', 'NonFiniteError', 'probe_model',
+           'latest_checkpoint', 'save_checkpoint', 'load_weights', 'read_log', 'fixed_val_batches', 'evaluate',
+           'wrap_ddp', 'check_resumable', 'train', 'sample', 'plot_run', 'write_summary', 'load_run', 'train_together',
+           'plot_runs', 'add_train_args', 'config_from_args', 'run_train', 'main']
 
 # %% ../nbs/30_train.ipynb #f068d624
 @dataclass
@@ -93,71 +94,6 @@ PRESETS = {
                  compact_vocab=True, max_steps=1200, lr=2e-3, weight_decay=0.01, warmup=60, eval_every=100,
                  eval_iters=20, ckpt_every=200, threads=1),
 }
-
-# %% ../nbs/30_train.ipynb #0986371b
-@dataclass
-class ModelSpec:
-    "How the trainer builds and inspects one model family."
-    help: str                 # one line for --list
-    config_cls: Callable      # () -> the family's config class (imported lazily)
-    defaults: Callable        # (TrainConfig) -> model-config kwargs from the generic size fields
-    build: Callable           # (config, RunData) -> model
-    autograd_force: Callable = lambda m: False  # (model) -> True when the force is autograd.grad inside forward
-    stats: Callable = lambda m, x: {}            # (model, x) -> scalars for the log (γ, mass, ξ decays)
-
-def _matched_cls():
-    from semsim.baselines import MatchedGPTConfig
-    return MatchedGPTConfig
-
-def _matched_build(conf, data=None):
-    from semsim.baselines import MatchedGPTForCausalLM
-    return MatchedGPTForCausalLM(conf)
-
-def _splm_cls():
-    from semsim.splm import SPLMConfig
-    return SPLMConfig
-
-def _splm_build(conf, data=None):
-    from semsim.splm import SPLMForCausalLM
-    m = SPLMForCausalLM(conf)
-    if conf.mass_mode == 'logfreq' and data is not None: m.set_logfreq_surprisal(data.surprisal)
-    return m
-
-@torch.no_grad()
-def _splm_stats(m, x:Tensor) -> dict: # x: input ids, (B,T)
-    "γ, statistics of the per-token masses of the batch, and the EMA decays α_k when the pool has them."
-    ms = m.mass(x, m.E(x))[..., 0].float()
-    r = {'gamma': float(m.gamma()), 'mass_mean': float(ms.mean()), 'mass_std': float(ms.std()) if ms.numel() > 1 else 0.0,
-         'mass_min': float(ms.min()), 'mass_max': float(ms.max())}
-    a = getattr(m.xi_module, 'alpha', None)
-    if isinstance(a, Tensor): r['xi_alpha'] = [round(float(v), 6) for v in a]
-    return r
-
-def _splm_spec(preset:str, help:str) -> ModelSpec:
-    return ModelSpec(help, _splm_cls,
-                     lambda c: {**_splm_cls().PRESETS[preset], 'd': c.d, 'L': c.L, 'v_hidden': c.v_hidden,
-                                'v_depth': c.v_depth, 'max_len': c.max_len},
-                     _splm_build, autograd_force=lambda m: not m.V_theta.closed_form, stats=_splm_stats)
-
-MODELS = {
-    'splm-em-ln': _splm_spec('em_ln', 'SPLM em_ln: SARF ξ, logfreq mass, LayerNorm after each step, free γ (§5.3)'),
-    'splm-multixi': _splm_spec('multixi', 'multi-ξ SPLM: 4-channel EMA ξ, em_ln, γ 0.30 fixed (§5.4)'),
-    'splm-sq3': _splm_spec('sq3_multixi', 'multi-ξ SPLM with the SQ3 mixture potential, K_mix 8, λ_V 0.01 (§5.5)'),
-    'splm-vanilla': _splm_spec('vanilla', 'vanilla SPLM: cumulative-mean ξ fixed from h_0, global mass (§5.1)'),
-    'splm-sarf-logfreq': _splm_spec('sarf_logfreq', 'SARF-faithful SPLM with logfreq mass, no LN (§5.2)'),
-    'splm-em-sg': _splm_spec('em_sg', 'SPLM em_sg: input-state scale gauge λ_V0 = 1e-3 (§5.3)'),
-    'splm-first-order': _splm_spec('first_order', 'first-order ablation SPLM-1 (§5.6)'),
-    'splm-verlet': _splm_spec('verlet', 'velocity-Verlet SPLM (§5.7)'),
-    'splm-multixi-hippo': _splm_spec('multixi_hippo', 'multi-ξ SPLM, HiPPO-LegT pool θ = 200 (§5.4)'),
-    'splm-multixi-s4d': _splm_spec('multixi_s4d', 'multi-ξ SPLM, S4D pool (§5.4)'),
-    'matched-gpt': ModelSpec('MatchedGPT: the pre-LN GPT-2 attention baseline (§5.12)', _matched_cls,
-                             lambda c: dict(d=c.d, n_layer=c.L, n_head=c.n_head, max_len=c.max_len), _matched_build),
-}
-
-def model_fields(name:str) -> dict:
-    "Config fields of a model family with their default values (what `--set` may target beyond TrainConfig)."
-    if name not in MODELS: raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
-    return {k: v for k, v in MODELS[name].config_cls()().to_dict().items() if not k.startswith('_')}
 
 # %% ../nbs/30_train.ipynb #74eafa55
 def parse_value(text:str, like:Any, name:str='value'):
@@ -235,7 +171,7 @@ def validate_config(cfg:TrainConfig) -> None:
     if ml is not None and cfg.block_size > ml:
         raise ValueError(f"block_size {cfg.block_size} exceeds the model's max_len {ml} (its positional table): "
                          f"lower block_size or raise max_len")
-    MODELS[cfg.model].config_cls()(**model_kwargs(cfg, max(cfg.vocab_size, 1)))   # the model's own checks
+    MODELS[cfg.model].config_cls(**model_kwargs(cfg, max(cfg.vocab_size, 1)))   # the model's own checks
 
 # %% ../nbs/30_train.ipynb #db2ae3e3
 class VocabCodec:
@@ -297,7 +233,7 @@ def prepare_data(cfg:TrainConfig) -> RunData:
 def build_model(cfg:TrainConfig, data:RunData) -> nn.Module:
     "The model `cfg` names, sized for the data's vocabulary (weights drawn from the current RNG state)."
     spec = MODELS[cfg.model]
-    return spec.build(spec.config_cls()(**model_kwargs(cfg, data.vocab_size)), data)
+    return spec.build(spec.config_cls(**model_kwargs(cfg, data.vocab_size)), data)
 
 def n_params(model:nn.Module) -> int:
     "Number of distinct parameters (a tied embedding counts once)."
@@ -341,7 +277,6 @@ class NonFiniteError(RuntimeError):
 
 def probe_model(model:nn.Module, max_len:int):
     "semsim's causal probe on `model` (T = min(32, max_len)), leaving its mode, gradients and the global RNG as they were."
-    from semsim.causal import causal_probe
     T = min(32, max_len); t_pert = min(20, T - 4) if T > 8 else T // 2
     was = model.training
     with torch.random.fork_rng(devices=[]): rep = causal_probe(model, T=T, t_pert=t_pert, seed=0)
@@ -728,7 +663,7 @@ def load_run(path:Union[str, Path]): # a run folder (its latest checkpoint) or a
     cfg = TrainConfig(**json.loads((ck/'train_config.json').read_text()))
     vm = np.array(json.loads((ck/'vocab_map.json').read_text())) if (ck/'vocab_map.json').exists() else None
     spec = MODELS[cfg.model]
-    conf = spec.config_cls().from_pretrained(ck)
+    conf = spec.config_cls.from_pretrained(ck)
     model = spec.build(conf, None)
     return load_weights(model, ck).eval(), VocabCodec(vm), cfg
 

@@ -2,11 +2,11 @@
 
 Stages (each counted): the library is what `nbdev_export` makes of the notebooks, notebooks are clean (`nbdev_clean`
 changes nothing), every notebook equals its text source in `nbs_py/` — all three checked on scratch copies, so the
-suite never overwrites a file — every notebook passes
+suite never overwrites a file —, the import-linter contracts of `.importlinter` hold, every notebook passes
 nbdev's test (one count per notebook), every pytest test in `tests/` (one count per test), README.md is fresh and the
 offline docs site renders without loading anything from the network. Exit status is non-zero on any failure.
 
-Usage: python tools/suite.py [--only checks,nbs,pytest,docs] [--flags slow] [--workers 2]
+Usage: python tools/suite.py [--only checks,arch,nbs,pytest,docs] [--flags slow] [--workers 2]
 """
 import argparse, json, os, shutil, subprocess, sys, tempfile, time
 import xml.etree.ElementTree as ET
@@ -75,6 +75,19 @@ def checks():
            ', '.join(f"{py.relative_to(ROOT)} ({why})" for py, _, why in bad[:5]) + (' … run `make sync`' if bad else ''))
 
 
+def architecture():
+    "The import-linter contracts of .importlinter, one count each (imports inside functions included)."
+    r = run([str(BIN/'lint-imports'), '--no-cache'])
+    out = ' '.join(r.stdout.split())                                        # contract names are wrapped over lines
+    import configparser
+    cfg = configparser.ConfigParser(); cfg.read(ROOT/'.importlinter', encoding='utf-8')
+    names = [cfg[s]['name'] for s in cfg.sections() if s.startswith('importlinter:contract:')]
+    for n in names:
+        flat = ' '.join(n.split())
+        record(f'import contract: {flat}', f'{flat} KEPT' in out, '' if f'{flat} KEPT' in out else 'run `.venv/bin/lint-imports`')
+    if r.returncode and all(f"{' '.join(n.split())} KEPT" in out for n in names): record('lint-imports', False, r.stderr.strip()[-300:])
+
+
 def notebooks(flags, workers):
     from nbdev.test import test_nb
     from nbdev.config import get_config
@@ -115,7 +128,7 @@ def docs():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--only', default='checks,nbs,pytest,docs')
+    ap.add_argument('--only', default='checks,arch,nbs,pytest,docs')
     ap.add_argument('--flags', default='')
     ap.add_argument('--workers', type=int, default=min(os.cpu_count() or 1, 2))
     a = ap.parse_args()
@@ -125,6 +138,7 @@ def main():
     t = time.time()
     stages = a.only.split(',')
     if 'checks' in stages: checks()
+    if 'arch' in stages: architecture()
     if 'nbs' in stages: notebooks(a.flags, a.workers)
     if 'pytest' in stages: pytest_stage()
     if 'docs' in stages: docs()

@@ -1,0 +1,131 @@
+# %% [markdown]
+# # Model registry
+#
+# > Every member of the semsim model family by name — the names `semsim train --model` takes — buildable anywhere with `build_model(name, **config_overrides)`.
+
+# %%
+#| default_exp models
+
+# %% [markdown]
+# The family is large: ten named SPLM configurations (chapter *SPLM*, `SPLMConfig.PRESETS`) and the matched attention
+# baseline. `MODELS` maps each name to a `ModelSpec`: its config class and the fields that make it this member, how
+# to build it (the SPLMs with a logfreq mass take the surprisal table of the training corpus when one is given), how
+# the trainer's generic sizes (`d`, `L`, `v_hidden`, `v_depth`, `max_len`, `n_head`) map onto its config fields,
+# whether its force is an `autograd.grad` inside the forward (then evaluation needs gradients enabled and
+# `torch.compile` is not used), and which scalars the training log records. The registry is a plain dict: a new
+# family member is one more entry. `build_model` is the way in for analysis code, tests and notebooks; the trainer
+# (`semsim.train`) uses the same entries.
+
+# %%
+#| hide
+import warnings; warnings.filterwarnings('ignore', message='IProgress not found')
+from fastcore.test import test_eq, test_fail
+import torch
+torch.set_num_threads(1)
+
+# %%
+#| export
+from __future__ import annotations
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from semsim.splm import SPLMConfig, SPLMForCausalLM
+from semsim.baselines import MatchedGPTConfig, MatchedGPTForCausalLM
+
+# %%
+#| export
+@dataclass
+class ModelSpec:
+    "One member of the model family: its config, how to build it, and what the trainer needs to know about it."
+    help: str                 # one line for --list
+    config_cls: type          # the family's config class (a transformers PretrainedConfig)
+    preset: dict              # the config fields that make this member (over the class defaults)
+    sizes: Callable           # (object with d, L, v_hidden, v_depth, max_len, n_head) -> those sizes under the config's names
+    build: Callable           # (config, data with a `surprisal` table or None) -> model
+    autograd_force: Callable = lambda m: False  # (model) -> True when the force is autograd.grad inside forward
+    stats: Callable = lambda m, x: {}            # (model, x) -> scalars for the log (γ, mass, ξ decays)
+    def defaults(self, sizes) -> dict: # the config fields for the given generic sizes
+        "This member's config fields with the generic sizes on top."
+        return {**self.preset, **self.sizes(sizes)}
+
+
+# %%
+#| export
+def _splm_build(conf:SPLMConfig, data=None) -> SPLMForCausalLM:
+    m = SPLMForCausalLM(conf)
+    if conf.mass_mode == 'logfreq' and data is not None: m.set_logfreq_surprisal(data.surprisal)
+    return m
+
+@torch.no_grad()
+def _splm_stats(m, x:Tensor) -> dict: # x: input ids, (B,T)
+    "γ, statistics of the per-token masses of the batch, and the EMA decays α_k when the pool has them."
+    ms = m.mass(x, m.E(x))[..., 0].float()
+    r = {'gamma': float(m.gamma()), 'mass_mean': float(ms.mean()), 'mass_std': float(ms.std()) if ms.numel() > 1 else 0.0,
+         'mass_min': float(ms.min()), 'mass_max': float(ms.max())}
+    a = getattr(m.xi_module, 'alpha', None)
+    if isinstance(a, Tensor): r['xi_alpha'] = [round(float(v), 6) for v in a]
+    return r
+
+def _splm_sizes(c) -> dict: return {'d': c.d, 'L': c.L, 'v_hidden': c.v_hidden, 'v_depth': c.v_depth, 'max_len': c.max_len}
+
+def _splm_spec(preset:str, help:str) -> ModelSpec:
+    return ModelSpec(help, SPLMConfig, dict(SPLMConfig.PRESETS[preset]), _splm_sizes, _splm_build,
+                     autograd_force=lambda m: not m.V_theta.closed_form, stats=_splm_stats)
+
+
+# %%
+#| export
+MODELS = {
+    'splm-em-ln': _splm_spec('em_ln', 'SPLM em_ln: SARF ξ, logfreq mass, LayerNorm after each step, free γ'),
+    'splm-multixi': _splm_spec('multixi', 'multi-ξ SPLM: 4-channel EMA ξ, em_ln, γ 0.30 fixed'),
+    'splm-sq3': _splm_spec('sq3_multixi', 'multi-ξ SPLM with the SQ3 mixture potential, K_mix 8, λ_V 0.01'),
+    'splm-vanilla': _splm_spec('vanilla', 'vanilla SPLM: cumulative-mean ξ fixed from h_0, global mass'),
+    'splm-sarf-logfreq': _splm_spec('sarf_logfreq', 'SARF-faithful SPLM with logfreq mass, no LN'),
+    'splm-em-sg': _splm_spec('em_sg', 'SPLM em_sg: input-state scale gauge λ_V0 = 1e-3'),
+    'splm-first-order': _splm_spec('first_order', 'first-order ablation SPLM-1'),
+    'splm-verlet': _splm_spec('verlet', 'velocity-Verlet SPLM'),
+    'splm-multixi-hippo': _splm_spec('multixi_hippo', 'multi-ξ SPLM, HiPPO-LegT pool θ = 200'),
+    'splm-multixi-s4d': _splm_spec('multixi_s4d', 'multi-ξ SPLM, S4D pool'),
+    'matched-gpt': ModelSpec('MatchedGPT: the pre-LN GPT-2 attention baseline', MatchedGPTConfig, {},
+                             lambda c: dict(d=c.d, n_layer=c.L, n_head=c.n_head, max_len=c.max_len),
+                             lambda conf, data=None: MatchedGPTForCausalLM(conf)),
+}
+
+def model_spec(name:str) -> ModelSpec:
+    "The registry entry of `name`, or an error listing the known names."
+    if name not in MODELS: raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    return MODELS[name]
+
+def model_fields(name:str) -> dict:
+    "Config fields of a model family with their default values (what `--set` may target beyond TrainConfig)."
+    return {k: v for k, v in model_spec(name).config_cls().to_dict().items() if not k.startswith('_')}
+
+def build_model(name:str, # a key of MODELS, e.g. 'splm-multixi'
+                data=None, # something with a `surprisal` table (V,) for logfreq masses, e.g. semsim.train.RunData
+                **config_overrides): # any field of the member's config, e.g. d=64, vocab_size=500
+    "A freshly initialised model of the named family member, its config overridden field by field."
+    spec = model_spec(name)
+    return spec.build(spec.config_cls(**{**spec.preset, **config_overrides}), data)
+
+
+# %% [markdown]
+# Every name builds (here on the meta device, at the members' full sizes, to read their parameter counts without
+# allocating), a tiny one runs, overrides reach the config, and a bad name or field is an error that names it:
+
+# %%
+with torch.device('meta'):
+    sizes = {name: sum(p.numel() for p in build_model(name).parameters()) for name in MODELS}
+for name, n in sizes.items(): print(f"{name:20s} {n:>12,} parameters   {MODELS[name].help}")
+m = build_model('splm-multixi', vocab_size=50, d=16, L=2, v_hidden=32, max_len=32)
+test_eq(type(m).__name__, 'SPLMForCausalLM'); test_eq((m.config.xi_pool, m.config.xi_channels, m.config.d), ('ema', 4, 16))
+test_eq(m(torch.randint(0, 50, (1, 8))).logits.shape, (1, 8, 50))
+g = build_model('matched-gpt', vocab_size=50, d=16, n_layer=2, n_head=2, max_len=32)
+test_eq(type(g).__name__, 'MatchedGPTForCausalLM')
+class _Data: surprisal = torch.linspace(1, 9, 50)
+test_eq(build_model('splm-em-ln', _Data(), vocab_size=50, d=16, L=2, v_hidden=32).logfreq_surprisal, _Data.surprisal)
+test_fail(lambda: build_model('gpt5'), contains="unknown model 'gpt5'; known models: splm-em-ln")
+test_fail(lambda: build_model('splm-vanilla', d=0), contains='d must be a positive integer')
+test_eq('xi_channels' in model_fields('splm-multixi') and 'n_head' in model_fields('matched-gpt'), True)
