@@ -87,6 +87,11 @@ XI_POOLS = XI_POOL_KINDS                 # the context pools' names (semsim.cont
 POTENTIALS = tuple(POTENTIAL_CLASSES)     # the potentials' names (semsim.potentials)
 MASS_MODES = ('global', 'embed_head', 'logfreq')
 MASS_FLOOR = 1e-3  # m = softplus(.) + MASS_FLOOR keeps every mass strictly positive
+SHAKESPEARE_SIZES = dict(d=128, max_len=256, L=8, v_hidden=512, v_depth=3)   # the reference's Tiny Shakespeare SPLM sizes
+TINYSTORIES_CORE = dict(d=256, max_len=1024, L=8)                             # its TinyStories sizes ...
+TINYSTORIES_SIZES = {**TINYSTORIES_CORE, 'v_hidden': 1024, 'v_depth': 3}     # ... with the MLP potential's
+SARF_LOGFREQ = dict(xi_pool='cummean', xi_fixed=False, mass_mode='logfreq')   # ξ recomputed every step, logfreq mass
+MULTIXI = dict(xi_fixed=False, mass_mode='logfreq', ln_after_step=True, fixed_gamma=0.30)   # the multi-ξ ladder's base
 
 def softplus_inv(y:float) -> float:
     "raw such that softplus(raw) = y, i.e. ln(expm1(y)), computed stably; y > 0."
@@ -182,37 +187,26 @@ class SPLMConfig(PretrainedConfig):
         if not isinstance(self.causal_force, bool): raise ValueError(f"causal_force must be a bool, got {self.causal_force!r}")
         if not self.tie_word_embeddings: raise ValueError("the SPLM reads out through E: tie_word_embeddings must be True")
 
-    PRESETS = {
-        # §5.1 vanilla: cumulative-mean ξ fixed from h_0, global mass, learned γ (Shakespeare sizes: 7,123,075 params)
-        'vanilla': dict(d=128, max_len=256, L=8, v_hidden=512, v_depth=3, xi_pool='cummean', xi_fixed=True),
-        # §5.2 SARF-faithful: ξ recomputed from the (detached) state every step
-        'sarf': dict(d=128, max_len=256, L=8, v_hidden=512, v_depth=3, xi_pool='cummean', xi_fixed=False),
-        'sarf_logfreq': dict(d=128, max_len=256, L=8, v_hidden=512, v_depth=3, xi_pool='cummean', xi_fixed=False,
-                             mass_mode='logfreq'),
-        # §5.3 energetic minima: LN after each step (flagship), or the input-state scale gauge λ_V0 = 1e-3
-        'em_ln': dict(d=128, max_len=256, L=8, v_hidden=512, v_depth=3, xi_pool='cummean', xi_fixed=False,
-                      mass_mode='logfreq', ln_after_step=True),
-        'em_sg': dict(d=128, max_len=256, L=8, v_hidden=512, v_depth=3, xi_pool='cummean', xi_fixed=False,
-                      mass_mode='logfreq', lambda_v=1e-3, lambda_v_points='input'),
-        # §5.6 first-order ablation and §5.7 velocity-Verlet
-        'first_order': dict(d=128, max_len=256, L=8, v_hidden=512, v_depth=3, xi_pool='cummean', xi_fixed=False,
-                            mass_mode='logfreq', ln_after_step=True, integrator='first_order'),
-        'verlet': dict(d=128, max_len=256, L=8, v_hidden=512, v_depth=3, xi_pool='cummean', xi_fixed=False,
-                       mass_mode='logfreq', integrator='verlet'),
-        # §5.4 TinyStories pilot sizes: single-ξ em_ln and the multi-ξ ladder (γ = 0.30 fixed)
-        'em_ln_tinystories': dict(d=256, max_len=1024, L=8, v_hidden=1024, v_depth=3, xi_pool='cummean', xi_fixed=False,
-                                  mass_mode='logfreq', ln_after_step=True, fixed_gamma=0.30),
-        'multixi': dict(d=256, max_len=1024, L=8, v_hidden=1024, v_depth=3, xi_pool='ema', xi_channels=4,
-                        xi_alpha_inits=(0.25, 0.5, 0.75, 0.95), xi_fixed=False, mass_mode='logfreq',
-                        ln_after_step=True, fixed_gamma=0.30),
-        'multixi_hippo': dict(d=256, max_len=1024, L=8, v_hidden=1024, v_depth=3, xi_pool='hippo_legt', xi_channels=4,
-                              xi_theta=200.0, xi_fixed=False, mass_mode='logfreq', ln_after_step=True, fixed_gamma=0.30),
-        'multixi_s4d': dict(d=256, max_len=1024, L=8, v_hidden=1024, v_depth=3, xi_pool='s4d', xi_channels=4,
-                            xi_s4d_init='legt', xi_fixed=False, mass_mode='logfreq', ln_after_step=True, fixed_gamma=0.30),
-        # §5.5 SQ3 mixture of K_mix = 8 wells on the multi-ξ base, λ_V = 0.01
-        'sq3_multixi': dict(d=256, max_len=1024, L=8, xi_pool='ema', xi_channels=4, xi_alpha_inits=(0.25, 0.5, 0.75, 0.95),
-                            xi_fixed=False, mass_mode='logfreq', ln_after_step=True, fixed_gamma=0.30,
-                            potential='sq3', K_mix=8, tau=1.0, lambda_v=0.01),
+    PRESETS = {   # the reference's configurations, as deltas from its two size bases
+        # vanilla: cumulative-mean ξ fixed from h_0, global mass, learned γ (Shakespeare sizes: 7,123,075 params)
+        'vanilla': {**SHAKESPEARE_SIZES, 'xi_pool': 'cummean', 'xi_fixed': True},
+        # SARF-faithful: ξ recomputed from the (detached) state every step
+        'sarf': {**SHAKESPEARE_SIZES, 'xi_pool': 'cummean', 'xi_fixed': False},
+        'sarf_logfreq': {**SHAKESPEARE_SIZES, **SARF_LOGFREQ},
+        # energetic minima: LN after each step (flagship), or the input-state scale gauge λ_V0 = 1e-3
+        'em_ln': {**SHAKESPEARE_SIZES, **SARF_LOGFREQ, 'ln_after_step': True},
+        'em_sg': {**SHAKESPEARE_SIZES, **SARF_LOGFREQ, 'lambda_v': 1e-3, 'lambda_v_points': 'input'},
+        # first-order ablation and velocity-Verlet
+        'first_order': {**SHAKESPEARE_SIZES, **SARF_LOGFREQ, 'ln_after_step': True, 'integrator': 'first_order'},
+        'verlet': {**SHAKESPEARE_SIZES, **SARF_LOGFREQ, 'integrator': 'verlet'},
+        # TinyStories pilot sizes: single-ξ em_ln and the multi-ξ ladder (γ = 0.30 fixed)
+        'em_ln_tinystories': {**TINYSTORIES_SIZES, **SARF_LOGFREQ, 'ln_after_step': True, 'fixed_gamma': 0.30},
+        'multixi': {**TINYSTORIES_SIZES, **MULTIXI, 'xi_pool': 'ema', 'xi_channels': 4, 'xi_alpha_inits': (0.25, 0.5, 0.75, 0.95)},
+        'multixi_hippo': {**TINYSTORIES_SIZES, **MULTIXI, 'xi_pool': 'hippo_legt', 'xi_channels': 4, 'xi_theta': 200.0},
+        'multixi_s4d': {**TINYSTORIES_SIZES, **MULTIXI, 'xi_pool': 's4d', 'xi_channels': 4, 'xi_s4d_init': 'legt'},
+        # SQ3 mixture of K_mix = 8 wells on the multi-ξ base, λ_V = 0.01 (no MLP: v_hidden/v_depth unused)
+        'sq3_multixi': {**TINYSTORIES_CORE, **MULTIXI, 'xi_pool': 'ema', 'xi_channels': 4, 'xi_alpha_inits': (0.25, 0.5, 0.75, 0.95),
+                        'potential': 'sq3', 'K_mix': 8, 'tau': 1.0, 'lambda_v': 0.01},
     }
 
     @classmethod

@@ -46,8 +46,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from semsim.core import atomic_write_text, set_seed, get_device, check_positive_ints
+from semsim.core import atomic_write_text, set_seed, get_device
 from semsim.models import MODELS, ModelSpec, model_fields, model_spec
+from semsim.train_config import (TrainConfig, RUNTIME_FIELDS, PRESETS, parse_value, make_config, model_kwargs,
+                                 validate_config, lr_at, _max_len_of)
+from semsim.runs import (CKPT_PREFIX, latest_checkpoint, save_checkpoint, load_weights, read_log, check_resumable,
+                         plot_run, plot_runs, _rng_state, _set_rng_state, _truncate_log, _jsonable, _config_diff)
 from semsim.causal import causal_probe
 from semsim.data import tokenize_corpus, get_batch, logfreq_surprisal, gpt2_tokenizer, GPT2_VOCAB_SIZE
 
@@ -63,229 +67,6 @@ import transformers
 #| hide
 transformers.utils.logging.disable_progress_bar(); transformers.utils.logging.set_verbosity_error()
 torch.set_num_threads(1)  # tiny models: on a busy 2-core machine extra threads only add contention
-
-
-# %% [markdown]
-# ## Configuration
-#
-# A run is described by one `TrainConfig`. The generic size fields (`d`, `L`, `v_hidden`, `v_depth`, `max_len`,
-# `n_head`) use the reference's names and are mapped onto each model's own config (for MatchedGPT, `L` is its number
-# of blocks `n_layer`); any other field of the model's config goes in `model_args`. `RUNTIME_FIELDS` may differ when a
-# run is resumed; every other field must match the saved run.
-#
-# The presets are the reference's configurations (semsimula-paper@eb95852: `notebooks/conservative_arch/scaleup/`), plus `demo`, the CPU-sized recipe of `make demo`:
-#
-# | preset | model | batch × block | steps | lr | wd | warm-up | eval | reference result |
-# |---|---|---|---|---|---|---|---|---|
-# | `smoke` | d 64, L 4, vh 128, vd 2, max_len 128 | 8 × 64 | 300 | 1e-3 | 0 | 20 | 50 / 20 | minutes on CPU |
-# | `shakespeare` | d 128, L 8, vh 512, vd 3, max_len 256 | 16 × 128 | 4000 | 5e-4 | 0.01 | 200 | 200 / 40 | em_ln **173.59**, MatchedGPT **149.80 ± 7.21** |
-# | `tinystories-pilot` | d 256, L 8, vh 1024, vd 3, max_len 1024 | 16 × 512 | 4000 | 5e-4 | 0.01 | 200 | 200 / 40 | multi-ξ **14.78** |
-# | `tinystories-scaleup` | same | 16 × 512 | 8000 | 5e-4 | 0.01 | 400 | 400 / 40 | MatchedGPT **7.81** |
-# | `tinystories-16k` | same, SQ3 K_mix 8, λ_V 0.01 | 16 × 512 | 16,000 | 5e-4 | 0.01 | 400 | 400 / 40 | SQ3 A2 **13.33** |
-# | `demo` | d 64, L 4, vh 128, vd 2, compact vocabulary | 8 × 64 | 1200 | 2e-3 | 0.01 | 60 | 100 / 20 | (CPU, this repo) |
-#
-# TinyStories is the reference's split: the first train shard capped at 5M tokens, the whole validation split.
-
-# %%
-#| export
-@dataclass
-class TrainConfig:
-    "One training run. Every field can be set from the command line with `--set key=value`."
-    # --- model
-    model: str = 'splm-em-ln'     # model family, a key of MODELS
-    d: int = 128                  # hidden size d
-    L: int = 8                    # integration steps (SPLM) or transformer blocks (MatchedGPT)
-    v_hidden: int = 512           # width of the V_θ MLP (SPLM)
-    v_depth: int = 3              # hidden layers of the V_θ MLP (SPLM)
-    max_len: int = 256            # positional-table rows; block_size may not exceed it
-    n_head: int = 4               # attention heads (MatchedGPT)
-    model_args: dict = field(default_factory=dict)  # further model-config fields, e.g. {'xi_channels': 4}
-    # --- data
-    corpus: str = 'tinyshakespeare'  # corpus name or text-file path (semsim.data.load_corpus)
-    val_frac: float = 0.05        # last fraction of the tokens held out (TinyStories has its own split)
-    compact_vocab: bool = False   # remap ids to the corpus's token types (CPU speed; deviates from the reference)
-    vocab_size: int = 0           # model vocabulary; 0 = the tokenizer's 50,257 (or the compact size)
-    # --- optimisation
-    batch_size: int = 16          # B, sequences per step (global: split evenly over DDP ranks)
-    block_size: int = 128         # T, tokens per sequence
-    max_steps: int = 4000         # optimizer steps S
-    lr: float = 5e-4              # peak learning rate η
-    warmup: int = 200             # W, linear warm-up steps, then cosine to 0
-    weight_decay: float = 0.01    # w, AdamW decoupled weight decay
-    no_decay_1d: bool = False     # exempt biases, norm gains and other 1-D tensors from decay (reference: decay all)
-    beta1: float = 0.9            # AdamW β1
-    beta2: float = 0.95           # AdamW β2
-    grad_clip: float = 1.0        # c, global gradient-norm clip
-    # --- evaluation, logging, checkpoints
-    eval_every: int = 200         # steps between evaluations (and at the last step)
-    eval_iters: int = 40          # fixed validation batches per evaluation
-    ckpt_every: int = 200         # steps between checkpoints (and at the last step)
-    seed: int = 0                 # seeds torch, numpy, python and the data stream (rank r draws with seed + r)
-    # --- hardware and run control
-    device: str = 'auto'          # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
-    amp: str = 'auto'             # 'auto' (bf16 autocast on CUDA only), 'bf16' or 'off'
-    compile: str = 'auto'         # torch.compile: 'auto' (CUDA, where valid), 'on' or 'off'
-    threads: int = 0              # torch CPU threads; 0 = torch's default
-    probe: bool = True            # causal probe before the first step; a leaking model is refused
-    progress: bool = True         # live progress bar (in a terminal or notebook)
-    out: str = 'runs/train'       # run folder: log.jsonl, checkpoints, plots, summary
-    resume: Union[bool, str] = False  # True: continue the run in `out` (an error if it holds none); 'auto': continue if any, else start
-    extend: bool = False          # on resume, accept a new (larger) max_steps: the cosine schedule is stretched to it
-
-RUNTIME_FIELDS = ('device', 'threads', 'probe', 'progress', 'out', 'resume', 'extend', 'ckpt_every')  # free to change on resume
-
-PRESETS = {
-    'smoke': dict(model='splm-em-ln', d=64, L=4, v_hidden=128, v_depth=2, max_len=128, batch_size=8, block_size=64,
-                  max_steps=300, lr=1e-3, weight_decay=0.0, warmup=20, eval_every=50, eval_iters=20, ckpt_every=100),
-    'shakespeare': dict(model='splm-em-ln', d=128, L=8, v_hidden=512, v_depth=3, max_len=256, batch_size=16,
-                        block_size=128, max_steps=4000, lr=5e-4, weight_decay=0.01, warmup=200, eval_every=200,
-                        eval_iters=40, ckpt_every=200),
-    'tinystories-pilot': dict(model='splm-multixi', corpus='tinystories', d=256, L=8, v_hidden=1024, v_depth=3,
-                              max_len=1024, batch_size=16, block_size=512, max_steps=4000, lr=5e-4, weight_decay=0.01,
-                              warmup=200, eval_every=200, eval_iters=40, ckpt_every=200),
-    'tinystories-scaleup': dict(model='matched-gpt', corpus='tinystories', d=256, L=8, v_hidden=1024, v_depth=3,
-                                max_len=1024, batch_size=16, block_size=512, max_steps=8000, lr=5e-4,
-                                weight_decay=0.01, warmup=400, eval_every=400, eval_iters=40, ckpt_every=400),
-    'tinystories-16k': dict(model='splm-sq3', corpus='tinystories', d=256, L=8, v_hidden=1024, v_depth=3,
-                            max_len=1024, batch_size=16, block_size=512, max_steps=16000, lr=5e-4, weight_decay=0.01,
-                            warmup=400, eval_every=400, eval_iters=40, ckpt_every=400),
-    'demo': dict(model='splm-multixi', d=64, L=4, v_hidden=128, v_depth=2, max_len=128, batch_size=8, block_size=64,
-                 compact_vocab=True, max_steps=1200, lr=2e-3, weight_decay=0.01, warmup=60, eval_every=100,
-                 eval_iters=20, ckpt_every=200, threads=1),
-}
-
-
-# %% [markdown]
-# ## Model families
-#
-# `--model` names a member of the model family: a key of `semsim.models.MODELS` (chapter *Model registry*), whose
-# `ModelSpec` says how to make its config from the generic sizes of a `TrainConfig`, how to build it, whether its
-# force is an `autograd.grad` inside the forward, and which scalars to log.
-
-# %% [markdown]
-# ## Options from the command line
-#
-# `--set key=value` reaches any `TrainConfig` field and any field of the chosen model's config. The value is parsed
-# into the type of the field's current value (booleans accept `true/false/1/0/yes/no`; tuples accept `0.1,0.5` or
-# JSON). A key that is neither is an error that lists every valid key.
-#
-# A preset, a typed training override and a model option (the EMA decays of the multi-ξ pool, whose default is
-# `None`, so the comma list is read as numbers):
-
-# %%
-#| export
-def parse_value(text:str, like:Any, name:str='value'):
-    "Parse the string `text` into the type of `like` (the field's current value)."
-    t = text.strip()
-    try:
-        if isinstance(like, bool):
-            if t.lower() in ('1', 'true', 'yes', 'on'): return True
-            if t.lower() in ('0', 'false', 'no', 'off'): return False
-            raise ValueError
-        if isinstance(like, int): return int(t)
-        if isinstance(like, float): return float(t)
-        if isinstance(like, (tuple, list)):
-            items = json.loads(t) if t.startswith('[') else [s for s in t.strip('()').split(',') if s.strip()]
-            el = type(like[0]) if len(like) else None
-            return type(like)(parse_value(str(s), el(), name) if el in (int, float, bool) else s for s in items)
-        if isinstance(like, dict): return dict(json.loads(t))
-        if isinstance(like, str): return t
-        try: return json.loads(t)                                           # a field whose default is None
-        except json.JSONDecodeError:
-            if ',' in t: return [json.loads(s) for s in t.strip('()').split(',') if s.strip()]
-            return t
-    except (ValueError, TypeError, json.JSONDecodeError):
-        raise ValueError(f"option {name}: cannot parse {text!r} as {type(like).__name__}") from None
-
-def make_config(preset:Optional[str]=None, # a key of PRESETS; None starts from the TrainConfig defaults
-                sets:Sequence[str]=(), # 'key=value' strings naming TrainConfig or model-config fields
-                **overrides) -> TrainConfig:
-    "A TrainConfig from a preset, keyword overrides and typed `key=value` strings (applied last)."
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
-    tfields = [f.name for f in fields(TrainConfig)]
-    bad = [k for k in overrides if k not in tfields]
-    if bad: raise ValueError(f"unknown TrainConfig field(s) {bad}; valid: {', '.join(tfields)}")
-    cfg = TrainConfig(**{**(PRESETS[preset] if preset else {}), **overrides})
-    cfg.model_args = dict(cfg.model_args)
-    for s in sets:
-        if '=' not in s: raise ValueError(f"--set expects key=value, got {s!r}")
-        k, v = (x.strip() for x in s.split('=', 1))
-        if k in tfields and k != 'model_args': setattr(cfg, k, parse_value(v, getattr(cfg, k), k)); continue
-        mf = model_fields(cfg.model)
-        if k not in mf:
-            raise ValueError(f"unknown option {k!r}: neither a training field nor a field of the {cfg.model} config. "
-                             f"Training fields: {', '.join(f for f in tfields if f != 'model_args')}. "
-                             f"{cfg.model} fields: {', '.join(sorted(mf))}")
-        cfg.model_args[k] = parse_value(v, mf[k], k)
-    return cfg
-
-
-# %%
-cfg = make_config('shakespeare', ['max_steps=50', 'no_decay_1d=true', 'xi_alpha_inits=0,0.5,0.9,0.99', 'lr=1e-3'],
-                  model='splm-multixi')
-test_eq((cfg.max_steps, cfg.no_decay_1d, cfg.lr, cfg.d, cfg.batch_size), (50, True, 1e-3, 128, 16))
-test_eq(cfg.model_args, {'xi_alpha_inits': [0, 0.5, 0.9, 0.99]})
-test_eq(make_config('smoke', ['xi_channels=4'], model='splm-multixi').model_args, {'xi_channels': 4})
-test_fail(lambda: make_config('shakespear'), contains="unknown preset 'shakespear'; known presets: smoke, shakespeare")
-test_fail(lambda: make_config('smoke', ['xi_chanels=4']), contains="unknown option 'xi_chanels'")
-test_fail(lambda: make_config('smoke', ['xi_chanels=4']), contains="xi_channels")   # the message lists the valid keys
-test_fail(lambda: make_config('smoke', ['max_steps=many']), contains="cannot parse 'many' as int")
-test_fail(lambda: make_config('smoke', ['probe=maybe']), contains="as bool")
-test_fail(lambda: make_config('smoke', ['max_steps']), contains='key=value')
-
-
-# %% [markdown]
-# ## Validation before any work
-#
-# Bad values fail at once, before the corpus is tokenized or a model built, with a message naming the field: sizes and
-# counts must be positive integers, `block_size` may not exceed the model's positional table, and model options are
-# checked against the model's config class (which validates its own values when built). A data vocabulary larger
-# than the model's is refused by `prepare_data` below.
-
-# %%
-#| export
-def model_kwargs(cfg:TrainConfig, vocab_size:int) -> dict:
-    "Keyword arguments of the model config: generic sizes, then `model_args`, then the vocabulary."
-    return {**MODELS[cfg.model].defaults(cfg), **cfg.model_args, 'vocab_size': vocab_size}
-
-def _max_len_of(kw:dict) -> Optional[int]:
-    for k in ('max_len', 'n_positions', 'max_position_embeddings'):
-        if k in kw: return int(kw[k])
-    return None
-
-def validate_config(cfg:TrainConfig) -> None:
-    "Refuse bad values before any work, naming the field."
-    if cfg.model not in MODELS: raise ValueError(f"unknown model {cfg.model!r}; known models: {', '.join(MODELS)}")
-    check_positive_ints(cfg, ('d', 'L', 'batch_size', 'block_size', 'max_steps', 'eval_every', 'eval_iters', 'ckpt_every'))
-    for k in ('warmup', 'weight_decay', 'vocab_size', 'threads'):
-        if getattr(cfg, k) < 0: raise ValueError(f"{k} must be >= 0, got {getattr(cfg, k)!r}")
-    for k in ('lr', 'grad_clip'):
-        if not getattr(cfg, k) > 0: raise ValueError(f"{k} must be > 0, got {getattr(cfg, k)!r}")
-    if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1): raise ValueError(f"beta1 and beta2 must lie in [0, 1), got {cfg.beta1}, {cfg.beta2}")
-    if not 0 < cfg.val_frac < 1: raise ValueError(f"val_frac must lie in (0, 1), got {cfg.val_frac}")
-    if cfg.amp not in ('auto', 'bf16', 'off'): raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {cfg.amp!r}")
-    if cfg.compile not in ('auto', 'on', 'off'): raise ValueError(f"compile must be 'auto', 'on' or 'off', got {cfg.compile!r}")
-    mf = model_fields(cfg.model)
-    bad = [k for k in cfg.model_args if k not in mf]
-    if bad: raise ValueError(f"unknown option(s) {bad} for the {cfg.model} config; valid: {', '.join(sorted(mf))}")
-    ml = _max_len_of(model_kwargs(cfg, 1))
-    if ml is not None and cfg.block_size > ml:
-        raise ValueError(f"block_size {cfg.block_size} exceeds the model's max_len {ml} (its positional table): "
-                         f"lower block_size or raise max_len")
-    MODELS[cfg.model].config_cls(**model_kwargs(cfg, max(cfg.vocab_size, 1)))   # the model's own checks
-
-
-# %%
-validate_config(make_config('shakespeare'))
-for p in PRESETS: validate_config(make_config(p))
-test_fail(lambda: validate_config(make_config('smoke', ['block_size=256'])), contains="block_size 256 exceeds the model's max_len 128")
-test_fail(lambda: validate_config(make_config('smoke', model='splm-em-lm')), contains="unknown model 'splm-em-lm'")
-test_fail(lambda: validate_config(make_config('smoke', ['batch_size=0'])), contains='batch_size must be a positive integer')
-test_fail(lambda: validate_config(make_config('smoke', ['lr=-1'])), contains='lr must be > 0')
-test_fail(lambda: validate_config(make_config('smoke', ['amp=fp8'])), contains="amp must be 'auto', 'bf16' or 'off'")
-test_fail(lambda: validate_config(make_config('smoke', ['xi_pool=gaussian'])), contains='xi_pool must be one of')
-test_fail(lambda: validate_config(make_config('smoke', ['n_head=3'], model='matched-gpt')), contains='divisible by n_head')
 
 
 # %% [markdown]
@@ -388,41 +169,6 @@ smoke = build_model(make_config('smoke'), full)
 test_eq(smoke.E.weight.numel(), 3_216_448); assert smoke.E.weight.numel() / n_params(smoke) > 0.98
 print(f"smoke SPLM: {n_params(smoke):,} parameters, {smoke.E.weight.numel():,} of them in E; readout 2dV = {2 * 64 * GPT2_VOCAB_SIZE / 1e6:.2f} MFLOPs/token")
 print(f"compact vocabulary: {data.vocab_size:,} types; surprisal range [{data.surprisal.min():.3f}, {data.surprisal.max():.3f}] nats")
-
-
-# %% [markdown]
-# ## Learning-rate schedule
-#
-# With peak rate $\eta$ (`lr`), $W$ warm-up steps and $S$ steps in all, step $k = 0, 1, \dots$ (0-based) uses
-#
-# $$\eta_k = \eta\,\frac{k+1}{W} \;\; (k < W), \qquad
-#   \eta_k = \tfrac12\,\eta\,\Big(1 + \cos\big(\pi\,\tfrac{k - W}{S - W}\big)\Big) \;\; (k \ge W).$$
-#
-# The schedule reaches the peak exactly at the end of warm-up, is continuous there, passes half the peak at the
-# midpoint of the cosine and ends at zero:
-
-# %%
-#| export
-def lr_at(step:int, # optimizer step k, 0-based
-          lr:float, warmup:int, max_steps:int) -> float:
-    "Linear warm-up lr·(k+1)/W, then cosine 0.5·lr·(1+cos(π·(k-W)/(S-W))) down to 0 at k = S."
-    if step < warmup: return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, max_steps - warmup)
-    return 0.5 * lr * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-
-# %%
-lr, W, S = 5e-4, 200, 4000
-test_close(lr_at(0, lr, W, S), lr / W, eps=1e-15)
-test_close(lr_at(W - 1, lr, W, S), lr, eps=1e-15); test_close(lr_at(W, lr, W, S), lr, eps=1e-15)
-test_close(lr_at(W + (S - W) // 2, lr, W, S), lr / 2, eps=1e-15)
-test_close(lr_at(S, lr, W, S), 0.0, eps=1e-15)
-ks = np.arange(S)
-etas = np.array([lr_at(k, lr, W, S) for k in ks])
-assert np.all(np.diff(etas[:W]) > 0) and np.all(np.diff(etas[W:]) <= 0)
-fig, ax = plt.subplots(figsize=(6, 2.6))
-ax.plot(ks, etas); ax.axvline(W, ls=':', c='gray')
-ax.set(xlabel='step k', ylabel='η_k', title='shakespeare preset: warm-up 200, cosine to 0 at 4000'); plt.tight_layout(); plt.show()
 
 
 # %% [markdown]
@@ -534,112 +280,6 @@ def probe_model(model:nn.Module, max_len:int):
 
 
 # %% [markdown]
-# ## Checkpoints
-#
-# A checkpoint is a folder `OUT/ckpt-<step>/` holding the model in Hugging Face format (`config.json`,
-# `model.safetensors`; `from_pretrained` opens it) and `trainer_state.pt` with everything else a resume needs: the
-# optimizer state, the step (the schedule is a function of it), every rank's data-sampler generator state, the
-# Python/NumPy/torch(/CUDA) RNG states, elapsed time, tokens seen, the best validation loss, the configuration and the
-# compact vocabulary map. It is written so that a kill at any moment leaves the last good checkpoint readable:
-#
-# 1. everything is written into a hidden temporary folder `OUT/.ckpt-<step>.tmp` and flushed to disk;
-# 2. the folder is renamed to `OUT/ckpt-<step>` (`os.replace`: it appears complete or not at all);
-# 3. the small pointer file `OUT/latest` is replaced atomically (`semsim.core.atomic_write_text`) to name it;
-# 4. only then are older checkpoint folders deleted.
-#
-# A reader follows `OUT/latest`, never a directory listing, so a half-written folder is never opened.
-#
-# A checkpoint round-trips the weights bit for bit; a crash while the next one is being written (here: a stale
-# temporary folder) leaves `latest` on the good one, and the next save clears the debris and the older folder:
-
-# %%
-#| export
-CKPT_PREFIX = 'ckpt-'  # checkpoint folders OUT/ckpt-<step>/; OUT/latest names the newest complete one
-
-def latest_checkpoint(out:Union[str, Path]) -> Optional[Path]:
-    "The checkpoint folder named by `OUT/latest`, or None when the run has none yet."
-    p = Path(out)/'latest'
-    if not p.exists(): return None
-    ck = Path(out)/p.read_text().strip()
-    if not (ck/'trainer_state.pt').exists(): raise FileNotFoundError(f"{p} names {ck}, which is not a complete checkpoint")
-    return ck
-
-def _rng_state() -> dict:
-    "Python, NumPy, torch (and CUDA) RNG states, in types `torch.load(weights_only=True)` accepts."
-    st = np.random.get_state()
-    r = {'python': random.getstate(), 'numpy': [st[0], st[1].tolist(), int(st[2]), int(st[3]), float(st[4])],
-         'torch': torch.get_rng_state()}
-    if torch.cuda.is_available(): r['cuda'] = torch.cuda.get_rng_state_all()
-    return r
-
-def _set_rng_state(r:dict) -> None:
-    random.setstate((r['python'][0], tuple(r['python'][1]), r['python'][2]))
-    n = r['numpy']; np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    torch.set_rng_state(r['torch'])
-    if 'cuda' in r and torch.cuda.is_available(): torch.cuda.set_rng_state_all(r['cuda'])
-
-def _quiet_save(model:nn.Module, folder:Path):
-    "`save_pretrained` without transformers' per-shard progress bar."
-    from transformers.utils import logging as hf_logging
-    on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try: model.save_pretrained(folder)
-    finally:
-        if on: hf_logging.enable_progress_bar()
-
-def save_checkpoint(out:Union[str, Path], step:int, model:nn.Module, state:dict, keep:int=1) -> Path:
-    "Write OUT/ckpt-<step>/ completely (HF safetensors + trainer state), point OUT/latest at it, drop older ones."
-    out = Path(out)
-    final, tmp = out/f'{CKPT_PREFIX}{step}', out/f'.{CKPT_PREFIX}{step}.tmp'
-    if tmp.exists(): shutil.rmtree(tmp)
-    _quiet_save(model, tmp)
-    torch.save(state, tmp/'trainer_state.pt')
-    (tmp/'train_config.json').write_text(json.dumps(state['config'], indent=1))
-    if state.get('vocab_map') is not None: (tmp/'vocab_map.json').write_text(json.dumps(state['vocab_map']))
-    for f in tmp.iterdir():
-        with open(f, 'rb') as fh: os.fsync(fh.fileno())
-    if final.exists(): shutil.rmtree(final)
-    os.replace(tmp, final)                                  # 2. the folder appears complete or not at all
-    atomic_write_text(out/'latest', final.name + '\n')      # 3. then the pointer moves, atomically
-    ckpts = sorted((p for p in out.glob(f'{CKPT_PREFIX}*') if p.is_dir() and p.name[len(CKPT_PREFIX):].isdigit()),
-                   key=lambda p: int(p.name[len(CKPT_PREFIX):]))
-    for p in ckpts[:-keep]:                                 # 4. older checkpoints go last
-        if p != final: shutil.rmtree(p, ignore_errors=True)
-    for p in out.glob(f'.{CKPT_PREFIX}*.tmp'): shutil.rmtree(p, ignore_errors=True)
-    return final
-
-def load_weights(model:nn.Module, folder:Union[str, Path]) -> nn.Module:
-    "Load the safetensors weights of a checkpoint into `model`; tied weights come back through their twin."
-    from safetensors.torch import load_file
-    folder = Path(folder)
-    idx = folder/'model.safetensors.index.json'
-    files = sorted(set(json.loads(idx.read_text())['weight_map'].values())) if idx.exists() else ['model.safetensors']
-    sd = {}
-    for f in files: sd.update(load_file(folder/f))
-    try: missing, unexpected = model.load_state_dict(sd, strict=False)
-    except RuntimeError as e: raise ValueError(f"checkpoint {folder} does not fit the model: {e}") from None
-    own = model.state_dict()
-    loaded = {own[k].data_ptr() for k in sd if k in own}
-    really = [k for k in missing if own[k].data_ptr() not in loaded]
-    if really or unexpected: raise ValueError(f"checkpoint {folder} does not fit the model: missing {really}, unexpected {unexpected}")
-    return model
-
-
-# %%
-with tempfile.TemporaryDirectory() as d:
-    st = {'step': 3, 'config': {'model': 'matched-gpt'}, 'vocab_map': None}
-    save_checkpoint(d, 3, gpt, st)
-    (Path(d)/'.ckpt-6.tmp').mkdir(); (Path(d)/'.ckpt-6.tmp'/'model.safetensors').write_bytes(b'half a file')
-    test_eq(latest_checkpoint(d).name, 'ckpt-3')
-    twin = mg.build(gpt.config); load_weights(twin, latest_checkpoint(d))
-    for (k, a), b in zip(gpt.state_dict().items(), twin.state_dict().values()): torch.testing.assert_close(a, b, rtol=0, atol=0)
-    save_checkpoint(d, 6, gpt, {**st, 'step': 6})
-    test_eq(sorted(p.name for p in Path(d).iterdir()), ['ckpt-6', 'latest'])
-    test_eq(torch.load(latest_checkpoint(d)/'trainer_state.pt', weights_only=True)['step'], 6)
-    test_fail(lambda: load_weights(MODELS['splm-em-ln'].build(splm.config), latest_checkpoint(d)), contains='does not fit the model')
-
-
-# %% [markdown]
 # ## Log, evaluation and distribution helpers
 #
 # `OUT/log.jsonl` has one JSON object per step: `step` (1-based count of updates done), `loss` (training CE, the mean
@@ -656,27 +296,6 @@ with tempfile.TemporaryDirectory() as d:
 
 # %%
 #| export
-def read_log(path:Union[str, Path]) -> list:
-    "The records of a log.jsonl (a torn last line, left by a kill mid-write, is skipped)."
-    p, recs = Path(path), []
-    if not p.exists(): return recs
-    for line in p.read_text(encoding='utf-8').splitlines():
-        try: recs.append(json.loads(line))
-        except json.JSONDecodeError: pass
-    return recs
-
-def _truncate_log(path:Path, step:int) -> list:
-    "Keep the records up to `step`: a resumed run redoes everything after its checkpoint."
-    recs = [r for r in read_log(path) if r.get('step', 0) <= step]
-    atomic_write_text(path, ''.join(json.dumps(r) + '\n' for r in recs))
-    return recs
-
-def _jsonable(cfg:TrainConfig) -> dict: return json.loads(json.dumps(asdict(cfg)))
-
-def _config_diff(a:dict, b:dict) -> list:
-    "Fields (other than RUNTIME_FIELDS) on which two configurations differ."
-    return sorted(k for k in set(a) | set(b) if k not in RUNTIME_FIELDS and a.get(k) != b.get(k))
-
 def fixed_val_batches(val:np.ndarray, # validation stream, (N_val,)
                       cfg:TrainConfig, device='cpu') -> list: # eval_iters pairs (x, y), each (batch_size, block_size)
     "The run's validation batches: drawn once from a generator seeded seed + 7919 that nothing else uses."
@@ -789,35 +408,6 @@ def _use_compile(cfg:TrainConfig, device:torch.device, autograd_force:bool) -> t
 # model, load the checkpoint's weights, probe it; move it to the device; make the optimizer and restore its state, the
 # data generator and the RNGs; draw the fixed validation batches; then for each step: learning rate, batch, forward,
 # backward, clip, guard, update, log, and on schedule evaluate and checkpoint. At the end it writes the summary.
-
-# %% [markdown]
-# **Resuming and extending.** A resumed run must have the saved configuration, except the `RUNTIME_FIELDS`. The one
-# change a researcher needs is to train *longer*: `--resume --extend --max-steps N` (or `extend=True`) accepts a new
-# `max_steps` at or beyond the step reached. The cosine schedule is defined by `max_steps`, so extending stretches
-# it: every later step gets the learning rate of the longer schedule, which at the resume step is higher than the
-# saved schedule's (a finished run restarts from lr 0 to a positive lr). `check_resumable` prints that consequence.
-
-# %%
-#| export
-def check_resumable(state:dict, # the checkpoint's trainer state
-                    cfg:TrainConfig, world:int, verbose:bool=True):
-    "Refuse a resume whose configuration differs from the saved run's (bar RUNTIME_FIELDS and an explicit extension)."
-    saved, step = state['config'], state['step']
-    diff = _config_diff(saved, _jsonable(cfg))
-    if diff == ['max_steps'] and cfg.extend:
-        if cfg.max_steps < step: raise ValueError(f"--extend: max_steps={cfg.max_steps} is below the {step} steps the run has done")
-        if verbose:
-            old, new = (lr_at(step, cfg.lr, cfg.warmup, n) for n in (saved['max_steps'], cfg.max_steps))
-            print(f"extending the run from {saved['max_steps']} to {cfg.max_steps} steps: the cosine schedule is stretched, "
-                  f"so the learning rate at step {step} is {new:.3g} (the saved schedule had {old:.3g}) and reaches 0 at step "
-                  f"{cfg.max_steps}", flush=True)
-    elif diff:
-        how = (" To train longer, add --extend (extend=True) with the new --max-steps; the cosine learning-rate schedule "
-               "is then stretched to the new length." if 'max_steps' in diff and len(diff) == 1 else '')
-        raise ValueError(f"--resume: the configuration differs from the saved run's in {diff}; resume with the saved "
-                         f"settings ({Path(cfg.out)/'train_config.json'}).{how}")
-    if state['world_size'] != world: raise ValueError(f"--resume: the run used {state['world_size']} processes, now {world}")
-
 
 # %%
 #| export
@@ -951,33 +541,20 @@ def _train(cfg:TrainConfig, device:torch.device, rank:int, world:int) -> Optiona
 #| export
 def sample(model:nn.Module, codec:VocabCodec, prompt:str='\n', # text to continue
            max_new_tokens:int=60, temperature:float=0.8, top_k:Optional[int]=40, seed:int=0) -> str:
-    "Prompt plus a sampled continuation (full recompute per token, context cropped to the model's max_len)."
+    "Prompt plus a continuation sampled by the model's own `generate()` (its cache when the text fits max_len)."
     if max_new_tokens < 0 or not temperature > 0: raise ValueError("max_new_tokens must be >= 0 and temperature > 0")
-    g = torch.Generator().manual_seed(seed)
     dev = next(model.parameters()).device
     ids = torch.tensor([codec.encode(prompt) or [0]], dtype=torch.long, device=dev)
+    if max_new_tokens == 0: return codec.decode(ids[0])
     ml = _max_len_of(model.config.to_dict()) or ids.shape[1] + max_new_tokens
+    fits = ids.shape[1] + max_new_tokens <= ml                             # else: recompute, the context cropped to max_len
     was = model.training; model.eval()
-    with torch.enable_grad():
-        for _ in range(max_new_tokens):
-            z = model(ids[:, -ml:]).logits[0, -1].detach().float().cpu() / temperature
-            if top_k: z[z < z.topk(min(top_k, z.numel())).values[-1]] = -float('inf')
-            ids = torch.cat([ids, torch.multinomial(z.softmax(-1), 1, generator=g).to(dev)[None]], 1)
+    with torch.random.fork_rng(devices=[dev] if dev.type == 'cuda' else []):
+        torch.manual_seed(seed)
+        out = model.generate(ids[:, -ml:], max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
+                             top_k=top_k or 0, pad_token_id=0, use_cache=fits)
     model.train(was)
-    return codec.decode(ids[0])
-
-def plot_run(records:Sequence[dict], label:str='', ax=None, color='C0'):
-    "Training CE (raw, faint, and smoothed) and validation CE against step."
-    import matplotlib.pyplot as plt
-    if ax is None: _, ax = plt.subplots(figsize=(6, 3.5))
-    st, lo = np.array([r['step'] for r in records]), np.array([r['loss'] for r in records])
-    ax.plot(st, lo, color=color, alpha=0.2, lw=0.8)
-    k = max(1, len(lo) // 30)
-    if len(lo) >= k: ax.plot(st[k - 1:], np.convolve(lo, np.ones(k) / k, mode='valid'), color=color, label=f'{label} train')
-    ev = [(r['step'], r['val_loss']) for r in records if 'val_loss' in r]
-    if ev: ax.plot(*zip(*ev), 'o--', color=color, label=f'{label} val')
-    ax.set(xlabel='step', ylabel='cross-entropy (nats)'); ax.legend()
-    return ax
+    return codec.decode(torch.cat([ids[0, :-ml], out[0]]) if ids.shape[1] > ml else out[0])
 
 def write_summary(out:Union[str, Path], cfg:TrainConfig, model:nn.Module, data:RunData, info:dict) -> dict:
     "summary.json, summary.md and loss_curve.png in the run folder, from its log."
@@ -1087,17 +664,6 @@ def train_together(cfgs:Sequence[TrainConfig], parallel:bool=True, progress:bool
         status, val = done[c.out]
         if status != 'ok': raise ERRORS.get(status, RuntimeError)(f"{c.model} ({c.out}): {val}")
     return [done[c.out][1] for c in cfgs]
-
-def plot_runs(run_dirs:Sequence[Union[str, Path]], path:Optional[Union[str, Path]]=None, title:str=''):
-    "Training and validation curves of several runs in one figure; saved to `path` when given."
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 3.8))
-    for i, d in enumerate(run_dirs):
-        cfg = json.loads((Path(d)/'train_config.json').read_text())
-        plot_run(read_log(Path(d)/'log.jsonl'), cfg['model'], ax, f'C{i}')
-    ax.set_title(title); fig.tight_layout()
-    if path is not None: fig.savefig(path, dpi=110)
-    return fig
 
 
 # %% [markdown]

@@ -15,163 +15,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .core import atomic_write_text, set_seed, get_device, check_positive_ints
+from .core import atomic_write_text, set_seed, get_device
 from .models import MODELS, ModelSpec, model_fields, model_spec
+from .train_config import (TrainConfig, RUNTIME_FIELDS, PRESETS, parse_value, make_config, model_kwargs,
+                                 validate_config, lr_at, _max_len_of)
+from .runs import (CKPT_PREFIX, latest_checkpoint, save_checkpoint, load_weights, read_log, check_resumable,
+                         plot_run, plot_runs, _rng_state, _set_rng_state, _truncate_log, _jsonable, _config_diff)
 from .causal import causal_probe
 from .data import tokenize_corpus, get_batch, logfreq_surprisal, gpt2_tokenizer, GPT2_VOCAB_SIZE
 
 # %% auto #0
-__all__ = ['RUNTIME_FIELDS', 'PRESETS', 'CKPT_PREFIX', 'ERRORS', 'TrainConfig', 'parse_value', 'make_config', 'model_kwargs',
-           'validate_config', 'VocabCodec', 'RunData', 'compact_vocabulary', 'prepare_data', 'build_model', 'n_params',
-           'lr_at', 'make_optimizer', 'forward_loss', 'CausalLeakError', 'NonFiniteError', 'probe_model',
-           'latest_checkpoint', 'save_checkpoint', 'load_weights', 'read_log', 'fixed_val_batches', 'evaluate',
-           'wrap_ddp', 'check_resumable', 'train', 'sample', 'plot_run', 'write_summary', 'load_run', 'train_together',
-           'plot_runs', 'add_train_args', 'config_from_args', 'run_train', 'main']
-
-# %% ../nbs/30_train.ipynb #f068d624
-@dataclass
-class TrainConfig:
-    "One training run. Every field can be set from the command line with `--set key=value`."
-    # --- model
-    model: str = 'splm-em-ln'     # model family, a key of MODELS
-    d: int = 128                  # hidden size d
-    L: int = 8                    # integration steps (SPLM) or transformer blocks (MatchedGPT)
-    v_hidden: int = 512           # width of the V_θ MLP (SPLM)
-    v_depth: int = 3              # hidden layers of the V_θ MLP (SPLM)
-    max_len: int = 256            # positional-table rows; block_size may not exceed it
-    n_head: int = 4               # attention heads (MatchedGPT)
-    model_args: dict = field(default_factory=dict)  # further model-config fields, e.g. {'xi_channels': 4}
-    # --- data
-    corpus: str = 'tinyshakespeare'  # corpus name or text-file path (semsim.data.load_corpus)
-    val_frac: float = 0.05        # last fraction of the tokens held out (TinyStories has its own split)
-    compact_vocab: bool = False   # remap ids to the corpus's token types (CPU speed; deviates from the reference)
-    vocab_size: int = 0           # model vocabulary; 0 = the tokenizer's 50,257 (or the compact size)
-    # --- optimisation
-    batch_size: int = 16          # B, sequences per step (global: split evenly over DDP ranks)
-    block_size: int = 128         # T, tokens per sequence
-    max_steps: int = 4000         # optimizer steps S
-    lr: float = 5e-4              # peak learning rate η
-    warmup: int = 200             # W, linear warm-up steps, then cosine to 0
-    weight_decay: float = 0.01    # w, AdamW decoupled weight decay
-    no_decay_1d: bool = False     # exempt biases, norm gains and other 1-D tensors from decay (reference: decay all)
-    beta1: float = 0.9            # AdamW β1
-    beta2: float = 0.95           # AdamW β2
-    grad_clip: float = 1.0        # c, global gradient-norm clip
-    # --- evaluation, logging, checkpoints
-    eval_every: int = 200         # steps between evaluations (and at the last step)
-    eval_iters: int = 40          # fixed validation batches per evaluation
-    ckpt_every: int = 200         # steps between checkpoints (and at the last step)
-    seed: int = 0                 # seeds torch, numpy, python and the data stream (rank r draws with seed + r)
-    # --- hardware and run control
-    device: str = 'auto'          # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
-    amp: str = 'auto'             # 'auto' (bf16 autocast on CUDA only), 'bf16' or 'off'
-    compile: str = 'auto'         # torch.compile: 'auto' (CUDA, where valid), 'on' or 'off'
-    threads: int = 0              # torch CPU threads; 0 = torch's default
-    probe: bool = True            # causal probe before the first step; a leaking model is refused
-    progress: bool = True         # live progress bar (in a terminal or notebook)
-    out: str = 'runs/train'       # run folder: log.jsonl, checkpoints, plots, summary
-    resume: Union[bool, str] = False  # True: continue the run in `out` (an error if it holds none); 'auto': continue if any, else start
-    extend: bool = False          # on resume, accept a new (larger) max_steps: the cosine schedule is stretched to it
-
-RUNTIME_FIELDS = ('device', 'threads', 'probe', 'progress', 'out', 'resume', 'extend', 'ckpt_every')  # free to change on resume
-
-PRESETS = {
-    'smoke': dict(model='splm-em-ln', d=64, L=4, v_hidden=128, v_depth=2, max_len=128, batch_size=8, block_size=64,
-                  max_steps=300, lr=1e-3, weight_decay=0.0, warmup=20, eval_every=50, eval_iters=20, ckpt_every=100),
-    'shakespeare': dict(model='splm-em-ln', d=128, L=8, v_hidden=512, v_depth=3, max_len=256, batch_size=16,
-                        block_size=128, max_steps=4000, lr=5e-4, weight_decay=0.01, warmup=200, eval_every=200,
-                        eval_iters=40, ckpt_every=200),
-    'tinystories-pilot': dict(model='splm-multixi', corpus='tinystories', d=256, L=8, v_hidden=1024, v_depth=3,
-                              max_len=1024, batch_size=16, block_size=512, max_steps=4000, lr=5e-4, weight_decay=0.01,
-                              warmup=200, eval_every=200, eval_iters=40, ckpt_every=200),
-    'tinystories-scaleup': dict(model='matched-gpt', corpus='tinystories', d=256, L=8, v_hidden=1024, v_depth=3,
-                                max_len=1024, batch_size=16, block_size=512, max_steps=8000, lr=5e-4,
-                                weight_decay=0.01, warmup=400, eval_every=400, eval_iters=40, ckpt_every=400),
-    'tinystories-16k': dict(model='splm-sq3', corpus='tinystories', d=256, L=8, v_hidden=1024, v_depth=3,
-                            max_len=1024, batch_size=16, block_size=512, max_steps=16000, lr=5e-4, weight_decay=0.01,
-                            warmup=400, eval_every=400, eval_iters=40, ckpt_every=400),
-    'demo': dict(model='splm-multixi', d=64, L=4, v_hidden=128, v_depth=2, max_len=128, batch_size=8, block_size=64,
-                 compact_vocab=True, max_steps=1200, lr=2e-3, weight_decay=0.01, warmup=60, eval_every=100,
-                 eval_iters=20, ckpt_every=200, threads=1),
-}
-
-# %% ../nbs/30_train.ipynb #74eafa55
-def parse_value(text:str, like:Any, name:str='value'):
-    "Parse the string `text` into the type of `like` (the field's current value)."
-    t = text.strip()
-    try:
-        if isinstance(like, bool):
-            if t.lower() in ('1', 'true', 'yes', 'on'): return True
-            if t.lower() in ('0', 'false', 'no', 'off'): return False
-            raise ValueError
-        if isinstance(like, int): return int(t)
-        if isinstance(like, float): return float(t)
-        if isinstance(like, (tuple, list)):
-            items = json.loads(t) if t.startswith('[') else [s for s in t.strip('()').split(',') if s.strip()]
-            el = type(like[0]) if len(like) else None
-            return type(like)(parse_value(str(s), el(), name) if el in (int, float, bool) else s for s in items)
-        if isinstance(like, dict): return dict(json.loads(t))
-        if isinstance(like, str): return t
-        try: return json.loads(t)                                           # a field whose default is None
-        except json.JSONDecodeError:
-            if ',' in t: return [json.loads(s) for s in t.strip('()').split(',') if s.strip()]
-            return t
-    except (ValueError, TypeError, json.JSONDecodeError):
-        raise ValueError(f"option {name}: cannot parse {text!r} as {type(like).__name__}") from None
-
-def make_config(preset:Optional[str]=None, # a key of PRESETS; None starts from the TrainConfig defaults
-                sets:Sequence[str]=(), # 'key=value' strings naming TrainConfig or model-config fields
-                **overrides) -> TrainConfig:
-    "A TrainConfig from a preset, keyword overrides and typed `key=value` strings (applied last)."
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
-    tfields = [f.name for f in fields(TrainConfig)]
-    bad = [k for k in overrides if k not in tfields]
-    if bad: raise ValueError(f"unknown TrainConfig field(s) {bad}; valid: {', '.join(tfields)}")
-    cfg = TrainConfig(**{**(PRESETS[preset] if preset else {}), **overrides})
-    cfg.model_args = dict(cfg.model_args)
-    for s in sets:
-        if '=' not in s: raise ValueError(f"--set expects key=value, got {s!r}")
-        k, v = (x.strip() for x in s.split('=', 1))
-        if k in tfields and k != 'model_args': setattr(cfg, k, parse_value(v, getattr(cfg, k), k)); continue
-        mf = model_fields(cfg.model)
-        if k not in mf:
-            raise ValueError(f"unknown option {k!r}: neither a training field nor a field of the {cfg.model} config. "
-                             f"Training fields: {', '.join(f for f in tfields if f != 'model_args')}. "
-                             f"{cfg.model} fields: {', '.join(sorted(mf))}")
-        cfg.model_args[k] = parse_value(v, mf[k], k)
-    return cfg
-
-# %% ../nbs/30_train.ipynb #45e82d63
-def model_kwargs(cfg:TrainConfig, vocab_size:int) -> dict:
-    "Keyword arguments of the model config: generic sizes, then `model_args`, then the vocabulary."
-    return {**MODELS[cfg.model].defaults(cfg), **cfg.model_args, 'vocab_size': vocab_size}
-
-def _max_len_of(kw:dict) -> Optional[int]:
-    for k in ('max_len', 'n_positions', 'max_position_embeddings'):
-        if k in kw: return int(kw[k])
-    return None
-
-def validate_config(cfg:TrainConfig) -> None:
-    "Refuse bad values before any work, naming the field."
-    if cfg.model not in MODELS: raise ValueError(f"unknown model {cfg.model!r}; known models: {', '.join(MODELS)}")
-    check_positive_ints(cfg, ('d', 'L', 'batch_size', 'block_size', 'max_steps', 'eval_every', 'eval_iters', 'ckpt_every'))
-    for k in ('warmup', 'weight_decay', 'vocab_size', 'threads'):
-        if getattr(cfg, k) < 0: raise ValueError(f"{k} must be >= 0, got {getattr(cfg, k)!r}")
-    for k in ('lr', 'grad_clip'):
-        if not getattr(cfg, k) > 0: raise ValueError(f"{k} must be > 0, got {getattr(cfg, k)!r}")
-    if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1): raise ValueError(f"beta1 and beta2 must lie in [0, 1), got {cfg.beta1}, {cfg.beta2}")
-    if not 0 < cfg.val_frac < 1: raise ValueError(f"val_frac must lie in (0, 1), got {cfg.val_frac}")
-    if cfg.amp not in ('auto', 'bf16', 'off'): raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {cfg.amp!r}")
-    if cfg.compile not in ('auto', 'on', 'off'): raise ValueError(f"compile must be 'auto', 'on' or 'off', got {cfg.compile!r}")
-    mf = model_fields(cfg.model)
-    bad = [k for k in cfg.model_args if k not in mf]
-    if bad: raise ValueError(f"unknown option(s) {bad} for the {cfg.model} config; valid: {', '.join(sorted(mf))}")
-    ml = _max_len_of(model_kwargs(cfg, 1))
-    if ml is not None and cfg.block_size > ml:
-        raise ValueError(f"block_size {cfg.block_size} exceeds the model's max_len {ml} (its positional table): "
-                         f"lower block_size or raise max_len")
-    MODELS[cfg.model].config_cls(**model_kwargs(cfg, max(cfg.vocab_size, 1)))   # the model's own checks
+__all__ = ['ERRORS', 'VocabCodec', 'RunData', 'compact_vocabulary', 'prepare_data', 'build_model', 'n_params', 'make_optimizer',
+           'forward_loss', 'CausalLeakError', 'NonFiniteError', 'probe_model', 'fixed_val_batches', 'evaluate',
+           'wrap_ddp', 'train', 'sample', 'write_summary', 'load_run', 'train_together', 'add_train_args',
+           'config_from_args', 'run_train', 'main']
 
 # %% ../nbs/30_train.ipynb #db2ae3e3
 class VocabCodec:
@@ -239,14 +96,6 @@ def n_params(model:nn.Module) -> int:
     "Number of distinct parameters (a tied embedding counts once)."
     return sum(p.numel() for p in model.parameters())
 
-# %% ../nbs/30_train.ipynb #7678676c
-def lr_at(step:int, # optimizer step k, 0-based
-          lr:float, warmup:int, max_steps:int) -> float:
-    "Linear warm-up lr·(k+1)/W, then cosine 0.5·lr·(1+cos(π·(k-W)/(S-W))) down to 0 at k = S."
-    if step < warmup: return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, max_steps - warmup)
-    return 0.5 * lr * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
 # %% ../nbs/30_train.ipynb #5b97c539
 def make_optimizer(model:nn.Module, cfg:TrainConfig) -> torch.optim.AdamW:
     "AdamW, betas (β1, β2), over all trainable parameters; 1-D tensors undecayed with `no_decay_1d`."
@@ -283,99 +132,7 @@ def probe_model(model:nn.Module, max_len:int):
     model.train(was); model.zero_grad(set_to_none=True)
     return rep
 
-# %% ../nbs/30_train.ipynb #f15a8b64
-CKPT_PREFIX = 'ckpt-'  # checkpoint folders OUT/ckpt-<step>/; OUT/latest names the newest complete one
-
-def latest_checkpoint(out:Union[str, Path]) -> Optional[Path]:
-    "The checkpoint folder named by `OUT/latest`, or None when the run has none yet."
-    p = Path(out)/'latest'
-    if not p.exists(): return None
-    ck = Path(out)/p.read_text().strip()
-    if not (ck/'trainer_state.pt').exists(): raise FileNotFoundError(f"{p} names {ck}, which is not a complete checkpoint")
-    return ck
-
-def _rng_state() -> dict:
-    "Python, NumPy, torch (and CUDA) RNG states, in types `torch.load(weights_only=True)` accepts."
-    st = np.random.get_state()
-    r = {'python': random.getstate(), 'numpy': [st[0], st[1].tolist(), int(st[2]), int(st[3]), float(st[4])],
-         'torch': torch.get_rng_state()}
-    if torch.cuda.is_available(): r['cuda'] = torch.cuda.get_rng_state_all()
-    return r
-
-def _set_rng_state(r:dict) -> None:
-    random.setstate((r['python'][0], tuple(r['python'][1]), r['python'][2]))
-    n = r['numpy']; np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    torch.set_rng_state(r['torch'])
-    if 'cuda' in r and torch.cuda.is_available(): torch.cuda.set_rng_state_all(r['cuda'])
-
-def _quiet_save(model:nn.Module, folder:Path):
-    "`save_pretrained` without transformers' per-shard progress bar."
-    from transformers.utils import logging as hf_logging
-    on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try: model.save_pretrained(folder)
-    finally:
-        if on: hf_logging.enable_progress_bar()
-
-def save_checkpoint(out:Union[str, Path], step:int, model:nn.Module, state:dict, keep:int=1) -> Path:
-    "Write OUT/ckpt-<step>/ completely (HF safetensors + trainer state), point OUT/latest at it, drop older ones."
-    out = Path(out)
-    final, tmp = out/f'{CKPT_PREFIX}{step}', out/f'.{CKPT_PREFIX}{step}.tmp'
-    if tmp.exists(): shutil.rmtree(tmp)
-    _quiet_save(model, tmp)
-    torch.save(state, tmp/'trainer_state.pt')
-    (tmp/'train_config.json').write_text(json.dumps(state['config'], indent=1))
-    if state.get('vocab_map') is not None: (tmp/'vocab_map.json').write_text(json.dumps(state['vocab_map']))
-    for f in tmp.iterdir():
-        with open(f, 'rb') as fh: os.fsync(fh.fileno())
-    if final.exists(): shutil.rmtree(final)
-    os.replace(tmp, final)                                  # 2. the folder appears complete or not at all
-    atomic_write_text(out/'latest', final.name + '\n')      # 3. then the pointer moves, atomically
-    ckpts = sorted((p for p in out.glob(f'{CKPT_PREFIX}*') if p.is_dir() and p.name[len(CKPT_PREFIX):].isdigit()),
-                   key=lambda p: int(p.name[len(CKPT_PREFIX):]))
-    for p in ckpts[:-keep]:                                 # 4. older checkpoints go last
-        if p != final: shutil.rmtree(p, ignore_errors=True)
-    for p in out.glob(f'.{CKPT_PREFIX}*.tmp'): shutil.rmtree(p, ignore_errors=True)
-    return final
-
-def load_weights(model:nn.Module, folder:Union[str, Path]) -> nn.Module:
-    "Load the safetensors weights of a checkpoint into `model`; tied weights come back through their twin."
-    from safetensors.torch import load_file
-    folder = Path(folder)
-    idx = folder/'model.safetensors.index.json'
-    files = sorted(set(json.loads(idx.read_text())['weight_map'].values())) if idx.exists() else ['model.safetensors']
-    sd = {}
-    for f in files: sd.update(load_file(folder/f))
-    try: missing, unexpected = model.load_state_dict(sd, strict=False)
-    except RuntimeError as e: raise ValueError(f"checkpoint {folder} does not fit the model: {e}") from None
-    own = model.state_dict()
-    loaded = {own[k].data_ptr() for k in sd if k in own}
-    really = [k for k in missing if own[k].data_ptr() not in loaded]
-    if really or unexpected: raise ValueError(f"checkpoint {folder} does not fit the model: missing {really}, unexpected {unexpected}")
-    return model
-
 # %% ../nbs/30_train.ipynb #6a2942a0
-def read_log(path:Union[str, Path]) -> list:
-    "The records of a log.jsonl (a torn last line, left by a kill mid-write, is skipped)."
-    p, recs = Path(path), []
-    if not p.exists(): return recs
-    for line in p.read_text(encoding='utf-8').splitlines():
-        try: recs.append(json.loads(line))
-        except json.JSONDecodeError: pass
-    return recs
-
-def _truncate_log(path:Path, step:int) -> list:
-    "Keep the records up to `step`: a resumed run redoes everything after its checkpoint."
-    recs = [r for r in read_log(path) if r.get('step', 0) <= step]
-    atomic_write_text(path, ''.join(json.dumps(r) + '\n' for r in recs))
-    return recs
-
-def _jsonable(cfg:TrainConfig) -> dict: return json.loads(json.dumps(asdict(cfg)))
-
-def _config_diff(a:dict, b:dict) -> list:
-    "Fields (other than RUNTIME_FIELDS) on which two configurations differ."
-    return sorted(k for k in set(a) | set(b) if k not in RUNTIME_FIELDS and a.get(k) != b.get(k))
-
 def fixed_val_batches(val:np.ndarray, # validation stream, (N_val,)
                       cfg:TrainConfig, device='cpu') -> list: # eval_iters pairs (x, y), each (batch_size, block_size)
     "The run's validation batches: drawn once from a generator seeded seed + 7919 that nothing else uses."
@@ -453,26 +210,6 @@ def _use_compile(cfg:TrainConfig, device:torch.device, autograd_force:bool) -> t
     want = cfg.compile == 'on' or (cfg.compile == 'auto' and device.type == 'cuda')
     if want and autograd_force: return False, 'eager (autograd force: double backward)'
     return want, ('compiled' if want else 'eager')
-
-# %% ../nbs/30_train.ipynb #a9e48595
-def check_resumable(state:dict, # the checkpoint's trainer state
-                    cfg:TrainConfig, world:int, verbose:bool=True):
-    "Refuse a resume whose configuration differs from the saved run's (bar RUNTIME_FIELDS and an explicit extension)."
-    saved, step = state['config'], state['step']
-    diff = _config_diff(saved, _jsonable(cfg))
-    if diff == ['max_steps'] and cfg.extend:
-        if cfg.max_steps < step: raise ValueError(f"--extend: max_steps={cfg.max_steps} is below the {step} steps the run has done")
-        if verbose:
-            old, new = (lr_at(step, cfg.lr, cfg.warmup, n) for n in (saved['max_steps'], cfg.max_steps))
-            print(f"extending the run from {saved['max_steps']} to {cfg.max_steps} steps: the cosine schedule is stretched, "
-                  f"so the learning rate at step {step} is {new:.3g} (the saved schedule had {old:.3g}) and reaches 0 at step "
-                  f"{cfg.max_steps}", flush=True)
-    elif diff:
-        how = (" To train longer, add --extend (extend=True) with the new --max-steps; the cosine learning-rate schedule "
-               "is then stretched to the new length." if 'max_steps' in diff and len(diff) == 1 else '')
-        raise ValueError(f"--resume: the configuration differs from the saved run's in {diff}; resume with the saved "
-                         f"settings ({Path(cfg.out)/'train_config.json'}).{how}")
-    if state['world_size'] != world: raise ValueError(f"--resume: the run used {state['world_size']} processes, now {world}")
 
 # %% ../nbs/30_train.ipynb #aa8b2c7d
 def train(cfg:TrainConfig) -> dict: # the run's summary (rank 0; None on other ranks)
@@ -594,33 +331,20 @@ def _train(cfg:TrainConfig, device:torch.device, rank:int, world:int) -> Optiona
 # %% ../nbs/30_train.ipynb #7fbb9cf1
 def sample(model:nn.Module, codec:VocabCodec, prompt:str='\n', # text to continue
            max_new_tokens:int=60, temperature:float=0.8, top_k:Optional[int]=40, seed:int=0) -> str:
-    "Prompt plus a sampled continuation (full recompute per token, context cropped to the model's max_len)."
+    "Prompt plus a continuation sampled by the model's own `generate()` (its cache when the text fits max_len)."
     if max_new_tokens < 0 or not temperature > 0: raise ValueError("max_new_tokens must be >= 0 and temperature > 0")
-    g = torch.Generator().manual_seed(seed)
     dev = next(model.parameters()).device
     ids = torch.tensor([codec.encode(prompt) or [0]], dtype=torch.long, device=dev)
+    if max_new_tokens == 0: return codec.decode(ids[0])
     ml = _max_len_of(model.config.to_dict()) or ids.shape[1] + max_new_tokens
+    fits = ids.shape[1] + max_new_tokens <= ml                             # else: recompute, the context cropped to max_len
     was = model.training; model.eval()
-    with torch.enable_grad():
-        for _ in range(max_new_tokens):
-            z = model(ids[:, -ml:]).logits[0, -1].detach().float().cpu() / temperature
-            if top_k: z[z < z.topk(min(top_k, z.numel())).values[-1]] = -float('inf')
-            ids = torch.cat([ids, torch.multinomial(z.softmax(-1), 1, generator=g).to(dev)[None]], 1)
+    with torch.random.fork_rng(devices=[dev] if dev.type == 'cuda' else []):
+        torch.manual_seed(seed)
+        out = model.generate(ids[:, -ml:], max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
+                             top_k=top_k or 0, pad_token_id=0, use_cache=fits)
     model.train(was)
-    return codec.decode(ids[0])
-
-def plot_run(records:Sequence[dict], label:str='', ax=None, color='C0'):
-    "Training CE (raw, faint, and smoothed) and validation CE against step."
-    import matplotlib.pyplot as plt
-    if ax is None: _, ax = plt.subplots(figsize=(6, 3.5))
-    st, lo = np.array([r['step'] for r in records]), np.array([r['loss'] for r in records])
-    ax.plot(st, lo, color=color, alpha=0.2, lw=0.8)
-    k = max(1, len(lo) // 30)
-    if len(lo) >= k: ax.plot(st[k - 1:], np.convolve(lo, np.ones(k) / k, mode='valid'), color=color, label=f'{label} train')
-    ev = [(r['step'], r['val_loss']) for r in records if 'val_loss' in r]
-    if ev: ax.plot(*zip(*ev), 'o--', color=color, label=f'{label} val')
-    ax.set(xlabel='step', ylabel='cross-entropy (nats)'); ax.legend()
-    return ax
+    return codec.decode(torch.cat([ids[0, :-ml], out[0]]) if ids.shape[1] > ml else out[0])
 
 def write_summary(out:Union[str, Path], cfg:TrainConfig, model:nn.Module, data:RunData, info:dict) -> dict:
     "summary.json, summary.md and loss_curve.png in the run folder, from its log."
@@ -719,17 +443,6 @@ def train_together(cfgs:Sequence[TrainConfig], parallel:bool=True, progress:bool
         status, val = done[c.out]
         if status != 'ok': raise ERRORS.get(status, RuntimeError)(f"{c.model} ({c.out}): {val}")
     return [done[c.out][1] for c in cfgs]
-
-def plot_runs(run_dirs:Sequence[Union[str, Path]], path:Optional[Union[str, Path]]=None, title:str=''):
-    "Training and validation curves of several runs in one figure; saved to `path` when given."
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 3.8))
-    for i, d in enumerate(run_dirs):
-        cfg = json.loads((Path(d)/'train_config.json').read_text())
-        plot_run(read_log(Path(d)/'log.jsonl'), cfg['model'], ax, f'C{i}')
-    ax.set_title(title); fig.tight_layout()
-    if path is not None: fig.savefig(path, dpi=110)
-    return fig
 
 # %% ../nbs/30_train.ipynb #0f3c722f
 def add_train_args(p:argparse.ArgumentParser) -> None:
