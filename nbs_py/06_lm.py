@@ -46,10 +46,10 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 # With logits $z \in \mathbb{R}^{B\times T\times V}$ and integer targets:
 #
 # - **Hugging Face** (`lm_loss`, what `model(input_ids, labels=...)` returns): `labels` are the input ids themselves and
-#   position $t$ predicts token $t+1$, so $\mathcal{L} = \frac{1}{N}\sum_{b}\sum_{t<T-1} -\log \mathrm{softmax}(z_{b,t})[\ell_{b,t+1}]$
+#   position $t$ predicts token $t+1$, so $\mathrm{CE} = \frac{1}{N}\sum_{b}\sum_{t<T-1} -\log \mathrm{softmax}(z_{b,t})[\ell_{b,t+1}]$
 #   over the $N$ targets that are not `ignore_index` (-100), exactly as GPT-2 does;
 # - **reference** (`reference_loss`): the data loader already returns $y = x$ shifted by one, so
-#   $\mathcal{L} = \frac{1}{BT}\sum_{b,t} -\log \mathrm{softmax}(z_{b,t})[y_{b,t}]$ with **no** shift. The reference
+#   $\mathrm{CE} = \frac{1}{BT}\sum_{b,t} -\log \mathrm{softmax}(z_{b,t})[y_{b,t}]$ with **no** shift. The reference
 #   fixtures' `loss` is this one.
 #
 # With $y_t = x_{t+1}$ they agree on the first $T-1$ positions: `lm_loss(z, x) == reference_loss(z[:, :-1], y[:, :-1])`.

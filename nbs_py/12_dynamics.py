@@ -11,7 +11,7 @@
 # (the paper; semsimula-paper@eb95852: `companion_notes/The_Overdamped_Limit_and_The_Position_of_The_2nd_Order_Lagrangian_Framework.md`). The language models of the SPLM family integrate exactly this motion in depth, one layer per
 # step (semsimula-paper@eb95852: `notebooks/conservative_arch/model.py`, `notebooks/conservative_arch/first_order_ablation/model_first_order.py`, `notebooks/conservative_arch/symplectic_variant/model_symplectic.py`). This chapter gives the pieces they share:
 #
-# 1. the **Lagrangian** $\mathcal L = T - V$ and the **Euler–Lagrange acceleration** computed by autograd for any
+# 1. the **Lagrangian** $\mathcal L = E_\text{kin} - V$ and the **Euler–Lagrange acceleration** computed by autograd for any
 #    Lagrangian (also velocity-dependent ones), with Rayleigh dissipation;
 # 2. three **integrators**, each a small pure torch function of tensors: the damped semi-implicit Euler step of SPLM,
 #    velocity-Verlet with Strang-split damping, and the first-order (overdamped) flow of SPLM-1;
@@ -54,7 +54,8 @@ torch.set_num_threads(1)   # the tensors here are tiny: on a shared 2-core machi
 # ## Lagrangian, energy and force
 #
 # For a particle of mass $m$ at $h$ with velocity $v$ in a potential $V$:
-# $$T = \tfrac12 m\|v\|^2, \qquad \mathcal L = T - V(h), \qquad H = T + V(h), \qquad f = -\nabla_h V(h).$$
+# $$E_\text{kin} = \tfrac12 m\|v\|^2, \qquad \mathcal L = E_\text{kin} - V(h), \qquad H = E_\text{kin} + V(h), \qquad f = -\nabla_h V(h).$$
+# (semsim writes the kinetic energy $E_\text{kin}$ where the paper writes $T$: $T$ is a sequence length here, see *Notation*.)
 # For a single semantic property in the Gaussian well this is the paper's
 # $\mathcal L_i = \tfrac12 𝔪_i v_i^2 - 𝔪_iυ^2(1 - e^{-κ^2x_i^2})$.
 # A potential is any callable mapping positions `(..., d)` to one energy per particle `(...)`; for a well of
@@ -133,7 +134,7 @@ def potential_force(potential:Callable, # h (..., d) -> V (...)
 # $$\ddot h = M^{-1}\Big(\partial_h\mathcal L - C\,v - \partial_v R\Big).$$
 # `euler_lagrange_accel` evaluates exactly this with `torch.func` (gradients, Jacobians, one linear solve per
 # particle), for a Lagrangian written for **one** particle, `L(h (d,), v (d,)) -> scalar`, vectorised over the batch.
-# For $\mathcal L = T - V$ it reduces to $\ddot h = f/m$, for the SPLM friction $R = \tfrac12γm\|v\|^2$ to
+# For $\mathcal L = E_\text{kin} - V$ it reduces to $\ddot h = f/m$, for the SPLM friction $R = \tfrac12γm\|v\|^2$ to
 # $\ddot h = f/m - γv$ (the paper; semsimula-paper@eb95852: `companion_notes/The_Overdamped_Limit_and_The_Position_of_The_2nd_Order_Lagrangian_Framework.md`: $m_t\ddot h_t = -\partial_hV - γm_t\dot h_t$), and for braking
 # $R = \tfrac12η_0H_i\|v\|^2$ to $m\ddot h + η_0H_i\dot h + \nabla V = 0$.
 

@@ -15,8 +15,9 @@
 #| hide
 import warnings; warnings.filterwarnings('ignore', message='IProgress not found')
 from fastcore.test import test_eq, test_fail, test_close
-import tempfile
+import tempfile, math
 from pathlib import Path
+import matplotlib.pyplot as plt
 from semsim.models import MODELS, build_model
 from semsim.train_config import make_config
 import torch
@@ -243,4 +244,17 @@ def plot_runs(run_dirs:Sequence[Union[str, Path]], path:Optional[Union[str, Path
     if path is not None: fig.savefig(path, dpi=110)
     return fig
 
+
+# %% [markdown]
+# A synthetic log, written and read back through the run folder's own files, as `plot_run` draws it (in a real run
+# the records come from the loop; the *Training* chapter shows one):
+
+# %%
+with tempfile.TemporaryDirectory() as d:
+    recs = [{'step': k, 'loss': 1.5 + 3 * math.exp(-k / 60) + 0.15 * math.sin(1.7 * k)} for k in range(1, 301)]
+    for r in recs[49::50]: r['val_loss'] = r['loss'] + 0.2
+    atomic_write_text(Path(d)/'log.jsonl', ''.join(json.dumps(r) + '\n' for r in recs) + '{"step": 301, "lo')   # a torn last line
+    back = read_log(Path(d)/'log.jsonl')
+    test_eq(len(back), 300); test_eq(_truncate_log(Path(d)/'log.jsonl', 120)[-1]['step'], 120)
+ax = plot_run(back, 'synthetic'); plt.show()
 

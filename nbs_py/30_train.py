@@ -10,7 +10,7 @@
 # Every model of the SPLM family and its attention baseline is trained by the same loop, written here in one flat
 # function, `train(cfg)`. It follows the reference's recipe (semsimula-paper@eb95852: `notebooks/conservative_arch/train_splm.py`):
 #
-# $$\mathcal{L}(\theta) = \frac{1}{BT}\sum_{b=1}^{B}\sum_{t=1}^{T} -\log \mathrm{softmax}\big(z_{b,t}\big)[y_{b,t}]
+# $$J(\theta) = \frac{1}{BT}\sum_{b=1}^{B}\sum_{t=1}^{T} -\log \mathrm{softmax}\big(z_{b,t}\big)[y_{b,t}]
 #   \;+\; \lambda_V\,\overline{V_\theta^2},$$
 #
 # where $x \in \{0..V-1\}^{B\times T}$ (`x`) is a random window of the training stream, $y$ (`y`) the same window
@@ -21,8 +21,10 @@
 # $(\beta_1, \beta_2) = (0.9, 0.95)$, after the gradient is **clipped** to global norm $c = 1$ (`grad_clip`):
 #
 # $$g \leftarrow g\cdot\min\!\big(1, c/\lVert g\rVert_2\big),\quad
-#   m \leftarrow \beta_1 m + (1-\beta_1) g,\quad s \leftarrow \beta_2 s + (1-\beta_2) g^2,\quad
-#   \theta \leftarrow \theta(1 - \eta_k w) - \eta_k\,\frac{m/(1-\beta_1^k)}{\sqrt{s/(1-\beta_2^k)} + \epsilon},$$
+#   \mu \leftarrow \beta_1 \mu + (1-\beta_1) g,\quad s \leftarrow \beta_2 s + (1-\beta_2) g^2,\quad
+#   \theta \leftarrow \theta(1 - \eta_k w) - \eta_k\,\frac{\mu/(1-\beta_1^k)}{\sqrt{s/(1-\beta_2^k)} + \epsilon},$$
+#
+# (the objective is $J$ and AdamW's first moment $\mu$, so that $\mathcal L$ stays the Lagrangian and $m$ the mass: *Notation*)
 #
 # with $k$ the 1-based step count and the learning rate $\eta_k$ (`lr_at`) rising linearly for $W$ (`warmup`) steps and
 # then following a cosine to zero at step $S$ (`max_steps`).

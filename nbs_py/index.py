@@ -11,7 +11,7 @@
 #
 # The chapters, in reading order:
 #
-# - **00–09 core library**: plumbing (`semsim.core`), corpora and the GPT-2 tokenizer (`semsim.data`), the command line (`semsim.cli`);
+# - **00–09 core library**: plumbing (`semsim.core`), the [notation](01_notation.html) every chapter follows, corpora and the GPT-2 tokenizer (`semsim.data`), what every causal LM shares (`semsim.lm`), the command line (`semsim.cli`);
 # - **10–19 formal ingredients**: signature matrix, energy wells, Lagrangian dynamics, PARF/SARF forces;
 # - **20–29 models**: the conservative-by-construction SPLM family and its matched attention baseline;
 # - **30–39 training and inference**; **40–49 analysis** of hidden-state trajectories;
@@ -43,10 +43,12 @@
 # | module | what it gives you | chapter |
 # |---|---|---|
 # | `semsim.data` | Tiny Shakespeare / TinyStories / any text, the exact GPT-2 BPE (offline), cached token streams, batches, log-frequency surprisal | [Data](05_data.html) |
-# | `semsim.signature`, `semsim.wells`, `semsim.dynamics`, `semsim.forces` | signature matrix and H*, the seven energy wells with fits, Lagrangian dynamics and integrators, PARF/SARF forces | [Signature](10_signature.html), [Wells](11_wells.html), [Dynamics](12_dynamics.html), [Forces](13_forces.html) |
-# | `semsim.context`, `semsim.potentials`, `semsim.splm`, `semsim.baselines` | the SPLM family (ξ pools, MLP and SQ1–SQ4 potentials, mass modes, integrators) and the matched GPT baseline, as Hugging Face models | [SPLM](22_splm.html) |
+# | `semsim.lm` | what every causal LM shares: the two loss conventions, token checks, left padding, the cache under both transformers names | [Causal-LM plumbing](06_lm.html) |
+# | `semsim.signature`, `semsim.wells`, `semsim.dynamics`, `semsim.forces` | signature matrix and H*, the seven energy wells with fits, Lagrangian dynamics, integrators and the SPLM's L-step loop, PARF/SARF forces | [Signature](10_signature.html), [Wells](11_wells.html), [Dynamics](12_dynamics.html), [Forces](13_forces.html) |
+# | `semsim.context`, `semsim.potentials`, `semsim.splm`, `semsim.baselines` | the SPLM family (ξ pools with their streaming recurrence, MLP and SQ1–SQ4 potentials with graph-free forces, mass modes, integrators) and the matched GPT baseline with its KV cache, as Hugging Face models | [SPLM](22_splm.html) |
+# | `semsim.models` | every family member by name: `build_model('splm-multixi', d=64)` | [Model registry](26_models.html) |
 # | `semsim.reference`, `semsim.causal` | loading the reference repository's checkpoints; the causal-violation probe | [Reference](24_reference.html), [Causality](25_causal.html) |
-# | `semsim.train`, `semsim.streaming`, `semsim.flops` | one trainer from laptop to GPU; O(1)-per-token decoding behind `generate()`; FLOP counts | [Training](30_train.html), [Streaming](31_streaming.html) |
+# | `semsim.train_config`, `semsim.runs`, `semsim.train`, `semsim.streaming`, `semsim.flops` | typed run configs and presets; checkpoints and logs that survive a kill; one trainer from laptop to GPU; O(1)-per-token decoding behind `generate()`; FLOP counts | [Configuration](30_config.html), [Runs](30_runs.html), [Training](30_train.html), [Streaming](31_streaming.html) |
 # | `semsim.trajectories`, `semsim.stp` | hidden-state trajectories of any causal LM; the STP–acceleration identity and statistics | [STP](41_stp.html) |
 #
 # From the command line:

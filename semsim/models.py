@@ -25,25 +25,25 @@ class ModelSpec:
     preset: dict              # the config fields that make this member (over the class defaults)
     sizes: Callable           # (object with d, L, v_hidden, v_depth, max_len, n_head) -> those sizes under the config's names
     build: Callable           # (config, data with a `surprisal` table or None) -> model
-    autograd_force: Callable = lambda m: False  # (model) -> True when the force is autograd.grad inside forward
-    stats: Callable = lambda m, x: {}            # (model, x) -> scalars for the log (γ, mass, ξ decays)
+    autograd_force: Callable = lambda model: False  # (model) -> True when the force is autograd.grad inside forward
+    stats: Callable = lambda model, x: {}            # (model, x) -> scalars for the log (γ, mass, ξ decays)
     def defaults(self, sizes) -> dict: # the config fields for the given generic sizes
         "This member's config fields with the generic sizes on top."
         return {**self.preset, **self.sizes(sizes)}
 
 # %% ../nbs/26_models.ipynb #4e2fb61a
 def _splm_build(conf:SPLMConfig, data=None) -> SPLMForCausalLM:
-    m = SPLMForCausalLM(conf)
-    if conf.mass_mode == 'logfreq' and data is not None: m.set_logfreq_surprisal(data.surprisal)
-    return m
+    model = SPLMForCausalLM(conf)
+    if conf.mass_mode == 'logfreq' and data is not None: model.set_logfreq_surprisal(data.surprisal)
+    return model
 
 @torch.no_grad()
-def _splm_stats(m, x:Tensor) -> dict: # x: input ids, (B,T)
+def _splm_stats(model, x:Tensor) -> dict: # x: input ids, (B,T)
     "γ, statistics of the per-token masses of the batch, and the EMA decays α_k when the pool has them."
-    ms = m.mass(x, m.E(x))[..., 0].float()
-    r = {'gamma': float(m.gamma()), 'mass_mean': float(ms.mean()), 'mass_std': float(ms.std()) if ms.numel() > 1 else 0.0,
+    ms = model.mass(x, model.E(x))[..., 0].float()
+    r = {'gamma': float(model.gamma()), 'mass_mean': float(ms.mean()), 'mass_std': float(ms.std()) if ms.numel() > 1 else 0.0,
          'mass_min': float(ms.min()), 'mass_max': float(ms.max())}
-    a = getattr(m.xi_module, 'alpha', None)
+    a = getattr(model.xi_module, 'alpha', None)
     if isinstance(a, Tensor): r['xi_alpha'] = [round(float(v), 6) for v in a]
     return r
 
@@ -51,7 +51,7 @@ def _splm_sizes(c) -> dict: return {'d': c.d, 'L': c.L, 'v_hidden': c.v_hidden, 
 
 def _splm_spec(preset:str, help:str) -> ModelSpec:
     return ModelSpec(help, SPLMConfig, dict(SPLMConfig.PRESETS[preset]), _splm_sizes, _splm_build,
-                     autograd_force=lambda m: not m.V_theta.closed_form, stats=_splm_stats)
+                     autograd_force=lambda model: not model.V_theta.closed_form, stats=_splm_stats)
 
 # %% ../nbs/26_models.ipynb #b298a6bc
 MODELS = {
