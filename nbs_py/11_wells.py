@@ -84,6 +84,8 @@ def _nonneg(cls_name:str, name:str, value, strict:bool=False):
         bad = (v <= 0 if strict else v < 0) or not math.isfinite(v)
     if bad: raise ValueError(f"{cls_name}: parameter {name} must be {'> 0' if strict else '>= 0'} and finite, got {value}")
 
+# %%
+#| export
 class Well:
     "Base of the radial potentials: subclasses define the profile `radial(r)` and its derivative `dradial(r)`."
     name: ClassVar[str] = ''
@@ -142,7 +144,6 @@ class Well:
         "Starting points for a least-squares fit of this form to (r, E) (list of dicts over `fit_names`)."
         raise NotImplementedError
 
-
 # %%
 #| export
 def _scales(r:np.ndarray, E:np.ndarray):
@@ -156,6 +157,8 @@ def _with_b_scaled(g:dict) -> list:
     "The guess and two variants with b scaled by 0.1 and 10 (multi-start against local minima)."
     return [g] + [{**g, 'b': g['b'] * k} for k in (0.1, 10.0)]
 
+# %%
+#| export
 @dataclass(frozen=True)
 class GaussianWell(Well):
     "The Gaussian inverse semantic energy well V = m upsilon^2 (1 - exp(-kappa^2 x^2)) + c."
@@ -203,7 +206,6 @@ class GaussianWell(Well):
     def radial(self, r): return self.a * (1 - torch.exp(-self.b * r**2))
     def dradial(self, r): return 2 * self.a * self.b * r * torch.exp(-self.b * r**2)
     def stiffness(self, r): return 2 * self.a * self.b * torch.exp(-self.b * r**2)
-
 
 # %% [markdown]
 # A well with depth $E_t = 1$, unit mass and $f = 1$ has $υ = κ = 1$: the inflection point sits at $1/\sqrt2$, the
@@ -343,6 +345,8 @@ class LorentzianWell(Well):
     @classmethod
     def guesses(cls, r, E): A, s, R = _scales(r, E); return _with_b_scaled({'a': A, 'b': 1 / s**2})
 
+# %%
+#| export
 @dataclass(frozen=True)
 class LogSaturationWell(Well):
     "Log-saturation well V = a log(1 + b r^2) + c (slow, unbounded growth)."
@@ -377,6 +381,8 @@ class WeibullWell(Well):
     @classmethod
     def guesses(cls, r, E): A, s, R = _scales(r, E); return _with_b_scaled({'a': A, 'b': 1 / s**2, 'alpha': 2.0})
 
+# %%
+#| export
 @dataclass(frozen=True)
 class PowerWell(Well):
     "Power-law well V = a r^p + c (unbounded)."
@@ -391,7 +397,6 @@ class PowerWell(Well):
     def dradial(self, r): return self.a * self.p * r**self.p / r
     @classmethod
     def guesses(cls, r, E): A, s, R = _scales(r, E); return [{'a': A / R**p, 'p': p} for p in (2.0, 1.0, 3.0)]
-
 
 # %% [markdown]
 # The registry maps each name to its class, in the order of the table; iterate over it to try every form.
@@ -564,6 +569,8 @@ def _as_1d(name:str, x) -> np.ndarray:
     if not np.isfinite(a).all(): raise ValueError(f"{name} contains {int((~np.isfinite(a)).sum())} non-finite values")
     return a
 
+# %%
+#| export
 def fit_well(r, # distances from the centre, (n,)
              energy, # energies (e.g. per-token loss), (n,)
              form='gaussian', # a name in WELLS or a Well subclass
@@ -613,6 +620,8 @@ def fit_well(r, # distances from the centre, (n,)
     return WellFit(cls.name, params, {nm: float(v) for nm, v in zip(names, se)}, 1 - rss / tss, aic, rss, n, k, True,
                    'converged', cls.from_fit(**params))
 
+# %%
+#| export
 def fit_wells(r, # distances, (n,)
               energy, # energies, (n,)
               forms:Optional[Sequence]=None, # forms to try (default: all of WELLS)
@@ -620,7 +629,6 @@ def fit_wells(r, # distances, (n,)
     "Fit several forms to the same data; the fits sorted by AIC (best first, non-converged last)."
     fits = [fit_well(r, energy, f, **kwargs) for f in (forms or list(WELLS))]
     return sorted(fits, key=lambda f: f.aic)
-
 
 # %% [markdown]
 # ### Example: which form explains a noisy Gaussian well?

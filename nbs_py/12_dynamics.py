@@ -99,6 +99,8 @@ def _potential_values(potential, h:Tensor) -> Tensor:
                          f"{tuple(V.shape) if isinstance(V, Tensor) else type(V).__name__} (for a well use lambda h: well.V(h, dim=-1))")
     return V
 
+# %%
+#| export
 def energy(h:Tensor, # positions, (..., d)
            v:Tensor, # velocities, (..., d)
            m:Union[Number, Tensor], # mass, broadcastable to h, e.g. (B,T,1)
@@ -122,7 +124,6 @@ def potential_force(potential:Callable, # h (..., d) -> V (...)
         V = _potential_values(potential, x)
         g, = torch.autograd.grad(V.sum(), x, create_graph=create_graph)
     return -g
-
 
 # %% [markdown]
 # ## The Euler–Lagrange acceleration, by autograd

@@ -107,11 +107,12 @@ def get_aligner(aligner:Union[str, Callable]) -> Callable: # a name in ALIGNERS 
     if aligner not in ALIGNERS: raise ValueError(f"unknown aligner {aligner!r}: choose one of {sorted(ALIGNERS)} or pass a callable")
     return ALIGNERS[aligner]
 
+# %%
+#| export
 def aligner_parts(Theta:Tensor, # value-aligner values, (...)
                  ) -> tuple: # (Theta_plus, Theta_minus), each (...), both >= 0
     "Split Theta = Theta_+ - Theta_- into its attractive and repulsive parts."
     return Theta.clamp(min=0), (-Theta).clamp(min=0)
-
 
 # %% [markdown]
 # The all-pairs kernel is written once: for aspects $t, s$ it forms $\Delta p_{ts} = p_s - p_t$ (`dp`), the matrices
@@ -164,6 +165,8 @@ def parf_pair_forces(p:Union[np.ndarray, Tensor], # aspect positions, (..., T, D
     Phi = type_matcher(L[..., :, None, :], L[..., None, :, :], c)
     return back((C * Theta * Phi * off / den)[..., None] * dp)
 
+# %%
+#| export
 def parf_forces(p:Union[np.ndarray, Tensor], # aspect positions, (..., T, D)
                 l:Union[np.ndarray, Tensor], # type vectors, (..., T, d_l)
                 theta:Union[np.ndarray, Tensor], # value vectors, (..., T, K)
@@ -182,7 +185,6 @@ def parf_pair_force(p1, p2, # positions of the two aspects, (..., D) each
     st = (lambda a, b: torch.stack([a, b], -2)) if isinstance(p1, Tensor) else (lambda a, b: np.stack([a, b], -2))
     F = parf_pair_forces(st(p1, p2), st(l1, l2), st(th1, th2), C, c, aligner, eps)
     return F[..., 0, 1, :]
-
 
 # %% [markdown]
 # A hand-made pair: $p_1 = 0$, $p_2 = (2, 0)$, identical types ($\Phi = 1$), aligned values ($\Theta = 1$), $C = 1$:
@@ -542,6 +544,8 @@ def parf_lift_energy(h:Tensor, # hidden states, (..., T, d)
     V = parf_lift_pair_potential(h, W_l, W_theta, C, c, eps, aligner, h.detach() if causal else None)
     return V.tril(-1).sum((-1, -2))
 
+# %%
+#| export
 def parf_lift_forces(h:Tensor, # hidden states, (..., T, d)
                      W_l:Tensor, W_theta:Tensor, # read-outs, (d_l, d) and (K, d)
                      C:float=1.0, c:float=1.0, eps:float=1e-2, aligner:Union[str, Callable]='rbf', # as in `parf_lift_pair_potential`
@@ -555,7 +559,6 @@ def parf_lift_forces(h:Tensor, # hidden states, (..., T, d)
         U = parf_lift_energy(x, W_l, W_theta, C, c, eps, aligner, causal)
         G, = torch.autograd.grad(U.sum(), x, create_graph=create_graph)
     return -G
-
 
 # %% [markdown]
 # Checks of the lift: symmetric pair potential for `rbf` and `cos`; with $W_l = W_\theta = 0$ (so $\Theta = \Phi = 1$ under
@@ -715,6 +718,8 @@ def sarf_force(x:Union[np.ndarray, Tensor], # displacement from the field, (...,
     r2 = (t**2).sum(-1, keepdim=True)
     return back(2 * t * (a * (b / sm**2 * torch.exp(-r2 / sm**2) - torch.exp(-r2 / sp**2) / sp**2)).sum(-1, keepdim=True))
 
+# %%
+#| export
 def sarf_equilibrium_radius(alpha=1.0, beta=2.0, sig_minus=0.5, sig_plus=1.0 # numbers or (J,) tensors
                            ) -> Tensor: # r_* of each component, (J,)
     "Radius where one SARF component's force vanishes: r*^2 = ln(beta sig_+^2/sig_-^2) / (sig_-^-2 - sig_+^-2)."
@@ -733,7 +738,6 @@ def sarf_forces(h:Union[np.ndarray, Tensor], # hidden states, (..., T, d)
                ) -> Union[np.ndarray, Tensor]: # F_t = F_SARF(h_t - xi_t), field held fixed, (..., T, d)
     "SARF force on every token from its causal field (the leak-free force, field treated as given)."
     return sarf_force(h - reinforcement_field(h), alpha, beta, sig_minus, sig_plus)
-
 
 # %% [markdown]
 # The reinforcement field's identities, its causality, and bad parameters:

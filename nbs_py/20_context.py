@@ -91,6 +91,8 @@ def _work_dtype(h:Tensor):
     "Pools compute in float32 at least: half precision is upcast (FFTs and scans need it)."
     return torch.float32 if h.dtype in (torch.float16, torch.bfloat16) else h.dtype
 
+# %%
+#| export
 class XiPool(nn.Module):
     "Base class of causal context pools: `forward(h)` (B,T,d) -> `xi` (B,T,K,d), K = `n_channels`."
     n_channels: int = 1
@@ -130,12 +132,13 @@ def _check_step(pool, state, h_t):
     if not isinstance(h_t, Tensor) or h_t.dim() != 2: raise ValueError(f"h_t must have shape (B,d), got {tuple(getattr(h_t, 'shape', ()))}")
     if not isinstance(state, dict): raise TypeError(f"state must be the dict returned by {type(pool).__name__}.init_state")
 
+# %%
+#| export
 def prefix_lags(n:Tensor, # real tokens per row, (B,)
                 T:int) -> tuple: # (lag (B,T) = n_b - 1 - s clamped at 0, valid (B,T) = s < n_b)
     "How many tokens after position s each row's last real token is, for the one-pass prefix states."
     lag = n[:, None] - 1 - torch.arange(T, device=n.device)[None]
     return lag.clamp(min=0), lag >= 0
-
 
 # %% [markdown]
 # ## Cumulative mean
@@ -239,6 +242,8 @@ def decay_scan(x:Tensor, # inputs, (B,T,K,d), real or complex
     y = local + decay_in[None, None, :, :, None] * prev[:, :, None]
     return y.reshape(B, n * chunk, K, d)[:, :T]
 
+# %%
+#| export
 def ema_scan(h:Tensor, # one real input shared by all channels, (B,T,d)
              log_a:Tensor, # per-channel log decay ln a_k, (K,); ≤ 0
              scale:Optional[Tensor]=None, # per-position, per-channel factor applied to the sums (e.g. 1/Z_t), (T,K)
@@ -265,7 +270,6 @@ def ema_scan(h:Tensor, # one real input shared by all channels, (B,T,d)
         sc = torch.cat([scale, scale.new_ones(n * C - T, K)], 0) if n * C > T else scale
         W = (sc.reshape(n, C * K, 1).to(W.dtype) * W[None])[None]                             # (1,n,C·K,C(+K))
     return (W.to(h.dtype) @ xc).reshape(B, n * C, K, d)[:, :T]
-
 
 # %% [markdown]
 # `decay_scan` equals the sequential recurrence, including across several levels of recursion (T = 300 with chunk 4
@@ -502,10 +506,11 @@ def causal_fft_conv(h:Tensor, # inputs, (B,T,d)
     Mf = torch.fft.rfft(M, n=n, dim=0)                                    # (F,K)
     return torch.fft.irfft(Hf[:, :, None, :] * Mf[None, :, :, None], n=n, dim=1)[:, :T]
 
+# %%
+#| export
 def _kernel_device(device):
     "float64 kernels are built on the input's device, except on MPS (no float64 there)."
     return torch.device('cpu') if device is not None and torch.device(device).type == 'mps' else device
-
 
 # %%
 #| export
@@ -615,6 +620,8 @@ def cexpm1(z:Tensor) -> Tensor: # exp(z) - 1, accurate for small |z|, complex
     x, y = z.real, z.imag
     return torch.complex(torch.expm1(x) * torch.cos(y) - 2 * torch.sin(y / 2) ** 2, torch.exp(x) * torch.sin(y))
 
+# %%
+#| export
 class S4DPool(XiPool):
     "Diagonal complex SSM (S4D, zero-order hold): ξ^k_t = 2 Re(Σ_{s≤t} Â_k^(t-s) B̂_k h_s)."
     def __init__(self, K:int=4, # number of channels (complex modes)
@@ -678,7 +685,6 @@ class S4DPool(XiPool):
         s = c['A'][None, :, None] * state['s'] + h_t.to(c['A'].dtype)[:, None, :]
         return (2 * (c['Bd'][None, :, None] * s).real).to(h_t.dtype), {'s': s, 'const': c}
     def extra_repr(self): return f"K={self.n_channels}, init={self.init!r}, theta={self.theta}"
-
 
 # %% [markdown]
 # The S4D construction has exact identities too: `cexpm1` equals $e^z - 1$; at the `'legt'` init, the two channels of

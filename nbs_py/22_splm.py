@@ -65,6 +65,7 @@ from torch import Tensor
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers import initialization as hf_init
 from transformers.utils import ModelOutput
+from fastcore.basics import patch
 
 from semsim.core import check_positive_ints
 from semsim.lm import lm_loss, embed_inputs, resolve_cache
@@ -393,172 +394,215 @@ class SPLMForCausalLM(PreTrainedModel, GenerationMixin):
         self._scalar('raw_gamma', learn and c.fixed_gamma is None and c.integrator != 'first_order')
         self.post_init()
 
-    def _scalar(self, name:str, learnable:bool):
-        "A scalar parameter (or frozen buffer), its value set by `_init_weights`."
-        t = torch.zeros(())
-        if learnable: self.register_parameter(name, nn.Parameter(t))
-        else: self.register_buffer(name, t)
-
-    def _scalar_init(self, name:str) -> float:
-        c = self.config
-        if name in ('raw_m', 'raw_m_bias'): return softplus_inv(c.init_m)
-        if name == 'raw_logfreq_alpha': return softplus_inv(c.logfreq_init_alpha)
-        if name == 'raw_gamma': return softplus_inv(c.init_gamma) if c.init_gamma > 0 else 0.0
-        raise KeyError(name)
-
-    @torch.no_grad()
-    def _init_weights(self, module:nn.Module):
-        "Reference init; the potential and the pool use their own `reset_parameters` (never touching loaded weights)."
-        c = self.config
-        if isinstance(module, SPLMForCausalLM):
-            hf_init.normal_(module.E.weight, mean=0.0, std=c.init_std)
-            hf_init.normal_(module.P, mean=0.0, std=c.pos_init_std)
-            for n in self._SCALARS:
-                if hasattr(module, n): hf_init.constant_(getattr(module, n), module._scalar_init(n))
-            if hasattr(module, 'mass_head'): hf_init.zeros_(module.mass_head.weight); hf_init.zeros_(module.mass_head.bias)
-            return
-        for owner in (self.V_theta, self.xi_module):   # any submodule of the potential or the pool: reset its owner
-            if any(sub is module for sub in owner.modules()): _guarded_reset(owner, c.init_std); return
-
     def get_input_embeddings(self) -> nn.Embedding: return self.E
+
     def set_input_embeddings(self, value:nn.Embedding): self.E = value
+
     def get_output_embeddings(self): return None  # the readout is E itself: nothing separate to tie
 
-    def set_logfreq_surprisal(self, s:Tensor): # surprisal s(v), (V,)
-        "Install the frozen surprisal prior of the logfreq mass (e.g. `semsim.data.logfreq_surprisal`)."
-        if self.config.mass_mode != 'logfreq': raise ValueError(f"set_logfreq_surprisal needs mass_mode='logfreq', this model has {self.config.mass_mode!r}")
-        s = torch.as_tensor(s)
-        if s.shape != (self.config.vocab_size,): raise ValueError(f"surprisal must have shape ({self.config.vocab_size},), got {tuple(s.shape)}")
-        if not torch.isfinite(s).all(): raise ValueError("surprisal has non-finite values")
-        with torch.no_grad(): self.logfreq_surprisal.copy_(s.to(self.logfreq_surprisal))
 
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool: return False   # generate(): the model makes its own SPLMCache
+# %%
+#| export
+@patch
+def _scalar(self:SPLMForCausalLM, name:str, learnable:bool):
+    "A scalar parameter (or frozen buffer), its value set by `_init_weights`."
+    t = torch.zeros(())
+    if learnable: self.register_parameter(name, nn.Parameter(t))
+    else: self.register_buffer(name, t)
 
-    def prepare_inputs_for_generation(self, input_ids:Tensor, **kwargs) -> dict:
-        "use_cache: the SPLMCache and, once it exists, only the new token; else the last max_len tokens (semsim.streaming)."
-        return splm_generation_inputs(self, input_ids, **kwargs)
+@patch
+def _scalar_init(self:SPLMForCausalLM, name:str) -> float:
+    c = self.config
+    if name in ('raw_m', 'raw_m_bias'): return softplus_inv(c.init_m)
+    if name == 'raw_logfreq_alpha': return softplus_inv(c.logfreq_init_alpha)
+    if name == 'raw_gamma': return softplus_inv(c.init_gamma) if c.init_gamma > 0 else 0.0
+    raise KeyError(name)
 
-    def mass(self, input_ids:Optional[Tensor], # token ids, (B,T) (needed by 'logfreq')
-             tok_emb:Tensor) -> Tensor: # E[x], (B,T,d)
-        "Per-token mass m_t, (B,T,1)."
-        c, (B, T, d) = self.config, tok_emb.shape
-        if c.mass_mode == 'global': return (F.softplus(self.raw_m) + MASS_FLOOR).expand(B, T, 1)
-        if c.mass_mode == 'embed_head': return F.softplus(self.mass_head(tok_emb)) + MASS_FLOOR
-        if input_ids is None: raise ValueError("mass_mode='logfreq' needs input_ids (the surprisal is looked up by token id), also when inputs_embeds are given")
-        wd = getattr(torch, c.logfreq_dtype) if c.logfreq_dtype else tok_emb.dtype
-        s, b, a = self.logfreq_surprisal[input_ids].to(wd), self.raw_m_bias.to(wd), self.raw_logfreq_alpha.to(wd)
-        return (F.softplus(b + F.softplus(a) * s) + MASS_FLOOR).to(tok_emb.dtype)[..., None]
+@patch
+@torch.no_grad()
+def _init_weights(self:SPLMForCausalLM, module:nn.Module):
+    "Reference init; the potential and the pool use their own `reset_parameters` (never touching loaded weights)."
+    c = self.config
+    if isinstance(module, SPLMForCausalLM):
+        hf_init.normal_(module.E.weight, mean=0.0, std=c.init_std)
+        hf_init.normal_(module.P, mean=0.0, std=c.pos_init_std)
+        for n in self._SCALARS:
+            if hasattr(module, n): hf_init.constant_(getattr(module, n), module._scalar_init(n))
+        if hasattr(module, 'mass_head'): hf_init.zeros_(module.mass_head.weight); hf_init.zeros_(module.mass_head.bias)
+        return
+    for owner in (self.V_theta, self.xi_module):   # any submodule of the potential or the pool: reset its owner
+        if any(sub is module for sub in owner.modules()): _guarded_reset(owner, c.init_std); return
 
-    def gamma(self) -> Tensor: # scalar γ
-        "Damping γ: the fixed constant, else softplus(raw_gamma); 0 for the first-order integrator."
-        c = self.config
-        if c.integrator == 'first_order': return torch.zeros((), dtype=self.P.dtype, device=self.P.device)
-        if c.fixed_gamma is not None: return torch.tensor(float(c.fixed_gamma), dtype=self.P.dtype, device=self.P.device)
-        return F.softplus(self.raw_gamma)
 
-    def context(self, h:Tensor) -> Tensor: # (B,T,d) -> flattened ξ, (B,T,K·d)
-        "The pooled context of h, channels flattened."
-        B, T, d = h.shape
-        return self.xi_module(h).reshape(B, T, -1)
+# %%
+#| export
+@patch
+def set_logfreq_surprisal(self:SPLMForCausalLM, s:Tensor): # surprisal s(v), (V,)
+    "Install the frozen surprisal prior of the logfreq mass (e.g. `semsim.data.logfreq_surprisal`)."
+    if self.config.mass_mode != 'logfreq': raise ValueError(f"set_logfreq_surprisal needs mass_mode='logfreq', this model has {self.config.mass_mode!r}")
+    s = torch.as_tensor(s)
+    if s.shape != (self.config.vocab_size,): raise ValueError(f"surprisal must have shape ({self.config.vocab_size},), got {tuple(s.shape)}")
+    if not torch.isfinite(s).all(): raise ValueError("surprisal has non-finite values")
+    with torch.no_grad(): self.logfreq_surprisal.copy_(s.to(self.logfreq_surprisal))
 
-    def _ln(self, h:Tensor) -> Tensor:
-        return F.layer_norm(h, (h.shape[-1],), eps=self.config.ln_eps) if self.config.ln_after_step else h
+@patch(cls_method=True)
+def _supports_default_dynamic_cache(cls:SPLMForCausalLM) -> bool: return False   # generate(): the model makes its own SPLMCache
 
-    def _force(self, h:Tensor, # state, (B,T,d)
-               st:dict) -> Tuple[Tensor, Tensor]: # (f (B,T,d), V (B,T))
-        "Force and energy at h; ξ from detached h (causal) or live h (leak); st carries fixed ξ and flags."
-        c, leak, cg = self.config, st['leak'], st['create_graph']
-        if leak:
-            h_in = h if (st['grad'] and h.requires_grad) else h.detach().requires_grad_(True)
-            if c.xi_fixed:
-                if st['xi'] is None: st['xi'] = self.context(h_in)  # built from the state it differentiates: the step-1 leak
-                xi = st['xi']
-            else: xi = self.context(h_in)
-            V = self.V_theta.energy(xi, h_in)
-            g, = torch.autograd.grad(V.sum(), h_in, create_graph=cg, retain_graph=cg or st['grad'])
-            f = -g
-        else:
-            if c.xi_fixed:
-                if st['xi'] is None: st['xi'] = self.context(h.detach())
-                xi = st['xi']
-            else: xi = self.context(h.detach())
-            h_in = h if st['grad'] else h.detach()
-            V, f = self.V_theta.energy_and_force(xi, h_in, create_graph=cg)
-        if not st['grad']: f, V = f.detach(), V.detach()
-        return f, V
+@patch
+def prepare_inputs_for_generation(self:SPLMForCausalLM, input_ids:Tensor, **kwargs) -> dict:
+    "use_cache: the SPLMCache and, once it exists, only the new token; else the last max_len tokens (semsim.streaming)."
+    return splm_generation_inputs(self, input_ids, **kwargs)
 
-    def _energy(self, h:Tensor, st:dict) -> Tensor: # V at a state where no force is needed, (B,T)
-        xi = st['xi'] if self.config.xi_fixed else self.context(h.detach())
-        V = self.V_theta.energy(xi, h)
-        return V if st['grad'] else V.detach()
+@patch
+def mass(self:SPLMForCausalLM, input_ids:Optional[Tensor], # token ids, (B,T) (needed by 'logfreq')
+         tok_emb:Tensor) -> Tensor: # E[x], (B,T,d)
+    "Per-token mass m_t, (B,T,1)."
+    c, (B, T, d) = self.config, tok_emb.shape
+    if c.mass_mode == 'global': return (F.softplus(self.raw_m) + MASS_FLOOR).expand(B, T, 1)
+    if c.mass_mode == 'embed_head': return F.softplus(self.mass_head(tok_emb)) + MASS_FLOOR
+    if input_ids is None: raise ValueError("mass_mode='logfreq' needs input_ids (the surprisal is looked up by token id), also when inputs_embeds are given")
+    wd = getattr(torch, c.logfreq_dtype) if c.logfreq_dtype else tok_emb.dtype
+    s, b, a = self.logfreq_surprisal[input_ids].to(wd), self.raw_m_bias.to(wd), self.raw_logfreq_alpha.to(wd)
+    return (F.softplus(b + F.softplus(a) * s) + MASS_FLOOR).to(tok_emb.dtype)[..., None]
 
-    def integrate(self, h0:Tensor, # initial positions (after the optional LN), (B,T,d)
-                  m:Tensor, # masses, (B,T,1)
-                  gamma:Tensor, # damping, scalar
-                  need_final_energy:bool=False) -> dict:
-        "Run the L steps (semsim.dynamics.integrate); returns positions, velocities, the energies at force evaluations (and at h_L)."
-        c = self.config
-        grad = torch.is_grad_enabled()
-        st = {'leak': not c.causal_force, 'create_graph': self.training and grad, 'grad': grad, 'xi': None}
-        with torch.enable_grad():
-            tr = integrate(lambda l, h: self._force(h, st), h0, m, gamma, c.dt, c.L, c.integrator,
-                           project=self._ln if c.ln_after_step else None)
-            h = tr['positions'][-1]
-            tr['final_energy'] = self._energy(h, st) if need_final_energy and c.integrator != 'verlet' else None
-        return tr
+@patch
+def gamma(self:SPLMForCausalLM) -> Tensor: # scalar γ
+    "Damping γ: the fixed constant, else softplus(raw_gamma); 0 for the first-order integrator."
+    c = self.config
+    if c.integrator == 'first_order': return torch.zeros((), dtype=self.P.dtype, device=self.P.device)
+    if c.fixed_gamma is not None: return torch.tensor(float(c.fixed_gamma), dtype=self.P.dtype, device=self.P.device)
+    return F.softplus(self.raw_gamma)
 
-    def forward(self, input_ids:Optional[Tensor]=None, # token ids, (B,T)
-                labels:Optional[Tensor]=None, # ids for the shifted HF loss, (B,T); -100 ignored
-                inputs_embeds:Optional[Tensor]=None, # replaces E[input_ids], (B,T,d), positions are added inside
-                output_hidden_states:Optional[bool]=None, # return h_0 ... h_L
-                output_mechanics:bool=False, # return positions, velocities, masses, potentials
-                return_dict:Optional[bool]=None,
-                attention_mask:Optional[Tensor]=None, # (B,T) left padding, 1 = token; rows then run as if alone
-                cache=None, # an SPLMCache: decode the new tokens from it (semsim.streaming)
-                use_cache:Optional[bool]=None, # True: prefill and return an SPLMCache
-                logits_to_keep:int=0, # with a cache or padding: 0 all positions, k the last k
-                past_key_values=None, # the cache under its pre-5.24 name (either works)
-                **kwargs) -> SPLMOutput:
-        "Logits (B,T,V), loss when labels are given, and the trajectory on request."
-        if torch.is_inference_mode_enabled():   # forces need autograd, which inference mode forbids: run as no_grad
-            with torch.inference_mode(False), torch.no_grad():
-                cl = lambda t: t.clone() if isinstance(t, Tensor) else t
-                return self.forward(cl(input_ids), cl(labels), cl(inputs_embeds), output_hidden_states, output_mechanics,
-                                    attention_mask=cl(attention_mask), cache=cache, past_key_values=past_key_values,
-                                    use_cache=use_cache, logits_to_keep=logits_to_keep)
-        cache = resolve_cache(cache, past_key_values)
-        if cache is not None or use_cache or (attention_mask is not None and not bool(attention_mask.all())):
-            if output_mechanics or output_hidden_states: raise ValueError("output_mechanics / output_hidden_states need the parallel forward: call without a cache or padding")
-            return streaming_forward(self, input_ids, cache, attention_mask, bool(use_cache), labels=labels,
-                                     logits_to_keep=logits_to_keep, inputs_embeds=inputs_embeds)
-        c = self.config
-        input_ids, inputs_embeds = embed_inputs(self.E, input_ids, inputs_embeds, c.vocab_size, c.d, c.max_len)
-        B, T, d = inputs_embeds.shape
-        grad = torch.is_grad_enabled()
-        with torch.enable_grad():
-            h0 = self._ln(inputs_embeds + self.P[:T])
-            m, gamma = self.mass(input_ids, inputs_embeds), self.gamma()
-            if not grad: h0, m, gamma = h0.detach(), m.detach(), gamma.detach()
-        want_mech = bool(output_mechanics)
-        tr = self.integrate(h0, m, gamma, need_final_energy=want_mech)
-        hL = tr['positions'][-1]
-        logits = F.linear(hL, self.E.weight)
-        ce = lm_loss(logits, labels) if labels is not None else None
-        v_reg = None
-        if c.lambda_v > 0:
-            pts = tr['energies'] if c.lambda_v_points == 'all' else tr['energies'][:1]
-            v_reg = c.lambda_v * torch.stack(pts).pow(2).mean()
-        loss = None if ce is None else (ce + v_reg if v_reg is not None else ce)
-        out_hs = output_hidden_states if output_hidden_states is not None else c.output_hidden_states
-        mech = None
-        if want_mech:
-            Vs = tr['energies'] + ([tr['final_energy']] if tr['final_energy'] is not None else [])
-            mech = SPLMMechanics(positions=torch.stack(tr['positions']), velocities=torch.stack(tr['velocities']),
-                                 masses=m[..., 0], potentials=torch.stack(Vs), gamma=gamma, dt=c.dt)
-        return SPLMOutput(loss=loss, logits=logits, hidden_states=tuple(tr['positions']) if out_hs else None,
-                          ce_loss=ce, v_reg=v_reg, mechanics=mech)
 
+# %%
+#| export
+@patch
+def context(self:SPLMForCausalLM, h:Tensor) -> Tensor: # (B,T,d) -> flattened ξ, (B,T,K·d)
+    "The pooled context of h, channels flattened."
+    B, T, d = h.shape
+    return self.xi_module(h).reshape(B, T, -1)
+
+@patch
+def _ln(self:SPLMForCausalLM, h:Tensor) -> Tensor:
+    return F.layer_norm(h, (h.shape[-1],), eps=self.config.ln_eps) if self.config.ln_after_step else h
+
+@patch
+def _force(self:SPLMForCausalLM, h:Tensor, # state, (B,T,d)
+           st:dict) -> Tuple[Tensor, Tensor]: # (f (B,T,d), V (B,T))
+    "Force and energy at h; ξ from detached h (causal) or live h (leak); st carries fixed ξ and flags."
+    c, leak, cg = self.config, st['leak'], st['create_graph']
+    if leak:
+        h_in = h if (st['grad'] and h.requires_grad) else h.detach().requires_grad_(True)
+        if c.xi_fixed:
+            if st['xi'] is None: st['xi'] = self.context(h_in)  # built from the state it differentiates: the step-1 leak
+            xi = st['xi']
+        else: xi = self.context(h_in)
+        V = self.V_theta.energy(xi, h_in)
+        g, = torch.autograd.grad(V.sum(), h_in, create_graph=cg, retain_graph=cg or st['grad'])
+        f = -g
+    else:
+        if c.xi_fixed:
+            if st['xi'] is None: st['xi'] = self.context(h.detach())
+            xi = st['xi']
+        else: xi = self.context(h.detach())
+        h_in = h if st['grad'] else h.detach()
+        V, f = self.V_theta.energy_and_force(xi, h_in, create_graph=cg)
+    if not st['grad']: f, V = f.detach(), V.detach()
+    return f, V
+
+@patch
+def _energy(self:SPLMForCausalLM, h:Tensor, st:dict) -> Tensor: # V at a state where no force is needed, (B,T)
+    xi = st['xi'] if self.config.xi_fixed else self.context(h.detach())
+    V = self.V_theta.energy(xi, h)
+    return V if st['grad'] else V.detach()
+
+
+# %%
+#| export
+@patch
+def integrate(self:SPLMForCausalLM, h0:Tensor, # initial positions (after the optional LN), (B,T,d)
+              m:Tensor, # masses, (B,T,1)
+              gamma:Tensor, # damping, scalar
+              need_final_energy:bool=False) -> dict:
+    "Run the L steps (semsim.dynamics.integrate); returns positions, velocities, the energies at force evaluations (and at h_L)."
+    c = self.config
+    grad = torch.is_grad_enabled()
+    st = {'leak': not c.causal_force, 'create_graph': self.training and grad, 'grad': grad, 'xi': None}
+    with torch.enable_grad():
+        tr = integrate(lambda l, h: self._force(h, st), h0, m, gamma, c.dt, c.L, c.integrator,
+                       project=self._ln if c.ln_after_step else None)
+        h = tr['positions'][-1]
+        tr['final_energy'] = self._energy(h, st) if need_final_energy and c.integrator != 'verlet' else None
+    return tr
+
+
+# %%
+#| export
+@patch
+def forward(self:SPLMForCausalLM, input_ids:Optional[Tensor]=None, # token ids, (B,T)
+            labels:Optional[Tensor]=None, # ids for the shifted HF loss, (B,T); -100 ignored
+            inputs_embeds:Optional[Tensor]=None, # replaces E[input_ids], (B,T,d), positions are added inside
+            output_hidden_states:Optional[bool]=None, # return h_0 ... h_L
+            output_mechanics:bool=False, # return positions, velocities, masses, potentials
+            return_dict:Optional[bool]=None,
+            attention_mask:Optional[Tensor]=None, # (B,T) left padding, 1 = token; rows then run as if alone
+            cache=None, # an SPLMCache: decode the new tokens from it (semsim.streaming)
+            use_cache:Optional[bool]=None, # True: prefill and return an SPLMCache
+            logits_to_keep:int=0, # with a cache or padding: 0 all positions, k the last k
+            past_key_values=None, # the cache under its pre-5.24 name (either works)
+            **kwargs) -> SPLMOutput:
+    "Logits (B,T,V), loss when labels are given, and the trajectory on request."
+    if torch.is_inference_mode_enabled():   # forces need autograd, which inference mode forbids: run as no_grad
+        with torch.inference_mode(False), torch.no_grad():
+            cl = lambda t: t.clone() if isinstance(t, Tensor) else t
+            return self.forward(cl(input_ids), cl(labels), cl(inputs_embeds), output_hidden_states, output_mechanics,
+                                attention_mask=cl(attention_mask), cache=cache, past_key_values=past_key_values,
+                                use_cache=use_cache, logits_to_keep=logits_to_keep)
+    cache = resolve_cache(cache, past_key_values)
+    if cache is not None or use_cache or (attention_mask is not None and not bool(attention_mask.all())):
+        if output_mechanics or output_hidden_states: raise ValueError("output_mechanics / output_hidden_states need the parallel forward: call without a cache or padding")
+        return streaming_forward(self, input_ids, cache, attention_mask, bool(use_cache), labels=labels,
+                                 logits_to_keep=logits_to_keep, inputs_embeds=inputs_embeds)
+    c = self.config
+    input_ids, inputs_embeds = embed_inputs(self.E, input_ids, inputs_embeds, c.vocab_size, c.d, c.max_len)
+    B, T, d = inputs_embeds.shape
+    grad = torch.is_grad_enabled()
+    with torch.enable_grad():
+        h0 = self._ln(inputs_embeds + self.P[:T])
+        m, gamma = self.mass(input_ids, inputs_embeds), self.gamma()
+        if not grad: h0, m, gamma = h0.detach(), m.detach(), gamma.detach()
+    return self._outputs(self.integrate(h0, m, gamma, need_final_energy=bool(output_mechanics)), m, gamma, labels,
+                         output_hidden_states, bool(output_mechanics))
+
+
+# %%
+#| export
+@patch
+def _outputs(self:SPLMForCausalLM, tr:dict, # the trajectory from `integrate`
+             m:Tensor, gamma:Tensor, labels:Optional[Tensor], output_hidden_states:Optional[bool],
+             want_mech:bool) -> SPLMOutput:
+    "Readout, loss (CE plus the λ_V energy regulariser) and, on request, the states and the mechanics."
+    c = self.config
+    hL = tr['positions'][-1]
+    logits = F.linear(hL, self.E.weight)
+    ce = lm_loss(logits, labels) if labels is not None else None
+    v_reg = None
+    if c.lambda_v > 0:
+        pts = tr['energies'] if c.lambda_v_points == 'all' else tr['energies'][:1]
+        v_reg = c.lambda_v * torch.stack(pts).pow(2).mean()
+    loss = None if ce is None else (ce + v_reg if v_reg is not None else ce)
+    out_hs = output_hidden_states if output_hidden_states is not None else c.output_hidden_states
+    mech = None
+    if want_mech:
+        Vs = tr['energies'] + ([tr['final_energy']] if tr['final_energy'] is not None else [])
+        mech = SPLMMechanics(positions=torch.stack(tr['positions']), velocities=torch.stack(tr['velocities']),
+                             masses=m[..., 0], potentials=torch.stack(Vs), gamma=gamma, dt=c.dt)
+    return SPLMOutput(loss=loss, logits=logits, hidden_states=tuple(tr['positions']) if out_hs else None,
+                      ce_loss=ce, v_reg=v_reg, mechanics=mech)
+
+
+# %%
+#| export
 def _guarded_reset(module:nn.Module, std:float):
     "Call module.reset_parameters(), keeping every tensor transformers has loaded; then mark all as initialised."
     tensors = dict(module.named_parameters()); tensors.update(module.named_buffers())
@@ -573,7 +617,6 @@ def _guarded_reset(module:nn.Module, std:float):
     now = dict(module.named_parameters()); now.update(module.named_buffers())
     for k, v in loaded.items(): now[k].data.copy_(v)
     for t in now.values(): t._is_hf_initialized = True   # transformers' flag: do not initialise again
-
 
 # %%
 #| export

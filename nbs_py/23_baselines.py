@@ -44,6 +44,7 @@ torch.set_num_threads(1)  # tiny tensors: threads only add overhead
 # %%
 #| export
 from __future__ import annotations
+from fastcore.basics import patch
 import math
 from dataclasses import dataclass
 from typing import Literal, Optional, Tuple  # Literal: transformers config annotations name it; show_doc evaluates them here
@@ -272,7 +273,6 @@ class MatchedGPTForCausalLM(PreTrainedModel, GenerationMixin):
     main_input_name = 'input_ids'
     _supports_sdpa = True
     _no_split_modules = ['GPTBlock']
-
     def __init__(self, config:MatchedGPTConfig):
         super().__init__(config)
         config.validate_semsim()
@@ -284,66 +284,74 @@ class MatchedGPTForCausalLM(PreTrainedModel, GenerationMixin):
                                     for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(d, eps=config.ln_eps)
         self.post_init()
-
-    @torch.no_grad()
-    def _init_weights(self, module:nn.Module):
-        "Reference init: Linear and E ~ N(0, init_std²), P ~ N(0, pos_init_std²), zero biases, LN (1, 0)."
-        c = self.config
-        if isinstance(module, nn.Linear):
-            hf_init.normal_(module.weight, mean=0.0, std=c.init_std)
-            if module.bias is not None: hf_init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding): hf_init.normal_(module.weight, mean=0.0, std=c.init_std)
-        elif isinstance(module, nn.LayerNorm):
-            hf_init.ones_(module.weight); hf_init.zeros_(module.bias)
-        elif isinstance(module, MatchedGPTForCausalLM): hf_init.normal_(module.P, mean=0.0, std=c.pos_init_std)
-
     def get_input_embeddings(self) -> nn.Embedding: return self.E
     def set_input_embeddings(self, value:nn.Embedding): self.E = value
     def get_output_embeddings(self): return None  # the readout is E itself: nothing separate to tie
 
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool: return False   # generate(): the model makes its own KVCache
 
-    def prepare_inputs_for_generation(self, input_ids:Tensor, **kwargs) -> dict:
-        "use_cache: a fresh KVCache and, once it holds the prompt, only the new token; else the last max_len tokens."
-        return generation_inputs(self, input_ids, lambda: KVCache(self.config.n_layer), **kwargs)
+# %%
+#| export
+@patch
+@torch.no_grad()
+def _init_weights(self:MatchedGPTForCausalLM, module:nn.Module):
+    "Reference init: Linear and E ~ N(0, init_std²), P ~ N(0, pos_init_std²), zero biases, LN (1, 0)."
+    c = self.config
+    if isinstance(module, nn.Linear):
+        hf_init.normal_(module.weight, mean=0.0, std=c.init_std)
+        if module.bias is not None: hf_init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding): hf_init.normal_(module.weight, mean=0.0, std=c.init_std)
+    elif isinstance(module, nn.LayerNorm):
+        hf_init.ones_(module.weight); hf_init.zeros_(module.bias)
+    elif isinstance(module, MatchedGPTForCausalLM): hf_init.normal_(module.P, mean=0.0, std=c.pos_init_std)
 
-    def forward(self, input_ids:Optional[Tensor]=None, # token ids, (B,T)
-                labels:Optional[Tensor]=None, # ids for the shifted HF loss, (B,T); -100 ignored
-                inputs_embeds:Optional[Tensor]=None, # token embeddings E[ids] without positions, (B,T,d)
-                output_hidden_states:Optional[bool]=None, # return x_0 ... x_L
-                return_dict:Optional[bool]=None,
-                attention_mask:Optional[Tensor]=None, # (B,T) left padding, 1 = token; rows then run as if alone
-                cache=None, # a KVCache (or transformers Cache): attend over it and append the new keys/values
-                use_cache:Optional[bool]=None, # True: keep and return the keys and values
-                logits_to_keep:int=0, # with a cache or padding: 0 all positions, k the last k
-                past_key_values=None, # the cache under its pre-5.24 name (either works)
-                **kwargs) -> CausalLMOutput:
-        "Logits (B,T,V), optional loss and the n_layer+1 residual states."
-        c, cache = self.config, resolve_cache(cache, past_key_values)
-        cached = cache is not None or bool(use_cache) or (attention_mask is not None and not bool(attention_mask.all()))
-        if cached and (inputs_embeds is not None or output_hidden_states):
-            raise ValueError("inputs_embeds / output_hidden_states are not supported with a KV cache or padding")
-        if cached:                                                         # decoding, or a left-padded batch
-            ids = check_input_ids(input_ids, c.vocab_size)
-            B, n = ids.shape
-            if cache is None and use_cache: cache = KVCache(c.n_layer)
-            past = cache.get_seq_length() if cache is not None else 0
-            pos, mask = attention_layout(attention_mask, B, past, n, ids.device)
-            check_position(c.max_len, int(pos.max()))
-            x = self.drop(self.E(ids) + self.P[pos])
-        else:
-            input_ids, inputs_embeds = embed_inputs(self.E, input_ids, inputs_embeds, c.vocab_size, c.d, c.max_len)
-            x, mask = self.drop(inputs_embeds + self.P[:inputs_embeds.shape[1]]), None
-        states = [x]
-        for i, blk in enumerate(self.blocks):
-            x = blk(x, cache, i, mask); states.append(x)
-        if logits_to_keep: x = x[:, -logits_to_keep:]
-        logits = F.linear(self.ln_f(x), self.E.weight)
-        loss = lm_loss(logits, labels) if labels is not None else None
-        if cached: return lm_output(logits, loss, cache if use_cache else None)
-        out_hs = output_hidden_states if output_hidden_states is not None else c.output_hidden_states
-        return CausalLMOutput(loss=loss, logits=logits, hidden_states=tuple(states) if out_hs else None)
+@patch(cls_method=True)
+def _supports_default_dynamic_cache(cls:MatchedGPTForCausalLM) -> bool: return False   # generate(): the model makes its own KVCache
+
+@patch
+def prepare_inputs_for_generation(self:MatchedGPTForCausalLM, input_ids:Tensor, **kwargs) -> dict:
+    "use_cache: a fresh KVCache and, once it holds the prompt, only the new token; else the last max_len tokens."
+    return generation_inputs(self, input_ids, lambda: KVCache(self.config.n_layer), **kwargs)
+
+
+# %%
+#| export
+@patch
+def forward(self:MatchedGPTForCausalLM, input_ids:Optional[Tensor]=None, # token ids, (B,T)
+            labels:Optional[Tensor]=None, # ids for the shifted HF loss, (B,T); -100 ignored
+            inputs_embeds:Optional[Tensor]=None, # token embeddings E[ids] without positions, (B,T,d)
+            output_hidden_states:Optional[bool]=None, # return x_0 ... x_L
+            return_dict:Optional[bool]=None,
+            attention_mask:Optional[Tensor]=None, # (B,T) left padding, 1 = token; rows then run as if alone
+            cache=None, # a KVCache (or transformers Cache): attend over it and append the new keys/values
+            use_cache:Optional[bool]=None, # True: keep and return the keys and values
+            logits_to_keep:int=0, # with a cache or padding: 0 all positions, k the last k
+            past_key_values=None, # the cache under its pre-5.24 name (either works)
+            **kwargs) -> CausalLMOutput:
+    "Logits (B,T,V), optional loss and the n_layer+1 residual states."
+    c, cache = self.config, resolve_cache(cache, past_key_values)
+    cached = cache is not None or bool(use_cache) or (attention_mask is not None and not bool(attention_mask.all()))
+    if cached and (inputs_embeds is not None or output_hidden_states):
+        raise ValueError("inputs_embeds / output_hidden_states are not supported with a KV cache or padding")
+    if cached:                                                         # decoding, or a left-padded batch
+        ids = check_input_ids(input_ids, c.vocab_size)
+        B, n = ids.shape
+        if cache is None and use_cache: cache = KVCache(c.n_layer)
+        past = cache.get_seq_length() if cache is not None else 0
+        pos, mask = attention_layout(attention_mask, B, past, n, ids.device)
+        check_position(c.max_len, int(pos.max()))
+        x = self.drop(self.E(ids) + self.P[pos])
+    else:
+        input_ids, inputs_embeds = embed_inputs(self.E, input_ids, inputs_embeds, c.vocab_size, c.d, c.max_len)
+        x, mask = self.drop(inputs_embeds + self.P[:inputs_embeds.shape[1]]), None
+    states = [x]
+    for i, blk in enumerate(self.blocks):
+        x = blk(x, cache, i, mask); states.append(x)
+    if logits_to_keep: x = x[:, -logits_to_keep:]
+    logits = F.linear(self.ln_f(x), self.E.weight)
+    loss = lm_loss(logits, labels) if labels is not None else None
+    if cached: return lm_output(logits, loss, cache if use_cache else None)
+    out_hs = output_hidden_states if output_hidden_states is not None else c.output_hidden_states
+    return CausalLMOutput(loss=loss, logits=logits, hidden_states=tuple(states) if out_hs else None)
 
 
 # %%

@@ -126,6 +126,8 @@ def _matched_gpt_config(sd:dict, cfg:dict) -> MatchedGPTConfig:
                             n_head=int(_cfg_need(cfg, 'n_head')), mlp_mult=mlp // d, dropout=float(cfg.get('dropout', 0.0)),
                             ln_eps=float(cfg.get('ln_eps', 1e-5)))
 
+# %%
+#| export
 def _potential_fields(sd:dict, cfg:dict, d:int) -> tuple: # (fields, D_xi)
     "Potential kind and sizes from the V_theta tensors (and cfg only for τ / α)."
     kind = str(cfg.get('v_theta_kind', '')).lower() or None
@@ -147,6 +149,8 @@ def _potential_fields(sd:dict, cfg:dict, d:int) -> tuple: # (fields, D_xi)
         return dict(potential='sq4', sq4_mlp_hidden=sd['V_theta.mlp.net.0.weight'].shape[0], sq4_mlp_depth=len(lin) - 1), mu.shape[1]
     return dict(potential='sq1'), mu.shape[1]
 
+# %%
+#| export
 def _pool_fields(sd:dict, cfg:dict, variant:str, K:int) -> dict:
     "Context pool kind from the xi_module tensors, the config and the variant name."
     keys = [k for k in sd if k.startswith('xi_module.')]
@@ -172,6 +176,8 @@ def _rename(sd:dict) -> dict:
     "Reference parameter names -> semsim names (structured potentials drop the `inner.` wrapper)."
     return {k.replace('V_theta.inner.', 'V_theta.'): v for k, v in sd.items()}
 
+# %%
+#| export
 def reference_config(ckpt:Union[dict, str, Path], # reference checkpoint (dict or path)
                      causal_force:bool=True, # leak-free forces (False reproduces the historical leak)
                      xi_fixed:Optional[bool]=None, # override the inferred fixed/recomputed context
@@ -206,7 +212,6 @@ def reference_config(ckpt:Union[dict, str, Path], # reference checkpoint (dict o
                      learn_mgamma=bool(cfg.get('learn_mgamma', True)), lambda_v=float(cfg.get('lambda_v', 0.0)),
                      causal_force=bool(causal_force), **pool, **pot)
     return out, sd
-
 
 # %% [markdown]
 # ## Loading

@@ -121,6 +121,8 @@ def _probe_copy(model, dtype, device):
     m = copy.deepcopy(model)
     return m.to(device=device or next(model.parameters()).device, dtype=dtype or next(model.parameters()).dtype)
 
+# %%
+#| export
 def causal_probe(model, # a semsim language model (SPLMForCausalLM, MatchedGPTForCausalLM, ...)
                  T:int=32, # sequence length
                  t_pert:int=20, # position of the perturbed token
@@ -165,12 +167,13 @@ def causal_probe(model, # a semsim language model (SPLMForCausalLM, MatchedGPTFo
     return CausalReport(type(model).__name__, T, t_pert, t_target, seed, str(run_dtype).replace('torch.', ''),
                         d_pre, d_post, g_delta, g_self, tol, rel_tol if run_dtype == torch.float64 else None)
 
+# %%
+#| export
 def assert_causal(model, **kw) -> CausalReport:
     "Trainer start-up guard: run `causal_probe` and raise RuntimeError unless it passes."
     r = causal_probe(model, **kw)
     if not r.passed: raise RuntimeError(f"causal probe failed: {r!r}")
     return r
-
 
 # %% [markdown]
 # ## Examples

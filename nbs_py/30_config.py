@@ -102,6 +102,8 @@ class TrainConfig:
     resume: Union[bool, str] = False  # True: continue the run in `out` (an error if it holds none); 'auto': continue if any, else start
     extend: bool = False          # on resume, accept a new (larger) max_steps: the cosine schedule is stretched to it
 
+# %%
+#| export
 RUNTIME_FIELDS = ('device', 'threads', 'probe', 'progress', 'out', 'resume', 'extend', 'ckpt_every')  # free to change on resume
 
 SMALL_RUN = dict(d=64, L=4, v_hidden=128, v_depth=2, max_len=128, batch_size=8, block_size=64, eval_iters=20)  # CPU-sized
@@ -123,7 +125,6 @@ PRESETS = {   # each a delta from one of the bases above
     'demo': {**SMALL_RUN, 'model': 'splm-multixi', 'compact_vocab': True, 'max_steps': 1200, 'lr': 2e-3, 'weight_decay': 0.01,
              'warmup': 60, 'eval_every': 100, 'ckpt_every': 200, 'threads': 1},
 }
-
 
 # %% [markdown]
 # ## Model families
@@ -167,6 +168,8 @@ def parse_value(text:str, like:Any, name:str='value'):
     except (ValueError, TypeError, json.JSONDecodeError):
         raise ValueError(f"option {name}: cannot parse {text!r} as {type(like).__name__}") from None
 
+# %%
+#| export
 def make_config(preset:Optional[str]=None, # a key of PRESETS; None starts from the TrainConfig defaults
                 sets:Sequence[str]=(), # 'key=value' strings naming TrainConfig or model-config fields
                 **overrides) -> TrainConfig:
@@ -189,7 +192,6 @@ def make_config(preset:Optional[str]=None, # a key of PRESETS; None starts from 
                              f"{cfg.model} fields: {', '.join(sorted(mf))}")
         cfg.model_args[k] = parse_value(v, mf[k], k)
     return cfg
-
 
 # %%
 cfg = make_config('shakespeare', ['max_steps=50', 'no_decay_1d=true', 'xi_alpha_inits=0,0.5,0.9,0.99', 'lr=1e-3'],

@@ -100,6 +100,8 @@ def _quiet_save(model:nn.Module, folder:Path):
     finally:
         if on: hf_logging.enable_progress_bar()
 
+# %%
+#| export
 def save_checkpoint(out:Union[str, Path], step:int, model:nn.Module, state:dict, keep:int=1) -> Path:
     "Write OUT/ckpt-<step>/ completely (HF safetensors + trainer state), point OUT/latest at it, drop older ones."
     out = Path(out)
@@ -136,7 +138,6 @@ def load_weights(model:nn.Module, folder:Union[str, Path]) -> nn.Module:
     really = [k for k in missing if own[k].data_ptr() not in loaded]
     if really or unexpected: raise ValueError(f"checkpoint {folder} does not fit the model: missing {really}, unexpected {unexpected}")
     return model
-
 
 # %%
 with tempfile.TemporaryDirectory() as d:

@@ -125,6 +125,8 @@ def compact_vocabulary(*streams:np.ndarray) -> np.ndarray: # GPT-2 id streams
     "The sorted token types occurring in the streams: compact id i stands for GPT-2 id `vocab_map[i]`."
     return np.unique(np.concatenate([np.unique(np.asarray(s)) for s in streams])).astype(np.int64)
 
+# %%
+#| export
 def prepare_data(cfg:TrainConfig) -> RunData:
     "Tokenize the corpus (cached), optionally compact the vocabulary, and check it against the model's."
     train, val = tokenize_corpus(cfg.corpus, cfg.val_frac)
@@ -152,7 +154,6 @@ def build_model(cfg:TrainConfig, data:RunData) -> nn.Module:
 def n_params(model:nn.Module) -> int:
     "Number of distinct parameters (a tied embedding counts once)."
     return sum(p.numel() for p in model.parameters())
-
 
 # %%
 data = prepare_data(make_config('smoke', compact_vocab=True))
@@ -384,6 +385,8 @@ def _barrier(world:int):
         import torch.distributed as dist
         dist.barrier()
 
+# %%
+#| export
 def wrap_ddp(model:nn.Module, device:torch.device) -> nn.Module:
     "DistributedDataParallel with `static_graph=True`, which reduces the gradients of a force computed inside forward."
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -400,7 +403,6 @@ def _use_compile(cfg:TrainConfig, device:torch.device, autograd_force:bool) -> t
     want = cfg.compile == 'on' or (cfg.compile == 'auto' and device.type == 'cuda')
     if want and autograd_force: return False, 'eager (autograd force: double backward)'
     return want, ('compiled' if want else 'eager')
-
 
 # %% [markdown]
 # ## The loop
@@ -424,6 +426,8 @@ def train(cfg:TrainConfig) -> dict: # the run's summary (rank 0; None on other r
             import torch.distributed as dist
             dist.destroy_process_group()
 
+# %%
+#| export
 def _train(cfg:TrainConfig, device:torch.device, rank:int, world:int) -> Optional[dict]:
     spec, out, master = MODELS[cfg.model], Path(cfg.out), rank == 0
     if world > 1 and device.type == 'cuda': device = torch.device('cuda', torch.cuda.current_device())
@@ -529,7 +533,6 @@ def _train(cfg:TrainConfig, device:torch.device, rank:int, world:int) -> Optiona
     _barrier(world)
     return summary
 
-
 # %% [markdown]
 # ## Outputs
 #
@@ -558,6 +561,8 @@ def sample(model:nn.Module, codec:VocabCodec, prompt:str='\n', # text to continu
     model.train(was)
     return codec.decode(torch.cat([ids[0, :-ml], out[0]]) if ids.shape[1] > ml else out[0])
 
+# %%
+#| export
 def write_summary(out:Union[str, Path], cfg:TrainConfig, model:nn.Module, data:RunData, info:dict) -> dict:
     "summary.json, summary.md and loss_curve.png in the run folder, from its log."
     import matplotlib.pyplot as plt
@@ -591,6 +596,8 @@ def write_summary(out:Union[str, Path], cfg:TrainConfig, model:nn.Module, data:R
     atomic_write_text(out/'summary.md', '\n'.join(md))
     return s
 
+# %%
+#| export
 def load_run(path:Union[str, Path]): # a run folder (its latest checkpoint) or a checkpoint folder
     "(model in eval mode, VocabCodec, TrainConfig) of a saved run."
     p = Path(path)
@@ -602,7 +609,6 @@ def load_run(path:Union[str, Path]): # a run folder (its latest checkpoint) or a
     conf = spec.config_cls.from_pretrained(ck)
     model = spec.build(conf, None)
     return load_weights(model, ck).eval(), VocabCodec(vm), cfg
-
 
 # %% [markdown]
 # ## Several runs side by side
@@ -634,6 +640,8 @@ def _last_record(path:Path) -> Optional[dict]:
 ERRORS = {'CausalLeakError': CausalLeakError, 'NonFiniteError': NonFiniteError, 'ValueError': ValueError,
           'FileNotFoundError': FileNotFoundError}  # exceptions re-raised in the parent by name
 
+# %%
+#| export
 def train_together(cfgs:Sequence[TrainConfig], parallel:bool=True, progress:bool=True) -> list: # summaries, in order
     "Train several runs at once, one spawned process each (or one after the other with parallel=False)."
     if len({c.out for c in cfgs}) != len(cfgs): raise ValueError("each run needs its own `out` folder")
@@ -666,7 +674,6 @@ def train_together(cfgs:Sequence[TrainConfig], parallel:bool=True, progress:bool
         status, val = done[c.out]
         if status != 'ok': raise ERRORS.get(status, RuntimeError)(f"{c.model} ({c.out}): {val}")
     return [done[c.out][1] for c in cfgs]
-
 
 # %% [markdown]
 # ## Example: an SPLM and MatchedGPT on the first act of Tiny Shakespeare
@@ -900,6 +907,8 @@ def config_from_args(args) -> TrainConfig:
     if not args.out: cfg.out = f"runs/{preset}-{cfg.model}"
     return cfg
 
+# %%
+#| export
 def run_train(args) -> int:
     "Run `semsim train`: exit status 0 done, 1 bad input, 2 causal leak refused, 3 non-finite loss."
     if args.list:
@@ -926,7 +935,6 @@ def main(argv:Optional[Sequence[str]]=None) -> int:
     p = argparse.ArgumentParser(prog='semsim train', description='Train a semsim language model.')
     add_train_args(p)
     return run_train(p.parse_args(argv))
-
 
 # %%
 #| export

@@ -178,6 +178,8 @@ def attention_decode_flops(T:int, # keys the new token attends to (the context, 
                   mlp=matmul(1, d, mlp_mult * d) + matmul(1, mlp_mult * d, d), act=act(mlp_mult * d))
     return Flops(embed=d) + block * L + Flops(ln_f=ln(d), logits=matmul(1, d, vocab))
 
+# %%
+#| export
 def attention_forward_flops(T:int, # tokens in the parallel forward (prefill)
                             causal:bool=True, # count the T(T+1)/2 causal pairs (True) or all T² (False)
                             **kw) -> Flops: # per token, averaged over the T tokens
@@ -194,7 +196,6 @@ def crossover(splm:Flops, # SPLM FLOPs per token (flat)
     a, b = attn(1).total, attn(2).total - attn(1).total
     if b <= 0: raise ValueError("attn must grow with T")
     return 1 + (splm.total - a) / b
-
 
 # %% [markdown]
 # ## The reference configuration

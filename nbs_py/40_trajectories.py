@@ -108,6 +108,8 @@ def _register_semsim(config_file:Path):
             try: importlib.import_module(mod)
             except ImportError: pass
 
+# %%
+#| export
 def load_model(model, # Hub name, local folder (save_pretrained), a transformers config, or an nn.Module
                dtype='float32', # weights' dtype
                device='cpu', # where to run it
@@ -146,7 +148,6 @@ def model_label(model:nn.Module) -> str:
     cfg = getattr(model, 'config', None)
     name = getattr(cfg, 'name_or_path', '') or getattr(cfg, '_name_or_path', '')
     return name or type(model).__name__
-
 
 # %% [markdown]
 # The CI stand-ins are GPT-2 and GPT-NeoX (Pythia's architecture) with two blocks of width 64 and random weights. They
@@ -359,6 +360,8 @@ def token_losses(logits:Tensor, # next-token logits, (T,V)
     "Per-token next-token loss l_t = -log softmax(logits_t)[x_{t+1}], (T-1,)."
     return F.cross_entropy(logits[:-1].float(), ids[1:].to(logits.device), reduction='none')
 
+# %%
+#| export
 def trajectory(model:nn.Module, # a causal LM following the 🤗 output conventions
                text, # a sentence (str) or its token ids, (T,)
                tokenizer=None, # used when `text` is a string; default: the model's (`load_tokenizer`)
@@ -394,7 +397,6 @@ def trajectory(model:nn.Module, # a causal LM following the 🤗 output conventi
     return Trajectory(ids=ids, h=depth[layer], depth=depth, loss=loss, layer=layer % depth.shape[0], h_prenorm=pre,
                       h_postnorm=post, last_is_post_norm=post_last, norm_name=norm_name if pre is not None else None, text=s,
                       meta={'model': model_label(model), **(meta or {})})
-
 
 # %%
 tr = trajectory(gpt2_tiny, 'The fundamental theorem of calculus links differentiation and integration.')

@@ -111,6 +111,7 @@ def _fresh_run_folder(path):
     if not (p/'train_config.json').exists(): raise ValueError(f"{p} exists and is not a semsim run: choose another --out")
     shutil.rmtree(p)
 
+# %% ../nbs/09_cli.ipynb #18fc4e2e
 @command('demo', 'The main job: corpus statistics, then an SPLM and MatchedGPT trained side by side on Tiny Shakespeare.', _add_demo_args)
 def run_demo(args) -> int:
     import time

@@ -42,6 +42,7 @@ def _work_dtype(h:Tensor):
     "Pools compute in float32 at least: half precision is upcast (FFTs and scans need it)."
     return torch.float32 if h.dtype in (torch.float16, torch.bfloat16) else h.dtype
 
+# %% ../nbs/20_context.ipynb #06bf5649
 class XiPool(nn.Module):
     "Base class of causal context pools: `forward(h)` (B,T,d) -> `xi` (B,T,K,d), K = `n_channels`."
     n_channels: int = 1
@@ -81,6 +82,7 @@ def _check_step(pool, state, h_t):
     if not isinstance(h_t, Tensor) or h_t.dim() != 2: raise ValueError(f"h_t must have shape (B,d), got {tuple(getattr(h_t, 'shape', ()))}")
     if not isinstance(state, dict): raise TypeError(f"state must be the dict returned by {type(pool).__name__}.init_state")
 
+# %% ../nbs/20_context.ipynb #e0f1d6bd
 def prefix_lags(n:Tensor, # real tokens per row, (B,)
                 T:int) -> tuple: # (lag (B,T) = n_b - 1 - s clamped at 0, valid (B,T) = s < n_b)
     "How many tokens after position s each row's last real token is, for the one-pass prefix states."
@@ -144,6 +146,7 @@ def decay_scan(x:Tensor, # inputs, (B,T,K,d), real or complex
     y = local + decay_in[None, None, :, :, None] * prev[:, :, None]
     return y.reshape(B, n * chunk, K, d)[:, :T]
 
+# %% ../nbs/20_context.ipynb #f7c73a43
 def ema_scan(h:Tensor, # one real input shared by all channels, (B,T,d)
              log_a:Tensor, # per-channel log decay ln a_k, (K,); ≤ 0
              scale:Optional[Tensor]=None, # per-position, per-channel factor applied to the sums (e.g. 1/Z_t), (T,K)
@@ -290,6 +293,7 @@ def causal_fft_conv(h:Tensor, # inputs, (B,T,d)
     Mf = torch.fft.rfft(M, n=n, dim=0)                                    # (F,K)
     return torch.fft.irfft(Hf[:, :, None, :] * Mf[None, :, :, None], n=n, dim=1)[:, :T]
 
+# %% ../nbs/20_context.ipynb #cda0d16f
 def _kernel_device(device):
     "float64 kernels are built on the input's device, except on MPS (no float64 there)."
     return torch.device('cpu') if device is not None and torch.device(device).type == 'mps' else device
@@ -357,6 +361,7 @@ def cexpm1(z:Tensor) -> Tensor: # exp(z) - 1, accurate for small |z|, complex
     x, y = z.real, z.imag
     return torch.complex(torch.expm1(x) * torch.cos(y) - 2 * torch.sin(y / 2) ** 2, torch.exp(x) * torch.sin(y))
 
+# %% ../nbs/20_context.ipynb #b9528dea
 class S4DPool(XiPool):
     "Diagonal complex SSM (S4D, zero-order hold): ξ^k_t = 2 Re(Σ_{s≤t} Â_k^(t-s) B̂_k h_s)."
     def __init__(self, K:int=4, # number of channels (complex modes)

@@ -69,6 +69,7 @@ def _find_verified(src:CorpusSource, candidates:Sequence[Path], problems:list) -
         warnings.warn(problems[-1])
     return None
 
+# %% ../nbs/05_data.ipynb #19889384
 def corpus_file(name:str, download:bool=True) -> Path: # a key of `CORPORA`; whether to try the network
     "Path to a verified local copy of a known corpus, downloading it into the cache if needed."
     src = CORPORA[name]
@@ -161,6 +162,7 @@ def _gpt2_folders() -> list:
     except ImportError: pass
     return out
 
+# %% ../nbs/05_data.ipynb #c56ab880
 _TOKENIZER = None
 def gpt2_tokenizer() -> GPT2Tokenizer:
     "The GPT-2 tokenizer (cached): local verified files first, then the Hugging Face Hub."

@@ -54,6 +54,7 @@ def _potential_values(potential, h:Tensor) -> Tensor:
                          f"{tuple(V.shape) if isinstance(V, Tensor) else type(V).__name__} (for a well use lambda h: well.V(h, dim=-1))")
     return V
 
+# %% ../nbs/12_dynamics.ipynb #f767c902
 def energy(h:Tensor, # positions, (..., d)
            v:Tensor, # velocities, (..., d)
            m:Union[Number, Tensor], # mass, broadcastable to h, e.g. (B,T,1)

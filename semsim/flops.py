@@ -109,6 +109,7 @@ def attention_decode_flops(T:int, # keys the new token attends to (the context, 
                   mlp=matmul(1, d, mlp_mult * d) + matmul(1, mlp_mult * d, d), act=act(mlp_mult * d))
     return Flops(embed=d) + block * L + Flops(ln_f=ln(d), logits=matmul(1, d, vocab))
 
+# %% ../nbs/32_flops.ipynb #4b6d9cf2
 def attention_forward_flops(T:int, # tokens in the parallel forward (prefill)
                             causal:bool=True, # count the T(T+1)/2 causal pairs (True) or all T² (False)
                             **kw) -> Flops: # per token, averaged over the T tokens

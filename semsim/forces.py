@@ -59,6 +59,7 @@ def get_aligner(aligner:Union[str, Callable]) -> Callable: # a name in ALIGNERS 
     if aligner not in ALIGNERS: raise ValueError(f"unknown aligner {aligner!r}: choose one of {sorted(ALIGNERS)} or pass a callable")
     return ALIGNERS[aligner]
 
+# %% ../nbs/13_forces.ipynb #c408886c
 def aligner_parts(Theta:Tensor, # value-aligner values, (...)
                  ) -> tuple: # (Theta_plus, Theta_minus), each (...), both >= 0
     "Split Theta = Theta_+ - Theta_- into its attractive and repulsive parts."
@@ -104,6 +105,7 @@ def parf_pair_forces(p:Union[np.ndarray, Tensor], # aspect positions, (..., T, D
     Phi = type_matcher(L[..., :, None, :], L[..., None, :, :], c)
     return back((C * Theta * Phi * off / den)[..., None] * dp)
 
+# %% ../nbs/13_forces.ipynb #a0df50c5
 def parf_forces(p:Union[np.ndarray, Tensor], # aspect positions, (..., T, D)
                 l:Union[np.ndarray, Tensor], # type vectors, (..., T, d_l)
                 theta:Union[np.ndarray, Tensor], # value vectors, (..., T, K)
@@ -219,6 +221,7 @@ def parf_lift_energy(h:Tensor, # hidden states, (..., T, d)
     V = parf_lift_pair_potential(h, W_l, W_theta, C, c, eps, aligner, h.detach() if causal else None)
     return V.tril(-1).sum((-1, -2))
 
+# %% ../nbs/13_forces.ipynb #c56a5721
 def parf_lift_forces(h:Tensor, # hidden states, (..., T, d)
                      W_l:Tensor, W_theta:Tensor, # read-outs, (d_l, d) and (K, d)
                      C:float=1.0, c:float=1.0, eps:float=1e-2, aligner:Union[str, Callable]='rbf', # as in `parf_lift_pair_potential`
@@ -274,6 +277,7 @@ def sarf_force(x:Union[np.ndarray, Tensor], # displacement from the field, (...,
     r2 = (t**2).sum(-1, keepdim=True)
     return back(2 * t * (a * (b / sm**2 * torch.exp(-r2 / sm**2) - torch.exp(-r2 / sp**2) / sp**2)).sum(-1, keepdim=True))
 
+# %% ../nbs/13_forces.ipynb #213d1d94
 def sarf_equilibrium_radius(alpha=1.0, beta=2.0, sig_minus=0.5, sig_plus=1.0 # numbers or (J,) tensors
                            ) -> Tensor: # r_* of each component, (J,)
     "Radius where one SARF component's force vanishes: r*^2 = ln(beta sig_+^2/sig_-^2) / (sig_-^-2 - sig_+^-2)."

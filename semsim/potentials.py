@@ -52,47 +52,65 @@ class Potential(nn.Module):
               ) -> Tensor: # V, (B,T)
         "Energy of every token."
         raise NotImplementedError
-    def grad_h(self, xi:Tensor, h:Tensor) -> Tensor: # ∂V/∂h, (B,T,d)
-        "Analytic ∂V/∂h (closed-form potentials only)."
-        raise NotImplementedError(f"{type(self).__name__} has no closed-form gradient; use force()")
-    def energy_and_grad(self, xi:Tensor, h:Tensor) -> tuple: # (V (B,T), ∂V/∂h (B,T,d))
-        "Energy and analytic gradient together (subclasses share the work)."
-        return self.energy(xi, h), self.grad_h(xi, h)
-    def _autograd(self, xi, h, create_graph):
-        "(V, ∂V/∂h) by autograd on a fresh handle of h: the partial derivative, never through ξ."
-        with torch.enable_grad():
-            hh = h.view_as(h) if h.requires_grad else h.detach().requires_grad_(True)
-            V = self.energy(xi, hh)
-            g, = torch.autograd.grad(V.sum(), hh, create_graph=create_graph)
-        return (V if create_graph else V.detach()), g
-    def energy_and_force(self, xi:Tensor, # context, (B,T,D_xi)
-                         h:Tensor, # hidden states, (B,T,d)
-                         create_graph:bool=False, # keep a graph through the force (training)
-                         need_energy:bool=True, # False: a potential may skip V (returns None) when only f is needed
-                        ) -> tuple: # (V (B,T), f (B,T,d))
-        "Energy and force f = -∂V/∂h; detached unless `create_graph`."
-        xi = self.check(xi, h)
-        if self.closed_form:
-            if create_graph: V, g = self.energy_and_grad(xi, h)
-            else:
-                with torch.no_grad(): V, g = self.energy_and_grad(xi, h)
-        else: V, g = self._autograd(xi, h, create_graph)
-        return V, -g
-    def force(self, xi:Tensor, # context, (B,T,D_xi)
-              h:Tensor, # hidden states, (B,T,d)
-              create_graph:bool=False, # keep a graph through the force (training)
-             ) -> Tensor: # f = -∂V/∂h, (B,T,d)
-        "Force on every token, -∂V(ξ_t, h_t)/∂h_t; detached unless `create_graph`."
-        xi = self.check(xi, h)
-        if not self.closed_form: return -self._autograd(xi, h, create_graph)[1]
-        if create_graph: return -self.grad_h(xi, h)
-        with torch.no_grad(): return -self.grad_h(xi, h)
-    def attractor_centres(self, xi:Tensor, # context, (B,T,D_xi)
-                         ) -> Tensor: # centres, (B,T,n_wells,d)
-        "Points the force pulls towards, per token."
-        raise NotImplementedError(f"{type(self).__name__} has no closed-form attractor centres")
-    def reset_parameters(self): "Re-initialise the parameters (called by the model's `_init_weights`)."
-    def extra_repr(self): return f"d_xi={self.d_xi}, d={self.d}"
+
+# %% ../nbs/21_potentials.ipynb #debd45ba
+@patch
+def grad_h(self:Potential, xi:Tensor, h:Tensor) -> Tensor: # ∂V/∂h, (B,T,d)
+    "Analytic ∂V/∂h (closed-form potentials only)."
+    raise NotImplementedError(f"{type(self).__name__} has no closed-form gradient; use force()")
+
+@patch
+def energy_and_grad(self:Potential, xi:Tensor, h:Tensor) -> tuple: # (V (B,T), ∂V/∂h (B,T,d))
+    "Energy and analytic gradient together (subclasses share the work)."
+    return self.energy(xi, h), self.grad_h(xi, h)
+
+@patch
+def _autograd(self:Potential, xi, h, create_graph):
+    "(V, ∂V/∂h) by autograd on a fresh handle of h: the partial derivative, never through ξ."
+    with torch.enable_grad():
+        hh = h.view_as(h) if h.requires_grad else h.detach().requires_grad_(True)
+        V = self.energy(xi, hh)
+        g, = torch.autograd.grad(V.sum(), hh, create_graph=create_graph)
+    return (V if create_graph else V.detach()), g
+
+@patch
+def energy_and_force(self:Potential, xi:Tensor, # context, (B,T,D_xi)
+                     h:Tensor, # hidden states, (B,T,d)
+                     create_graph:bool=False, # keep a graph through the force (training)
+                     need_energy:bool=True, # False: a potential may skip V (returns None) when only f is needed
+                    ) -> tuple: # (V (B,T), f (B,T,d))
+    "Energy and force f = -∂V/∂h; detached unless `create_graph`."
+    xi = self.check(xi, h)
+    if self.closed_form:
+        if create_graph: V, g = self.energy_and_grad(xi, h)
+        else:
+            with torch.no_grad(): V, g = self.energy_and_grad(xi, h)
+    else: V, g = self._autograd(xi, h, create_graph)
+    return V, -g
+
+# %% ../nbs/21_potentials.ipynb #ae01ecfa
+@patch
+def force(self:Potential, xi:Tensor, # context, (B,T,D_xi)
+          h:Tensor, # hidden states, (B,T,d)
+          create_graph:bool=False, # keep a graph through the force (training)
+         ) -> Tensor: # f = -∂V/∂h, (B,T,d)
+    "Force on every token, -∂V(ξ_t, h_t)/∂h_t; detached unless `create_graph`."
+    xi = self.check(xi, h)
+    if not self.closed_form: return -self._autograd(xi, h, create_graph)[1]
+    if create_graph: return -self.grad_h(xi, h)
+    with torch.no_grad(): return -self.grad_h(xi, h)
+
+@patch
+def attractor_centres(self:Potential, xi:Tensor, # context, (B,T,D_xi)
+                     ) -> Tensor: # centres, (B,T,n_wells,d)
+    "Points the force pulls towards, per token."
+    raise NotImplementedError(f"{type(self).__name__} has no closed-form attractor centres")
+
+@patch
+def reset_parameters(self:Potential): "Re-initialise the parameters (called by the model's `_init_weights`)."
+
+@patch
+def extra_repr(self:Potential): return f"d_xi={self.d_xi}, d={self.d}"
 
 # %% ../nbs/21_potentials.ipynb #1facdbec
 def _normal_(lin:nn.Linear, std:float, bias:float=0.0):

@@ -54,6 +54,7 @@ def _quiet_save(model:nn.Module, folder:Path):
     finally:
         if on: hf_logging.enable_progress_bar()
 
+# %% ../nbs/30_runs.ipynb #f8b8eed8
 def save_checkpoint(out:Union[str, Path], step:int, model:nn.Module, state:dict, keep:int=1) -> Path:
     "Write OUT/ckpt-<step>/ completely (HF safetensors + trainer state), point OUT/latest at it, drop older ones."
     out = Path(out)

@@ -122,6 +122,7 @@ def normalized_spectrum(P:ArrayLike, # signature matrix, (..., N, L)
     if (tot == 0).any(): _coincident_error(tot[..., 0])
     return back(s2 / tot)
 
+# %% ../nbs/10_signature.ipynb #44b11295
 def _entropy(s:Tensor) -> Tensor:
     "Entropy of the normalised spectrum of singular values `s` (..., n); NaN where all are zero."
     s2 = s**2
@@ -192,6 +193,7 @@ class FeasibilityEllipsoid:
         u = torch.randn(n, self.k, generator=g, dtype=torch.float64)
         return self.contains(self.H_star * u / u.norm(dim=-1, keepdim=True)).double().mean().item()
 
+# %% ../nbs/10_signature.ipynb #62edc1cc
 def feasibility_ellipsoid(P:ArrayLike, # signature matrix of one property, (N, L)
                           rtol:float=1e-9 # singular values <= rtol * sigma_1 count as zero
                          ) -> FeasibilityEllipsoid:

@@ -68,6 +68,7 @@ def compact_vocabulary(*streams:np.ndarray) -> np.ndarray: # GPT-2 id streams
     "The sorted token types occurring in the streams: compact id i stands for GPT-2 id `vocab_map[i]`."
     return np.unique(np.concatenate([np.unique(np.asarray(s)) for s in streams])).astype(np.int64)
 
+# %% ../nbs/30_train.ipynb #88087ebb
 def prepare_data(cfg:TrainConfig) -> RunData:
     "Tokenize the corpus (cached), optionally compact the vocabulary, and check it against the model's."
     train, val = tokenize_corpus(cfg.corpus, cfg.val_frac)
@@ -194,6 +195,7 @@ def _barrier(world:int):
         import torch.distributed as dist
         dist.barrier()
 
+# %% ../nbs/30_train.ipynb #3acd57ac
 def wrap_ddp(model:nn.Module, device:torch.device) -> nn.Module:
     "DistributedDataParallel with `static_graph=True`, which reduces the gradients of a force computed inside forward."
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -223,6 +225,7 @@ def train(cfg:TrainConfig) -> dict: # the run's summary (rank 0; None on other r
             import torch.distributed as dist
             dist.destroy_process_group()
 
+# %% ../nbs/30_train.ipynb #c998e4d8
 def _train(cfg:TrainConfig, device:torch.device, rank:int, world:int) -> Optional[dict]:
     spec, out, master = MODELS[cfg.model], Path(cfg.out), rank == 0
     if world > 1 and device.type == 'cuda': device = torch.device('cuda', torch.cuda.current_device())
@@ -346,6 +349,7 @@ def sample(model:nn.Module, codec:VocabCodec, prompt:str='\n', # text to continu
     model.train(was)
     return codec.decode(torch.cat([ids[0, :-ml], out[0]]) if ids.shape[1] > ml else out[0])
 
+# %% ../nbs/30_train.ipynb #7405acae
 def write_summary(out:Union[str, Path], cfg:TrainConfig, model:nn.Module, data:RunData, info:dict) -> dict:
     "summary.json, summary.md and loss_curve.png in the run folder, from its log."
     import matplotlib.pyplot as plt
@@ -379,6 +383,7 @@ def write_summary(out:Union[str, Path], cfg:TrainConfig, model:nn.Module, data:R
     atomic_write_text(out/'summary.md', '\n'.join(md))
     return s
 
+# %% ../nbs/30_train.ipynb #82a02a60
 def load_run(path:Union[str, Path]): # a run folder (its latest checkpoint) or a checkpoint folder
     "(model in eval mode, VocabCodec, TrainConfig) of a saved run."
     p = Path(path)
@@ -411,6 +416,7 @@ def _last_record(path:Path) -> Optional[dict]:
 ERRORS = {'CausalLeakError': CausalLeakError, 'NonFiniteError': NonFiniteError, 'ValueError': ValueError,
           'FileNotFoundError': FileNotFoundError}  # exceptions re-raised in the parent by name
 
+# %% ../nbs/30_train.ipynb #b795af68
 def train_together(cfgs:Sequence[TrainConfig], parallel:bool=True, progress:bool=True) -> list: # summaries, in order
     "Train several runs at once, one spawned process each (or one after the other with parallel=False)."
     if len({c.out for c in cfgs}) != len(cfgs): raise ValueError("each run needs its own `out` folder")
@@ -477,6 +483,7 @@ def config_from_args(args) -> TrainConfig:
     if not args.out: cfg.out = f"runs/{preset}-{cfg.model}"
     return cfg
 
+# %% ../nbs/30_train.ipynb #4aac5598
 def run_train(args) -> int:
     "Run `semsim train`: exit status 0 done, 1 bad input, 2 causal leak refused, 3 non-finite loss."
     if args.list:

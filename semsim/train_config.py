@@ -60,6 +60,7 @@ class TrainConfig:
     resume: Union[bool, str] = False  # True: continue the run in `out` (an error if it holds none); 'auto': continue if any, else start
     extend: bool = False          # on resume, accept a new (larger) max_steps: the cosine schedule is stretched to it
 
+# %% ../nbs/30_config.ipynb #f96e9c13
 RUNTIME_FIELDS = ('device', 'threads', 'probe', 'progress', 'out', 'resume', 'extend', 'ckpt_every')  # free to change on resume
 
 SMALL_RUN = dict(d=64, L=4, v_hidden=128, v_depth=2, max_len=128, batch_size=8, block_size=64, eval_iters=20)  # CPU-sized
@@ -106,6 +107,7 @@ def parse_value(text:str, like:Any, name:str='value'):
     except (ValueError, TypeError, json.JSONDecodeError):
         raise ValueError(f"option {name}: cannot parse {text!r} as {type(like).__name__}") from None
 
+# %% ../nbs/30_config.ipynb #c74cfc67
 def make_config(preset:Optional[str]=None, # a key of PRESETS; None starts from the TrainConfig defaults
                 sets:Sequence[str]=(), # 'key=value' strings naming TrainConfig or model-config fields
                 **overrides) -> TrainConfig:

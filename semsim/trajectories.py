@@ -44,6 +44,7 @@ def _register_semsim(config_file:Path):
             try: importlib.import_module(mod)
             except ImportError: pass
 
+# %% ../nbs/40_trajectories.ipynb #1c7e4516
 def load_model(model, # Hub name, local folder (save_pretrained), a transformers config, or an nn.Module
                dtype='float32', # weights' dtype
                device='cpu', # where to run it
@@ -196,6 +197,7 @@ def token_losses(logits:Tensor, # next-token logits, (T,V)
     "Per-token next-token loss l_t = -log softmax(logits_t)[x_{t+1}], (T-1,)."
     return F.cross_entropy(logits[:-1].float(), ids[1:].to(logits.device), reduction='none')
 
+# %% ../nbs/40_trajectories.ipynb #22e1694a
 def trajectory(model:nn.Module, # a causal LM following the 🤗 output conventions
                text, # a sentence (str) or its token ids, (T,)
                tokenizer=None, # used when `text` is a string; default: the model's (`load_tokenizer`)

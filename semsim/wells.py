@@ -27,6 +27,7 @@ def _nonneg(cls_name:str, name:str, value, strict:bool=False):
         bad = (v <= 0 if strict else v < 0) or not math.isfinite(v)
     if bad: raise ValueError(f"{cls_name}: parameter {name} must be {'> 0' if strict else '>= 0'} and finite, got {value}")
 
+# %% ../nbs/11_wells.ipynb #76de0d0d
 class Well:
     "Base of the radial potentials: subclasses define the profile `radial(r)` and its derivative `dradial(r)`."
     name: ClassVar[str] = ''
@@ -85,7 +86,7 @@ class Well:
         "Starting points for a least-squares fit of this form to (r, E) (list of dicts over `fit_names`)."
         raise NotImplementedError
 
-# %% ../nbs/11_wells.ipynb #76de0d0d
+# %% ../nbs/11_wells.ipynb #f935715d
 def _scales(r:np.ndarray, E:np.ndarray):
     "Data scales used by the initial guesses: energy range A, distance spread s and the largest distance R."
     A = float(E.max() - E.min()) or 1.0
@@ -97,6 +98,7 @@ def _with_b_scaled(g:dict) -> list:
     "The guess and two variants with b scaled by 0.1 and 10 (multi-start against local minima)."
     return [g] + [{**g, 'b': g['b'] * k} for k in (0.1, 10.0)]
 
+# %% ../nbs/11_wells.ipynb #78044bad
 @dataclass(frozen=True)
 class GaussianWell(Well):
     "The Gaussian inverse semantic energy well V = m upsilon^2 (1 - exp(-kappa^2 x^2)) + c."
@@ -187,6 +189,7 @@ class LorentzianWell(Well):
     @classmethod
     def guesses(cls, r, E): A, s, R = _scales(r, E); return _with_b_scaled({'a': A, 'b': 1 / s**2})
 
+# %% ../nbs/11_wells.ipynb #5bf00ea7
 @dataclass(frozen=True)
 class LogSaturationWell(Well):
     "Log-saturation well V = a log(1 + b r^2) + c (slow, unbounded growth)."
@@ -221,6 +224,7 @@ class WeibullWell(Well):
     @classmethod
     def guesses(cls, r, E): A, s, R = _scales(r, E); return _with_b_scaled({'a': A, 'b': 1 / s**2, 'alpha': 2.0})
 
+# %% ../nbs/11_wells.ipynb #56482c2f
 @dataclass(frozen=True)
 class PowerWell(Well):
     "Power-law well V = a r^p + c (unbounded)."
@@ -279,6 +283,7 @@ def _as_1d(name:str, x) -> np.ndarray:
     if not np.isfinite(a).all(): raise ValueError(f"{name} contains {int((~np.isfinite(a)).sum())} non-finite values")
     return a
 
+# %% ../nbs/11_wells.ipynb #429ac250
 def fit_well(r, # distances from the centre, (n,)
              energy, # energies (e.g. per-token loss), (n,)
              form='gaussian', # a name in WELLS or a Well subclass
@@ -328,6 +333,7 @@ def fit_well(r, # distances from the centre, (n,)
     return WellFit(cls.name, params, {nm: float(v) for nm, v in zip(names, se)}, 1 - rss / tss, aic, rss, n, k, True,
                    'converged', cls.from_fit(**params))
 
+# %% ../nbs/11_wells.ipynb #5a5eb37f
 def fit_wells(r, # distances, (n,)
               energy, # energies, (n,)
               forms:Optional[Sequence]=None, # forms to try (default: all of WELLS)
