@@ -37,6 +37,7 @@
 # %%
 #| export
 from __future__ import annotations
+from fastcore.basics import patch
 import math
 from typing import Optional, Sequence
 
@@ -375,56 +376,82 @@ class EMAPool(XiPool):
         self.alpha_inits, self.n_channels, self.alpha_dtype, self.chunk = tuple(inits), len(inits), alpha_dtype, chunk
         self.raw_alpha = nn.Parameter(torch.empty(len(inits)), requires_grad=learnable)
         self.reset_parameters()
-    def reset_parameters(self):
-        a = torch.tensor(self.alpha_inits, dtype=torch.float64).clamp(ALPHA_MIN, ALPHA_MAX)
-        with torch.no_grad(): self.raw_alpha.copy_(torch.log(a) - torch.log1p(-a))   # logit
-    def log_alpha(self, dtype=None) -> Tensor: # ln α_k, (K,), in `dtype`
-        "ln α_k, computed in `alpha_dtype` (default the parameter's) and cast to `dtype`."
-        raw = self.raw_alpha if self.alpha_dtype is None else self.raw_alpha.to(self.alpha_dtype)
-        la = torch.log(torch.sigmoid(raw).clamp(ALPHA_MIN, ALPHA_MAX))
-        return la if dtype is None else la.to(dtype)
     @property
     def alpha(self) -> Tensor: return self.log_alpha().exp().detach()
-    def _log_norm(self, T, la, device):
-        "Normaliser Z_t = Σ_{r≤t} α^r = expm1((t+1) ln α) / expm1(ln α), (T,K)."
-        t1 = torch.arange(1, T + 1, device=device, dtype=la.dtype)[:, None]
-        return torch.expm1(t1 * la[None]) / torch.expm1(la)[None]
-    def forward(self, h:Tensor, # hidden states, (B,T,d)
-               ) -> Tensor: # xi, (B,T,K,d)
-        check_h(h)
-        B, T, d = h.shape
-        x = h.to(_work_dtype(h))
-        la = self.log_alpha(x.dtype).to(h.device)
-        return ema_scan(x, la, 1 / self._log_norm(T, la, h.device), self.chunk).to(h.dtype)
-    def dense_weights(self, T:int, device=None, dtype=torch.float64) -> Tensor: # (K,T,T)
-        "Log-space construction with logsumexp row normalisation, as in the reference."
-        la = self.log_alpha(dtype).to(device)
-        i = torch.arange(T, device=device)
-        lag = (i[:, None] - i[None, :]).to(dtype)
-        logw = (lag[None] * la[:, None, None]).masked_fill((lag < 0)[None], float('-inf'))
-        return (logw - torch.logsumexp(logw, -1, keepdim=True)).exp()
-    def stream_constants(self, device=None, dtype=torch.float64) -> dict: # ln α_k and α_k, (K,) each
-        la = self.log_alpha(dtype).detach().to(device)
-        return {'la': la, 'a': la.exp()}
-    def init_state(self, B:int, d:int, device=None, dtype=torch.float32) -> dict:
-        K = self.n_channels
-        return {'S': torch.zeros(B, K, d, device=device, dtype=dtype), 'Z': torch.zeros(B, K, device=device, dtype=dtype),
-                'const': self.stream_constants(device, dtype)}
-    def prefix_state(self, h:Tensor, n:Tensor, dtype=None) -> dict:
-        "S_k = Σ_{s<n} α_k^(n-1-s) h_s and Z_k = Σ_{r<n} α_k^r = expm1(n ln α_k)/expm1(ln α_k), per row, in one pass."
-        dtype = dtype or h.dtype
-        c = self.stream_constants(h.device, dtype)
-        lag, valid = prefix_lags(n, h.shape[1])
-        W = torch.exp(lag[..., None].to(dtype) * c['la']) * valid[..., None]        # α_k^(n-1-s), (B,T,K)
-        Z = torch.expm1(n[:, None].to(dtype) * c['la']) / torch.expm1(c['la'])      # (B,K)
-        return {'S': torch.einsum('btk,btd->bkd', W, h.to(dtype)), 'Z': Z, 'const': c}
-    def step(self, state:dict, h_t:Tensor) -> tuple:
-        _check_step(self, state, h_t)
-        c = state.get('const') or self.stream_constants(h_t.device, state['S'].dtype)
-        S = c['a'][None, :, None] * state['S'] + h_t.to(state['S'].dtype)[:, None, :]
-        Z = c['a'] * state['Z'] + 1
-        return (S / Z[..., None]).to(h_t.dtype), {'S': S, 'Z': Z, 'const': c}
-    def extra_repr(self): return f"alpha_inits={self.alpha_inits}, learnable={self.raw_alpha.requires_grad}"
+
+
+# %%
+#| export
+@patch
+def reset_parameters(self:EMAPool):
+    a = torch.tensor(self.alpha_inits, dtype=torch.float64).clamp(ALPHA_MIN, ALPHA_MAX)
+    with torch.no_grad(): self.raw_alpha.copy_(torch.log(a) - torch.log1p(-a))   # logit
+
+@patch
+def log_alpha(self:EMAPool, dtype=None) -> Tensor: # ln α_k, (K,), in `dtype`
+    "ln α_k, computed in `alpha_dtype` (default the parameter's) and cast to `dtype`."
+    raw = self.raw_alpha if self.alpha_dtype is None else self.raw_alpha.to(self.alpha_dtype)
+    la = torch.log(torch.sigmoid(raw).clamp(ALPHA_MIN, ALPHA_MAX))
+    return la if dtype is None else la.to(dtype)
+
+@patch
+def _log_norm(self:EMAPool, T, la, device):
+    "Normaliser Z_t = Σ_{r≤t} α^r = expm1((t+1) ln α) / expm1(ln α), (T,K)."
+    t1 = torch.arange(1, T + 1, device=device, dtype=la.dtype)[:, None]
+    return torch.expm1(t1 * la[None]) / torch.expm1(la)[None]
+
+@patch
+def forward(self:EMAPool, h:Tensor, # hidden states, (B,T,d)
+           ) -> Tensor: # xi, (B,T,K,d)
+    check_h(h)
+    B, T, d = h.shape
+    x = h.to(_work_dtype(h))
+    la = self.log_alpha(x.dtype).to(h.device)
+    return ema_scan(x, la, 1 / self._log_norm(T, la, h.device), self.chunk).to(h.dtype)
+
+@patch
+def dense_weights(self:EMAPool, T:int, device=None, dtype=torch.float64) -> Tensor: # (K,T,T)
+    "Log-space construction with logsumexp row normalisation, as in the reference."
+    la = self.log_alpha(dtype).to(device)
+    i = torch.arange(T, device=device)
+    lag = (i[:, None] - i[None, :]).to(dtype)
+    logw = (lag[None] * la[:, None, None]).masked_fill((lag < 0)[None], float('-inf'))
+    return (logw - torch.logsumexp(logw, -1, keepdim=True)).exp()
+
+@patch
+def stream_constants(self:EMAPool, device=None, dtype=torch.float64) -> dict: # ln α_k and α_k, (K,) each
+    la = self.log_alpha(dtype).detach().to(device)
+    return {'la': la, 'a': la.exp()}
+
+
+# %%
+#| export
+@patch
+def init_state(self:EMAPool, B:int, d:int, device=None, dtype=torch.float32) -> dict:
+    K = self.n_channels
+    return {'S': torch.zeros(B, K, d, device=device, dtype=dtype), 'Z': torch.zeros(B, K, device=device, dtype=dtype),
+            'const': self.stream_constants(device, dtype)}
+
+@patch
+def prefix_state(self:EMAPool, h:Tensor, n:Tensor, dtype=None) -> dict:
+    "S_k = Σ_{s<n} α_k^(n-1-s) h_s and Z_k = Σ_{r<n} α_k^r = expm1(n ln α_k)/expm1(ln α_k), per row, in one pass."
+    dtype = dtype or h.dtype
+    c = self.stream_constants(h.device, dtype)
+    lag, valid = prefix_lags(n, h.shape[1])
+    W = torch.exp(lag[..., None].to(dtype) * c['la']) * valid[..., None]        # α_k^(n-1-s), (B,T,K)
+    Z = torch.expm1(n[:, None].to(dtype) * c['la']) / torch.expm1(c['la'])      # (B,K)
+    return {'S': torch.einsum('btk,btd->bkd', W, h.to(dtype)), 'Z': Z, 'const': c}
+
+@patch
+def step(self:EMAPool, state:dict, h_t:Tensor) -> tuple:
+    _check_step(self, state, h_t)
+    c = state.get('const') or self.stream_constants(h_t.device, state['S'].dtype)
+    S = c['a'][None, :, None] * state['S'] + h_t.to(state['S'].dtype)[:, None, :]
+    Z = c['a'] * state['Z'] + 1
+    return (S / Z[..., None]).to(h_t.dtype), {'S': S, 'Z': Z, 'const': c}
+
+@patch
+def extra_repr(self:EMAPool): return f"alpha_inits={self.alpha_inits}, learnable={self.raw_alpha.requires_grad}"
 
 
 # %% [markdown]
@@ -525,48 +552,76 @@ class HiPPOLegTPool(XiPool):
         self.n_channels, self.theta, self.learnable_dt = int(K), float(theta), learnable_dt
         if learnable_dt: self.log_dt = nn.Parameter(torch.tensor(math.log(1.0 / theta)))
         self.reset_parameters()
-    def reset_parameters(self):
-        if self.learnable_dt:
-            with torch.no_grad(): self.log_dt.fill_(math.log(1.0 / self.theta))
-    def dt(self, device=None) -> Tensor: # Δ, scalar float64
-        "The discretisation step Δ (learnable or 1/θ)."
-        if self.learnable_dt: return self.log_dt.to(device=device, dtype=torch.float64).exp()
-        return torch.tensor(1.0 / self.theta, dtype=torch.float64, device=device)
-    def discrete(self, device=None) -> tuple: # (Â (K,K), B̂ (K,)) in float64
-        "Bilinear discretisation of the LegT matrices at the current Δ."
-        dev = _kernel_device(device)
-        A, B = legt_matrices(self.n_channels, torch.float64, dev)
-        return bilinear(A, B, self.dt(dev))
-    def kernel(self, T:int, device=None, dtype=torch.float64) -> Tensor: # M[j] = Â^j B̂, (T,K)
-        Ad, Bd = self.discrete(device)
-        return ssm_kernel(Ad, Bd, T).to(device=device, dtype=dtype)
-    def forward(self, h:Tensor, # hidden states, (B,T,d)
-               ) -> Tensor: # xi, (B,T,K,d)
-        check_h(h)
-        wd = _work_dtype(h)
-        return causal_fft_conv(h.to(wd), self.kernel(h.shape[1], h.device, wd)).to(h.dtype)
-    def dense_weights(self, T:int, device=None, dtype=torch.float64) -> Tensor: # (K,T,T), W_k[t,s] = M[t-s]_k
-        M = self.kernel(T, device, dtype)
-        i = torch.arange(T, device=device)
-        lag = i[:, None] - i[None, :]
-        return (M[lag.clamp(min=0)] * (lag >= 0)[..., None].to(dtype)).permute(2, 0, 1)
-    def stream_constants(self, device=None, dtype=torch.float64) -> dict: # Â (K,K), B̂ (K,)
-        Ad, Bd = self.discrete(device)
-        return {'Ad': Ad.detach().to(device=device, dtype=dtype), 'Bd': Bd.detach().to(device=device, dtype=dtype)}
-    def init_state(self, B:int, d:int, device=None, dtype=torch.float32) -> dict:
-        return {'c': torch.zeros(B, self.n_channels, d, device=device, dtype=dtype), 'const': self.stream_constants(device, dtype)}
-    def prefix_state(self, h:Tensor, n:Tensor, dtype=None) -> dict:
-        "c = Σ_{s<n} Â^(n-1-s) B̂ h_s per row, from the pool's kernel, in one pass."
-        dtype = dtype or h.dtype
-        lag, valid = prefix_lags(n, h.shape[1])
-        M = self.kernel(h.shape[1], h.device, torch.float64).detach().to(dtype)     # Â^j B̂, (T,K)
-        return {'c': torch.einsum('btk,btd->bkd', M[lag] * valid[..., None], h.to(dtype)), 'const': self.stream_constants(h.device, dtype)}
-    def step(self, state:dict, h_t:Tensor) -> tuple:
-        _check_step(self, state, h_t)
-        k = state.get('const') or self.stream_constants(h_t.device, state['c'].dtype)
-        c = torch.einsum('nm,bmd->bnd', k['Ad'], state['c']) + k['Bd'][None, :, None] * h_t.to(state['c'].dtype)[:, None, :]
-        return c.to(h_t.dtype), {'c': c, 'const': k}
-    def extra_repr(self): return f"K={self.n_channels}, theta={self.theta}, learnable_dt={self.learnable_dt}"
+
+
+# %%
+#| export
+@patch
+def reset_parameters(self:HiPPOLegTPool):
+    if self.learnable_dt:
+        with torch.no_grad(): self.log_dt.fill_(math.log(1.0 / self.theta))
+
+@patch
+def dt(self:HiPPOLegTPool, device=None) -> Tensor: # Δ, scalar float64
+    "The discretisation step Δ (learnable or 1/θ)."
+    if self.learnable_dt: return self.log_dt.to(device=device, dtype=torch.float64).exp()
+    return torch.tensor(1.0 / self.theta, dtype=torch.float64, device=device)
+
+@patch
+def discrete(self:HiPPOLegTPool, device=None) -> tuple: # (Â (K,K), B̂ (K,)) in float64
+    "Bilinear discretisation of the LegT matrices at the current Δ."
+    dev = _kernel_device(device)
+    A, B = legt_matrices(self.n_channels, torch.float64, dev)
+    return bilinear(A, B, self.dt(dev))
+
+@patch
+def kernel(self:HiPPOLegTPool, T:int, device=None, dtype=torch.float64) -> Tensor: # M[j] = Â^j B̂, (T,K)
+    Ad, Bd = self.discrete(device)
+    return ssm_kernel(Ad, Bd, T).to(device=device, dtype=dtype)
+
+@patch
+def forward(self:HiPPOLegTPool, h:Tensor, # hidden states, (B,T,d)
+           ) -> Tensor: # xi, (B,T,K,d)
+    check_h(h)
+    wd = _work_dtype(h)
+    return causal_fft_conv(h.to(wd), self.kernel(h.shape[1], h.device, wd)).to(h.dtype)
+
+@patch
+def dense_weights(self:HiPPOLegTPool, T:int, device=None, dtype=torch.float64) -> Tensor: # (K,T,T), W_k[t,s] = M[t-s]_k
+    M = self.kernel(T, device, dtype)
+    i = torch.arange(T, device=device)
+    lag = i[:, None] - i[None, :]
+    return (M[lag.clamp(min=0)] * (lag >= 0)[..., None].to(dtype)).permute(2, 0, 1)
+
+
+# %%
+#| export
+@patch
+def stream_constants(self:HiPPOLegTPool, device=None, dtype=torch.float64) -> dict: # Â (K,K), B̂ (K,)
+    Ad, Bd = self.discrete(device)
+    return {'Ad': Ad.detach().to(device=device, dtype=dtype), 'Bd': Bd.detach().to(device=device, dtype=dtype)}
+
+@patch
+def init_state(self:HiPPOLegTPool, B:int, d:int, device=None, dtype=torch.float32) -> dict:
+    return {'c': torch.zeros(B, self.n_channels, d, device=device, dtype=dtype), 'const': self.stream_constants(device, dtype)}
+
+@patch
+def prefix_state(self:HiPPOLegTPool, h:Tensor, n:Tensor, dtype=None) -> dict:
+    "c = Σ_{s<n} Â^(n-1-s) B̂ h_s per row, from the pool's kernel, in one pass."
+    dtype = dtype or h.dtype
+    lag, valid = prefix_lags(n, h.shape[1])
+    M = self.kernel(h.shape[1], h.device, torch.float64).detach().to(dtype)     # Â^j B̂, (T,K)
+    return {'c': torch.einsum('btk,btd->bkd', M[lag] * valid[..., None], h.to(dtype)), 'const': self.stream_constants(h.device, dtype)}
+
+@patch
+def step(self:HiPPOLegTPool, state:dict, h_t:Tensor) -> tuple:
+    _check_step(self, state, h_t)
+    k = state.get('const') or self.stream_constants(h_t.device, state['c'].dtype)
+    c = torch.einsum('nm,bmd->bnd', k['Ad'], state['c']) + k['Bd'][None, :, None] * h_t.to(state['c'].dtype)[:, None, :]
+    return c.to(h_t.dtype), {'c': c, 'const': k}
+
+@patch
+def extra_repr(self:HiPPOLegTPool): return f"K={self.n_channels}, theta={self.theta}, learnable_dt={self.learnable_dt}"
 
 
 # %% [markdown]
@@ -636,55 +691,82 @@ class S4DPool(XiPool):
         self.log_neg_re, self.imag = nn.Parameter(torch.empty(K)), nn.Parameter(torch.empty(K))
         self.B_proj, self.log_dt = nn.Parameter(torch.empty(K)), nn.Parameter(torch.empty(()))
         self.reset_parameters()
-    def reset_parameters(self):
-        K = self.n_channels
-        if self.init == 'legt': lam = torch.linalg.eigvals(legt_matrices(K)[0])
-        else: lam = torch.complex(torch.full((K,), -0.5, dtype=torch.float64), math.pi * (torch.arange(K, dtype=torch.float64) + 0.5))
-        with torch.no_grad():
-            self.log_neg_re.copy_(torch.log(-lam.real)); self.imag.copy_(lam.imag)
-            self.B_proj.fill_(1.0); self.log_dt.fill_(math.log(1.0 / self.theta))
-    def eigenvalues(self) -> Tensor: # λ_k, (K,) complex
-        "Continuous-time eigenvalues, real part clamped to ≤ -1e-3."
-        return torch.complex(-self.log_neg_re.exp().clamp(min=S4D_MIN_NEG_RE), self.imag)
-    def discrete(self, dtype=torch.float64) -> tuple: # (ln Â (K,), B̂ (K,)), complex
-        "ZOH discretisation: ln Â = λΔ, B̂ = expm1(λΔ)/λ · B, in the complex dtype matching `dtype`."
-        lam = self.eigenvalues()
-        la = lam * self.log_dt.exp()
-        Bd = cexpm1(la) / lam * self.B_proj
-        cd = torch.complex128 if dtype == torch.float64 else torch.complex64
-        return la.to(cd), Bd.to(cd)
-    def forward(self, h:Tensor, # hidden states, (B,T,d)
-               ) -> Tensor: # xi, (B,T,K,d)
-        check_h(h)
-        B, T, d = h.shape
-        wd = _work_dtype(h)
-        la, Bd = self.discrete(wd)
-        s = decay_scan(h.to(la.dtype)[:, :, None, :].expand(B, T, self.n_channels, d), la.to(h.device), self.chunk)
-        return (2 * (Bd.to(h.device)[None, None, :, None] * s).real).to(h.dtype)
-    def dense_weights(self, T:int, device=None, dtype=torch.float64) -> Tensor: # (K,T,T)
-        la, Bd = (x.to(device) for x in self.discrete(dtype))
-        i = torch.arange(T, device=device)
-        lag = i[:, None] - i[None, :]
-        W = 2 * (Bd[:, None, None] * torch.exp(lag.clamp(min=0).to(dtype)[None] * la[:, None, None])).real
-        return W * (lag >= 0).to(dtype)[None]
-    def stream_constants(self, device=None, dtype=torch.float64) -> dict: # ln Â, Â, B̂, (K,) complex each
-        la, Bd = (x.detach().to(device) for x in self.discrete(dtype))
-        return {'la': la, 'A': la.exp(), 'Bd': Bd}
-    def init_state(self, B:int, d:int, device=None, dtype=torch.float32) -> dict:
-        cd = torch.complex128 if dtype == torch.float64 else torch.complex64
-        return {'s': torch.zeros(B, self.n_channels, d, device=device, dtype=cd), 'const': self.stream_constants(device, dtype)}
-    def prefix_state(self, h:Tensor, n:Tensor, dtype=None) -> dict:
-        "s_k = Σ_{s<n} Â_k^(n-1-s) h_s per row (complex), in one pass."
-        c = self.stream_constants(h.device, dtype or h.dtype)
-        lag, valid = prefix_lags(n, h.shape[1])
-        W = torch.exp(lag[..., None].to(c['la'].dtype) * c['la']) * valid[..., None]   # Â_k^(n-1-s), (B,T,K)
-        return {'s': torch.einsum('btk,btd->bkd', W, h.to(c['la'].dtype)), 'const': c}
-    def step(self, state:dict, h_t:Tensor) -> tuple:
-        _check_step(self, state, h_t)
-        c = state.get('const') or self.stream_constants(h_t.device, state['s'].real.dtype)
-        s = c['A'][None, :, None] * state['s'] + h_t.to(c['A'].dtype)[:, None, :]
-        return (2 * (c['Bd'][None, :, None] * s).real).to(h_t.dtype), {'s': s, 'const': c}
-    def extra_repr(self): return f"K={self.n_channels}, init={self.init!r}, theta={self.theta}"
+
+
+# %%
+#| export
+@patch
+def reset_parameters(self:S4DPool):
+    K = self.n_channels
+    if self.init == 'legt': lam = torch.linalg.eigvals(legt_matrices(K)[0])
+    else: lam = torch.complex(torch.full((K,), -0.5, dtype=torch.float64), math.pi * (torch.arange(K, dtype=torch.float64) + 0.5))
+    with torch.no_grad():
+        self.log_neg_re.copy_(torch.log(-lam.real)); self.imag.copy_(lam.imag)
+        self.B_proj.fill_(1.0); self.log_dt.fill_(math.log(1.0 / self.theta))
+
+@patch
+def eigenvalues(self:S4DPool) -> Tensor: # λ_k, (K,) complex
+    "Continuous-time eigenvalues, real part clamped to ≤ -1e-3."
+    return torch.complex(-self.log_neg_re.exp().clamp(min=S4D_MIN_NEG_RE), self.imag)
+
+@patch
+def discrete(self:S4DPool, dtype=torch.float64) -> tuple: # (ln Â (K,), B̂ (K,)), complex
+    "ZOH discretisation: ln Â = λΔ, B̂ = expm1(λΔ)/λ · B, in the complex dtype matching `dtype`."
+    lam = self.eigenvalues()
+    la = lam * self.log_dt.exp()
+    Bd = cexpm1(la) / lam * self.B_proj
+    cd = torch.complex128 if dtype == torch.float64 else torch.complex64
+    return la.to(cd), Bd.to(cd)
+
+@patch
+def forward(self:S4DPool, h:Tensor, # hidden states, (B,T,d)
+           ) -> Tensor: # xi, (B,T,K,d)
+    check_h(h)
+    B, T, d = h.shape
+    wd = _work_dtype(h)
+    la, Bd = self.discrete(wd)
+    s = decay_scan(h.to(la.dtype)[:, :, None, :].expand(B, T, self.n_channels, d), la.to(h.device), self.chunk)
+    return (2 * (Bd.to(h.device)[None, None, :, None] * s).real).to(h.dtype)
+
+@patch
+def dense_weights(self:S4DPool, T:int, device=None, dtype=torch.float64) -> Tensor: # (K,T,T)
+    la, Bd = (x.to(device) for x in self.discrete(dtype))
+    i = torch.arange(T, device=device)
+    lag = i[:, None] - i[None, :]
+    W = 2 * (Bd[:, None, None] * torch.exp(lag.clamp(min=0).to(dtype)[None] * la[:, None, None])).real
+    return W * (lag >= 0).to(dtype)[None]
+
+
+# %%
+#| export
+@patch
+def stream_constants(self:S4DPool, device=None, dtype=torch.float64) -> dict: # ln Â, Â, B̂, (K,) complex each
+    la, Bd = (x.detach().to(device) for x in self.discrete(dtype))
+    return {'la': la, 'A': la.exp(), 'Bd': Bd}
+
+@patch
+def init_state(self:S4DPool, B:int, d:int, device=None, dtype=torch.float32) -> dict:
+    cd = torch.complex128 if dtype == torch.float64 else torch.complex64
+    return {'s': torch.zeros(B, self.n_channels, d, device=device, dtype=cd), 'const': self.stream_constants(device, dtype)}
+
+@patch
+def prefix_state(self:S4DPool, h:Tensor, n:Tensor, dtype=None) -> dict:
+    "s_k = Σ_{s<n} Â_k^(n-1-s) h_s per row (complex), in one pass."
+    c = self.stream_constants(h.device, dtype or h.dtype)
+    lag, valid = prefix_lags(n, h.shape[1])
+    W = torch.exp(lag[..., None].to(c['la'].dtype) * c['la']) * valid[..., None]   # Â_k^(n-1-s), (B,T,K)
+    return {'s': torch.einsum('btk,btd->bkd', W, h.to(c['la'].dtype)), 'const': c}
+
+@patch
+def step(self:S4DPool, state:dict, h_t:Tensor) -> tuple:
+    _check_step(self, state, h_t)
+    c = state.get('const') or self.stream_constants(h_t.device, state['s'].real.dtype)
+    s = c['A'][None, :, None] * state['s'] + h_t.to(c['A'].dtype)[:, None, :]
+    return (2 * (c['Bd'][None, :, None] * s).real).to(h_t.dtype), {'s': s, 'const': c}
+
+@patch
+def extra_repr(self:S4DPool): return f"K={self.n_channels}, init={self.init!r}, theta={self.theta}"
+
 
 # %% [markdown]
 # The S4D construction has exact identities too: `cexpm1` equals $e^z - 1$; at the `'legt'` init, the two channels of

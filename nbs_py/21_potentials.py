@@ -439,34 +439,58 @@ class SQ3Potential(Potential):
         self.mu_proj, self.a_proj = nn.Linear(d_xi, K_mix * d), nn.Linear(d_xi, K_mix * d)
         self.pi_proj, self.b_proj = nn.Linear(d_xi, K_mix), nn.Linear(d_xi, 1)
         self.reset_parameters()
-    def reset_parameters(self):
-        _normal_(self.mu_proj, 0.02); _normal_(self.a_proj, 0.02, self.init_a_bias)
-        _normal_(self.pi_proj, 0.02); _normal_(self.b_proj, 0.002)
-    def wells(self, xi:Tensor) -> tuple: # (μ (B,T,K,d), a (B,T,K,d), log π (B,T,K), b (B,T))
-        "Centres, stiffnesses, log mixing weights and offset for every token."
-        K, d = self.K_mix, self.d
-        mu = self.mu_proj(xi).unflatten(-1, (K, d))
-        a = (F.softplus(self.a_proj(xi)) + A_FLOOR).unflatten(-1, (K, d))
-        return mu, a, F.log_softmax(self.pi_proj(xi), -1), self.b_proj(xi).squeeze(-1)
-    def _parts(self, xi, h):
-        mu, a, logpi, b = self.wells(xi)
-        r = h[..., None, :] - mu                                           # (B,T,K,d)
-        ar = a * r                                                         # a_k ⊙ (h - μ_k), kept for the force
-        E = 0.5 * (ar * r).sum(-1)                                         # (B,T,K)
-        return logpi - E / self.tau, ar, b
-    def energy_and_grad(self, xi:Tensor, h:Tensor) -> tuple:
-        z, ar, b = self._parts(xi, h)
-        q = torch.softmax(z, -1)                                           # responsibilities, (B,T,K)
-        return -self.tau * torch.logsumexp(z, -1) + b, (q[..., None, :] @ ar).squeeze(-2)   # Σ_k q_k a_k ⊙ (h - μ_k) as a batched (1×K)(K×d) product
-    def energy(self, xi:Tensor, h:Tensor) -> Tensor:
-        z, ar, b = self._parts(self.check(xi, h), h)
-        return -self.tau * torch.logsumexp(z, -1) + b
-    def grad_h(self, xi:Tensor, h:Tensor) -> Tensor: return self.energy_and_grad(self.check(xi, h), h)[1]
-    def responsibilities(self, xi:Tensor, h:Tensor) -> Tensor: # q, (B,T,K)
-        "Posterior weight q_k of each well at h."
-        return torch.softmax(self._parts(self.check(xi, h), h)[0], -1)
-    def attractor_centres(self, xi:Tensor) -> Tensor: return self.mu_proj(self.check_xi(xi)).unflatten(-1, (self.K_mix, self.d))
-    def extra_repr(self): return f"d_xi={self.d_xi}, d={self.d}, K_mix={self.K_mix}, tau={self.tau}"
+
+
+# %%
+#| export
+@patch
+def reset_parameters(self:SQ3Potential):
+    _normal_(self.mu_proj, 0.02); _normal_(self.a_proj, 0.02, self.init_a_bias)
+    _normal_(self.pi_proj, 0.02); _normal_(self.b_proj, 0.002)
+
+@patch
+def wells(self:SQ3Potential, xi:Tensor) -> tuple: # (μ (B,T,K,d), a (B,T,K,d), log π (B,T,K), b (B,T))
+    "Centres, stiffnesses, log mixing weights and offset for every token."
+    K, d = self.K_mix, self.d
+    mu = self.mu_proj(xi).unflatten(-1, (K, d))
+    a = (F.softplus(self.a_proj(xi)) + A_FLOOR).unflatten(-1, (K, d))
+    return mu, a, F.log_softmax(self.pi_proj(xi), -1), self.b_proj(xi).squeeze(-1)
+
+@patch
+def _parts(self:SQ3Potential, xi, h):
+    mu, a, logpi, b = self.wells(xi)
+    r = h[..., None, :] - mu                                           # (B,T,K,d)
+    ar = a * r                                                         # a_k ⊙ (h - μ_k), kept for the force
+    E = 0.5 * (ar * r).sum(-1)                                         # (B,T,K)
+    return logpi - E / self.tau, ar, b
+
+@patch
+def energy_and_grad(self:SQ3Potential, xi:Tensor, h:Tensor) -> tuple:
+    z, ar, b = self._parts(xi, h)
+    q = torch.softmax(z, -1)                                           # responsibilities, (B,T,K)
+    return -self.tau * torch.logsumexp(z, -1) + b, (q[..., None, :] @ ar).squeeze(-2)   # Σ_k q_k a_k ⊙ (h - μ_k) as a batched (1×K)(K×d) product
+
+@patch
+def energy(self:SQ3Potential, xi:Tensor, h:Tensor) -> Tensor:
+    z, ar, b = self._parts(self.check(xi, h), h)
+    return -self.tau * torch.logsumexp(z, -1) + b
+
+@patch
+def grad_h(self:SQ3Potential, xi:Tensor, h:Tensor) -> Tensor: return self.energy_and_grad(self.check(xi, h), h)[1]
+
+@patch
+def responsibilities(self:SQ3Potential, xi:Tensor, h:Tensor) -> Tensor: # q, (B,T,K)
+    "Posterior weight q_k of each well at h."
+    return torch.softmax(self._parts(self.check(xi, h), h)[0], -1)
+
+
+# %%
+#| export
+@patch
+def attractor_centres(self:SQ3Potential, xi:Tensor) -> Tensor: return self.mu_proj(self.check_xi(xi)).unflatten(-1, (self.K_mix, self.d))
+
+@patch
+def extra_repr(self:SQ3Potential): return f"d_xi={self.d_xi}, d={self.d}, K_mix={self.K_mix}, tau={self.tau}"
 
 
 # %%

@@ -4,6 +4,7 @@
 
 # %% ../nbs/10_signature.ipynb #c9002205
 from __future__ import annotations
+from fastcore.basics import patch
 import math
 from dataclasses import dataclass
 from typing import NamedTuple, Optional, Union
@@ -153,45 +154,52 @@ class FeasibilityEllipsoid:
     H_star: float      # information content, the sphere's radius and the semi-axes' mean
     sigma: Tensor      # the k non-zero singular values of P, (k,)
     axes: Tensor       # principal semantic axes as rows, (k, L)
-
     @property
     def k(self) -> int: return len(self.semi_axes)
 
-    def _s(self, s) -> Tensor:
-        t, _ = to_float64(s, 's')
-        if t.ndim == 0 or t.shape[-1] != self.k:
-            raise ValueError(f"points must have shape (..., k) with k = {self.k} principal coordinates, got {tuple(t.shape)}")
-        return t
+# %% ../nbs/10_signature.ipynb #be6193d2
+@patch
+def _s(self:FeasibilityEllipsoid, s) -> Tensor:
+    t, _ = to_float64(s, 's')
+    if t.ndim == 0 or t.shape[-1] != self.k:
+        raise ValueError(f"points must have shape (..., k) with k = {self.k} principal coordinates, got {tuple(t.shape)}")
+    return t
 
-    def level(self, s:ArrayLike, # points in principal coordinates, (..., k)
-             ) -> Tensor: # sum_i (s_i / sigma*_i)^2, (...); inf off a degenerate (zero) axis
-        "The ellipsoid's quadratic form: <= 1 inside S*."
-        t = self._s(s); a = self.semi_axes
-        q = torch.where(a > 0, t / torch.where(a > 0, a, torch.ones_like(a)), torch.where(t == 0, 0., math.inf))
-        return (q**2).sum(-1)
+@patch
+def level(self:FeasibilityEllipsoid, s:ArrayLike, # points in principal coordinates, (..., k)
+         ) -> Tensor: # sum_i (s_i / sigma*_i)^2, (...); inf off a degenerate (zero) axis
+    "The ellipsoid's quadratic form: <= 1 inside S*."
+    t = self._s(s); a = self.semi_axes
+    q = torch.where(a > 0, t / torch.where(a > 0, a, torch.ones_like(a)), torch.where(t == 0, 0., math.inf))
+    return (q**2).sum(-1)
 
-    def contains(self, s:ArrayLike, # points, (..., k)
-                 tol:float=1e-12) -> Tensor: # bool, (...)
-        "Membership in S*: level(s) <= 1 + tol."
-        return self.level(s) <= 1 + tol
+@patch
+def contains(self:FeasibilityEllipsoid, s:ArrayLike, # points, (..., k)
+             tol:float=1e-12) -> Tensor: # bool, (...)
+    "Membership in S*: level(s) <= 1 + tol."
+    return self.level(s) <= 1 + tol
 
-    def on_sphere(self, s:ArrayLike, # points, (..., k)
-                  tol:float=1e-9) -> Tensor: # bool, (...)
-        "On the sphere sum_i s_i^2 = (H*)^2, within a relative tolerance `tol` (absolute when H* = 0)."
-        r = self._s(s).norm(dim=-1)
-        return (r - self.H_star).abs() <= tol * max(self.H_star, 1.)
+@patch
+def on_sphere(self:FeasibilityEllipsoid, s:ArrayLike, # points, (..., k)
+              tol:float=1e-9) -> Tensor: # bool, (...)
+    "On the sphere sum_i s_i^2 = (H*)^2, within a relative tolerance `tol` (absolute when H* = 0)."
+    r = self._s(s).norm(dim=-1)
+    return (r - self.H_star).abs() <= tol * max(self.H_star, 1.)
 
-    def feasible(self, s:ArrayLike, tol:float=1e-9) -> Tensor: # points, (..., k) -> bool, (...)
-        "Feasible in-situ positions: on the sphere and inside S*."
-        return self.on_sphere(s, tol) & self.contains(s, tol)
+@patch
+def feasible(self:FeasibilityEllipsoid, s:ArrayLike, tol:float=1e-9) -> Tensor: # points, (..., k) -> bool, (...)
+    "Feasible in-situ positions: on the sphere and inside S*."
+    return self.on_sphere(s, tol) & self.contains(s, tol)
 
-    def feasible_fraction(self, n:int=200_000, # Monte Carlo samples on the sphere
-                          seed:int=0) -> float: # fraction of the sphere inside S*
-        "Monte Carlo estimate of the fraction of the sphere |s| = H* that lies inside S*."
-        if self.H_star == 0: return 1.0
-        g = torch.Generator().manual_seed(seed)
-        u = torch.randn(n, self.k, generator=g, dtype=torch.float64)
-        return self.contains(self.H_star * u / u.norm(dim=-1, keepdim=True)).double().mean().item()
+# %% ../nbs/10_signature.ipynb #c4f7134c
+@patch
+def feasible_fraction(self:FeasibilityEllipsoid, n:int=200_000, # Monte Carlo samples on the sphere
+                      seed:int=0) -> float: # fraction of the sphere inside S*
+    "Monte Carlo estimate of the fraction of the sphere |s| = H* that lies inside S*."
+    if self.H_star == 0: return 1.0
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(n, self.k, generator=g, dtype=torch.float64)
+    return self.contains(self.H_star * u / u.norm(dim=-1, keepdim=True)).double().mean().item()
 
 # %% ../nbs/10_signature.ipynb #62edc1cc
 def feasibility_ellipsoid(P:ArrayLike, # signature matrix of one property, (N, L)
