@@ -4,6 +4,7 @@
 
 # %% ../nbs/11_wells.ipynb #b6441b24
 from __future__ import annotations
+from fastcore.basics import patch
 import math, warnings
 from dataclasses import dataclass, fields
 from typing import ClassVar, Optional, Sequence
@@ -55,17 +56,6 @@ class Well:
         out = self.radial(r) + self.c
         return out if dim is None else out.squeeze(dim)
 
-    def stiffness(self, r:Tensor) -> Tensor: # distances (any shape)
-        "k(r) = V'(r)/r, so that F = -k(r) x; forms with a closed form regular at r = 0 override this."
-        pos = r > 0
-        r_safe = torch.where(pos, r, torch.ones_like(r))
-        return torch.where(pos, self.dradial(r_safe) / r_safe, torch.zeros_like(r))
-
-    def force(self, x:Tensor, # positions, as for `V`
-              dim:Optional[int]=None) -> Tensor: # force -dV/dx, same shape as x
-        "Analytic force F = -grad V = -V'(r) x/r = -k(r) x."
-        return -self.stiffness(self._r(x, dim)) * x
-
     __call__ = V
 
     @property
@@ -76,15 +66,29 @@ class Well:
     @property
     def fit_values(self) -> tuple: return tuple(getattr(self, n) for n in self.fit_names)
 
-    @classmethod
-    def from_fit(cls, c:float=0.0, **params):
-        "Build a well from the parameters `fit_well` estimates."
-        return cls(**params, c=c)
+# %% ../nbs/11_wells.ipynb #5e4d7a81
+@patch
+def stiffness(self:Well, r:Tensor) -> Tensor: # distances (any shape)
+    "k(r) = V'(r)/r, so that F = -k(r) x; forms with a closed form regular at r = 0 override this."
+    pos = r > 0
+    r_safe = torch.where(pos, r, torch.ones_like(r))
+    return torch.where(pos, self.dradial(r_safe) / r_safe, torch.zeros_like(r))
 
-    @classmethod
-    def guesses(cls, r:np.ndarray, E:np.ndarray) -> list:
-        "Starting points for a least-squares fit of this form to (r, E) (list of dicts over `fit_names`)."
-        raise NotImplementedError
+@patch
+def force(self:Well, x:Tensor, # positions, as for `V`
+          dim:Optional[int]=None) -> Tensor: # force -dV/dx, same shape as x
+    "Analytic force F = -grad V = -V'(r) x/r = -k(r) x."
+    return -self.stiffness(self._r(x, dim)) * x
+
+@patch(cls_method=True)
+def from_fit(cls:Well, c:float=0.0, **params):
+    "Build a well from the parameters `fit_well` estimates."
+    return cls(**params, c=c)
+
+@patch(cls_method=True)
+def guesses(cls:Well, r:np.ndarray, E:np.ndarray) -> list:
+    "Starting points for a least-squares fit of this form to (r, E) (list of dicts over `fit_names`)."
+    raise NotImplementedError
 
 # %% ../nbs/11_wells.ipynb #f935715d
 def _scales(r:np.ndarray, E:np.ndarray):
@@ -111,23 +115,6 @@ class GaussianWell(Well):
     positive: ClassVar[tuple] = ('m',)
 
     @classmethod
-    def from_energy(cls, E_t:float, # total net ensemble energy = well depth
-                    f:float, # semantic frequency, kappa * upsilon
-                    m:float=1.0, c:float=0.0):
-        "The paper's parametrisation: upsilon = sqrt(E_t/m), kappa = f/upsilon."
-        _nonneg(cls.__name__, 'E_t', E_t, strict=True); _nonneg(cls.__name__, 'm', m, strict=True)
-        u = (E_t / m) ** 0.5
-        return cls(m=m, upsilon=u, kappa=f / u, c=c)
-
-    @classmethod
-    def from_ab(cls, a:float, # depth m upsilon^2
-                b:float, # kappa^2
-                m:float=1.0, c:float=0.0):
-        "From the fitted form a(1 - exp(-b x^2)) + c, for a given mass m."
-        _nonneg(cls.__name__, 'a', a); _nonneg(cls.__name__, 'b', b); _nonneg(cls.__name__, 'm', m, strict=True)
-        return cls(m=m, upsilon=(a / m) ** 0.5, kappa=b ** 0.5, c=c)
-
-    @classmethod
     def from_fit(cls, c:float=0.0, **params): return cls.from_ab(params['a'], params['b'], c=c)
 
     @classmethod
@@ -146,6 +133,24 @@ class GaussianWell(Well):
     def radial(self, r): return self.a * (1 - torch.exp(-self.b * r**2))
     def dradial(self, r): return 2 * self.a * self.b * r * torch.exp(-self.b * r**2)
     def stiffness(self, r): return 2 * self.a * self.b * torch.exp(-self.b * r**2)
+
+# %% ../nbs/11_wells.ipynb #a6040a21
+@patch(cls_method=True)
+def from_energy(cls:GaussianWell, E_t:float, # total net ensemble energy = well depth
+                f:float, # semantic frequency, kappa * upsilon
+                m:float=1.0, c:float=0.0):
+    "The paper's parametrisation: upsilon = sqrt(E_t/m), kappa = f/upsilon."
+    _nonneg(cls.__name__, 'E_t', E_t, strict=True); _nonneg(cls.__name__, 'm', m, strict=True)
+    u = (E_t / m) ** 0.5
+    return cls(m=m, upsilon=u, kappa=f / u, c=c)
+
+@patch(cls_method=True)
+def from_ab(cls:GaussianWell, a:float, # depth m upsilon^2
+            b:float, # kappa^2
+            m:float=1.0, c:float=0.0):
+    "From the fitted form a(1 - exp(-b x^2)) + c, for a given mass m."
+    _nonneg(cls.__name__, 'a', a); _nonneg(cls.__name__, 'b', b); _nonneg(cls.__name__, 'm', m, strict=True)
+    return cls(m=m, upsilon=(a / m) ** 0.5, kappa=b ** 0.5, c=c)
 
 # %% ../nbs/11_wells.ipynb #75c55399
 @dataclass(frozen=True)
