@@ -364,7 +364,9 @@ def quirk_tolerance(path:Union[str, Path], # a reference fixture (.pt with a `se
                     n_ulp:int=QUIRK_ULPS, # allowed disagreement of each float32 quantity, in ulps
                    ) -> dict: # name -> absolute tolerance for `check_fixture`'s differences
     "Tolerance of each fixture quantity from float32 rounding of the reference's float32 steps, on any CPU."
-    ck = read_checkpoint(path); st = ck['semsim_test']
+    ck = read_checkpoint(path)
+    if 'semsim_test' not in ck: raise KeyError(f"{path} has no 'semsim_test' entry")
+    st = ck['semsim_test']
     model = load_reference_checkpoint(ck)
     base = fixture_outputs(model, st)
     spread = {k: torch.zeros_like(v) for k, v in base.items()}
@@ -503,6 +505,10 @@ if fd is not None:
 # %%
 test_fail(lambda: read_checkpoint('/nonexistent/ckpt.pt'), contains='not found')
 test_fail(lambda: read_checkpoint([1, 2]), contains='is a dict')
+with tempfile.TemporaryDirectory() as d:                                   # a checkpoint with no expected outputs
+    torch.save(to_reference_checkpoint(SPLMForCausalLM(SPLMConfig(vocab_size=40, d=8, L=2, v_hidden=16, v_depth=1, max_len=16))), f'{d}/plain.pt')
+    test_fail(lambda: quirk_tolerance(f'{d}/plain.pt'), contains="has no 'semsim_test' entry")
+    test_fail(lambda: check_fixture(f'{d}/plain.pt'), contains="has no 'semsim_test' entry")
 test_fail(lambda: read_checkpoint({'model_cfg': {}}), contains="lacks ['model_state_dict']")
 torch.manual_seed(0)
 m = SPLMForCausalLM(SPLMConfig(vocab_size=30, d=8, L=2, max_len=16, v_hidden=16, v_depth=1))

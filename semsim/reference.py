@@ -253,7 +253,9 @@ def quirk_tolerance(path:Union[str, Path], # a reference fixture (.pt with a `se
                     n_ulp:int=QUIRK_ULPS, # allowed disagreement of each float32 quantity, in ulps
                    ) -> dict: # name -> absolute tolerance for `check_fixture`'s differences
     "Tolerance of each fixture quantity from float32 rounding of the reference's float32 steps, on any CPU."
-    ck = read_checkpoint(path); st = ck['semsim_test']
+    ck = read_checkpoint(path)
+    if 'semsim_test' not in ck: raise KeyError(f"{path} has no 'semsim_test' entry")
+    st = ck['semsim_test']
     model = load_reference_checkpoint(ck)
     base = fixture_outputs(model, st)
     spread = {k: torch.zeros_like(v) for k, v in base.items()}
