@@ -580,6 +580,37 @@ def _as_1d(name:str, x) -> np.ndarray:
 
 # %%
 #| export
+def _fit_inputs(cls:type, r, energy, fit_c:bool) -> tuple:
+    "Validated (r, E, parameter names) for fitting the form `cls`, or a ValueError naming the problem."
+    r, E = _as_1d('r', r), _as_1d('energy', energy)
+    if len(r) != len(E): raise ValueError(f"r and energy must have the same length, got {len(r)} and {len(E)}")
+    if (r < 0).any(): raise ValueError(f"r must hold distances >= 0; found {int((r < 0).sum())} negative values (pass |x|)")
+    names = list(cls.fit_names) + (['c'] if fit_c else [])
+    if len(r) <= len(names): raise ValueError(f"{cls.name} fit has {len(names)} parameters but only {len(r)} samples: need more than {len(names)}")
+    if float(((E - E.mean())**2).sum()) == 0: raise ValueError("energy is constant: R² is undefined and no well shape can be identified")
+    return r, E, names
+
+def _best_curve_fit(cls:type, r:np.ndarray, E:np.ndarray, names:list, starts:list, maxfev:int) -> tuple:
+    "SciPy's bounded `curve_fit` from every start; (rss, popt, pcov) of the best, or None, and the failure messages."
+    from scipy.optimize import curve_fit
+    rt = torch.from_numpy(r)
+    def model(_, *p): return cls.from_fit(**dict(zip(names, p))).V(rt).numpy()
+    lo = [1e-12 if nm in cls.positive or nm in ('alpha', 'p') else (-np.inf if nm == 'c' else 0.0) for nm in names]
+    best, msgs = None, []
+    for s in starts:
+        x0 = [max(float(s.get(nm, E.min() if nm == 'c' else 1.0)), lo[i]) for i, nm in enumerate(names)]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                popt, pcov = curve_fit(model, r, E, p0=x0, bounds=(lo, [np.inf] * len(names)), maxfev=maxfev)
+        except (RuntimeError, ValueError) as e:
+            msgs.append(str(e)); continue
+        rss = float(((E - model(r, *popt))**2).sum())
+        if best is None or rss < best[0]: best = (rss, popt, pcov)
+    return best, msgs
+
+# %%
+#| export
 def fit_well(r, # distances from the centre, (n,)
              energy, # energies (e.g. per-token loss), (n,)
              form='gaussian', # a name in WELLS or a Well subclass
@@ -588,35 +619,12 @@ def fit_well(r, # distances from the centre, (n,)
              maxfev:int=20_000, # evaluation budget per start
              strict:bool=False) -> WellFit: # raise instead of returning a non-converged fit
     "Least-squares fit of one well form to (r, energy), with R² and AIC."
-    from scipy.optimize import curve_fit
     cls = get_well(form)
-    r, E = _as_1d('r', r), _as_1d('energy', energy)
-    if len(r) != len(E): raise ValueError(f"r and energy must have the same length, got {len(r)} and {len(E)}")
-    if (r < 0).any(): raise ValueError(f"r must hold distances >= 0; found {int((r < 0).sum())} negative values (pass |x|)")
-    names = list(cls.fit_names) + (['c'] if fit_c else [])
+    r, E, names = _fit_inputs(cls, r, energy, fit_c)
     k, n = len(names), len(r)
-    if n <= k: raise ValueError(f"{cls.name} fit has {k} parameters but only {n} samples: need more than {k}")
-    tss = float(((E - E.mean())**2).sum())
-    if tss == 0: raise ValueError("energy is constant: R² is undefined and no well shape can be identified")
-    rt = torch.from_numpy(r)
-    def model(_, *p):
-        kw = dict(zip(names, p))
-        return cls.from_fit(**kw).V(rt).numpy()
-    lo = [1e-12 if nm in cls.positive or nm in ('alpha', 'p') else (-np.inf if nm == 'c' else 0.0) for nm in names]
-    bounds = (lo, [np.inf] * k)
-    starts = [p0] if p0 is not None else cls.guesses(r, E)
     if p0 is not None and set(p0) - set(names): raise ValueError(f"p0 has unknown parameters {sorted(set(p0) - set(names))}; {cls.name} fits {names}")
-    best, msgs = None, []
-    for s in starts:
-        x0 = [max(float(s.get(nm, E.min() if nm == 'c' else 1.0)), lo[i]) for i, nm in enumerate(names)]
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter('ignore')
-                popt, pcov = curve_fit(model, r, E, p0=x0, bounds=bounds, maxfev=maxfev)
-        except (RuntimeError, ValueError) as e:
-            msgs.append(str(e)); continue
-        rss = float(((E - model(r, *popt))**2).sum())
-        if best is None or rss < best[0]: best = (rss, popt, pcov)
+    starts = [p0] if p0 is not None else cls.guesses(r, E)
+    best, msgs = _best_curve_fit(cls, r, E, names, starts, maxfev)
     if best is None:
         msg = f"no start converged ({len(starts)} tried): {msgs[-1] if msgs else 'unknown'}"
         if strict: raise RuntimeError(f"{cls.name} fit failed: {msg}")
@@ -626,8 +634,8 @@ def fit_well(r, # distances from the centre, (n,)
     params = {nm: float(v) for nm, v in zip(names, popt)}
     with np.errstate(invalid='ignore'): se = np.sqrt(np.diag(pcov)) if np.all(np.isfinite(pcov)) else np.full(k, np.nan)
     aic = n * math.log(max(rss, 1e-300) / n) + 2 * k
-    return WellFit(cls.name, params, {nm: float(v) for nm, v in zip(names, se)}, 1 - rss / tss, aic, rss, n, k, True,
-                   'converged', cls.from_fit(**params))
+    return WellFit(cls.name, params, {nm: float(v) for nm, v in zip(names, se)}, 1 - rss / float(((E - E.mean())**2).sum()),
+                   aic, rss, n, k, True, 'converged', cls.from_fit(**params))
 
 # %%
 #| export

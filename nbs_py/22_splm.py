@@ -102,9 +102,8 @@ def softplus_inv(y:float) -> float:
 
 # %%
 #| export
-class SPLMConfig(PretrainedConfig):
-    "Configuration of the scalar-potential language model family (semsimula-paper@eb95852: `notebooks/conservative_arch/model.py`)."
-    model_type = 'semsim-splm'
+class _SPLMStateConfig(PretrainedConfig):
+    "The SPLM's sizes, integrator and context pool (the fields of `SPLMConfig` that shape the state h and ξ)."
     attribute_map = {'hidden_size': 'd', 'num_hidden_layers': 'L', 'max_position_embeddings': 'max_len'}
     # --- sizes
     vocab_size: int = 50257         # V, tokens (GPT-2 BPE)
@@ -127,6 +126,15 @@ class SPLMConfig(PretrainedConfig):
     xi_theta: float = 200.0         # 'hippo_legt': θ, with Δ = 1/θ
     xi_learnable_dt: bool = False   # 'hippo_legt': learn log Δ
     xi_s4d_init: str = 'legt'       # 's4d': eigenvalue init, 'legt' or 'lin'
+
+# %% [markdown]
+# The potential, the mass and damping, the loss and the initialisation complete the config:
+
+# %%
+#| export
+class SPLMConfig(_SPLMStateConfig):
+    "Configuration of the scalar-potential language model family (semsimula-paper@eb95852: `notebooks/conservative_arch/model.py`)."
+    model_type = 'semsim-splm'
     # --- potential V_θ(ξ, h)
     potential: str = 'mlp'          # 'mlp', 'sq1', 'sq2', 'sq3' or 'sq4' (semsim.potentials)
     v_hidden: int = 512             # 'mlp': hidden width
@@ -161,60 +169,71 @@ class SPLMConfig(PretrainedConfig):
         if self.xi_alpha_inits is not None: self.xi_alpha_inits = tuple(float(a) for a in self.xi_alpha_inits)
         self.validate_semsim()
 
-    def validate_semsim(self):
-        "Raise ValueError naming the first invalid field."
-        check_positive_ints(self, ('vocab_size', 'd', 'max_len', 'L', 'xi_channels', 'v_hidden', 'v_depth', 'sq_rank',
-                                   'K_mix', 'sq4_mlp_hidden', 'sq4_mlp_depth'))
-        for k, allowed in (('xi_pool', XI_POOLS), ('potential', POTENTIALS), ('mass_mode', MASS_MODES),
-                           ('integrator', INTEGRATORS), ('lambda_v_points', ('all', 'input')),
-                           ('xi_s4d_init', ('legt', 'lin')), ('xi_alpha_dtype', (None, 'float32', 'float64')),
-                           ('logfreq_dtype', (None, 'float32', 'float64'))):
-            if getattr(self, k) not in allowed: raise ValueError(f"{k} must be one of {allowed}, got {getattr(self, k)!r}")
-        for k in ('dt', 'ln_eps', 'init_m', 'logfreq_init_alpha', 'tau', 'init_std', 'pos_init_std', 'xi_theta'):
-            v = getattr(self, k)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0): raise ValueError(f"{k} must be a finite number > 0, got {v!r}")
-        if self.fixed_gamma is not None and not (math.isfinite(self.fixed_gamma) and self.fixed_gamma >= 0):
-            raise ValueError(f"fixed_gamma must be None or a finite number >= 0, got {self.fixed_gamma!r}")
-        if self.fixed_gamma is None and self.integrator != 'first_order' and not (math.isfinite(self.init_gamma) and self.init_gamma > 0):
-            raise ValueError(f"init_gamma must be > 0 when γ is learned (got {self.init_gamma!r}); for γ = 0 use fixed_gamma=0.0")
-        if not (math.isfinite(self.lambda_v) and self.lambda_v >= 0): raise ValueError(f"lambda_v must be >= 0, got {self.lambda_v!r}")
-        if self.xi_pool == 'cummean' and self.xi_channels != 1:
-            raise ValueError(f"xi_pool='cummean' has exactly one channel: xi_channels must be 1, got {self.xi_channels}")
-        if self.xi_alpha_inits is not None:
-            if len(self.xi_alpha_inits) != self.xi_channels:
-                raise ValueError(f"xi_alpha_inits has {len(self.xi_alpha_inits)} values but xi_channels={self.xi_channels}")
-            if not all(0 <= a <= 1 for a in self.xi_alpha_inits): raise ValueError(f"xi_alpha_inits must lie in [0, 1], got {self.xi_alpha_inits}")
-        if self.xi_tau_max is not None and not self.xi_tau_max > 1: raise ValueError(f"xi_tau_max must be > 1, got {self.xi_tau_max}")
-        if not isinstance(self.causal_force, bool): raise ValueError(f"causal_force must be a bool, got {self.causal_force!r}")
-        if not self.tie_word_embeddings: raise ValueError("the SPLM reads out through E: tie_word_embeddings must be True")
+# %% [markdown]
+# Every value is checked when the config is built, so a bad field fails before any tensor is allocated:
 
-    PRESETS = {   # the reference's configurations, as deltas from its two size bases
-        # vanilla: cumulative-mean ξ fixed from h_0, global mass, learned γ (Shakespeare sizes: 7,123,075 params)
-        'vanilla': {**SHAKESPEARE_SIZES, 'xi_pool': 'cummean', 'xi_fixed': True},
-        # SARF-faithful: ξ recomputed from the (detached) state every step
-        'sarf': {**SHAKESPEARE_SIZES, 'xi_pool': 'cummean', 'xi_fixed': False},
-        'sarf_logfreq': {**SHAKESPEARE_SIZES, **SARF_LOGFREQ},
-        # energetic minima: LN after each step (flagship), or the input-state scale gauge λ_V0 = 1e-3
-        'em_ln': {**SHAKESPEARE_SIZES, **SARF_LOGFREQ, 'ln_after_step': True},
-        'em_sg': {**SHAKESPEARE_SIZES, **SARF_LOGFREQ, 'lambda_v': 1e-3, 'lambda_v_points': 'input'},
-        # first-order ablation and velocity-Verlet
-        'first_order': {**SHAKESPEARE_SIZES, **SARF_LOGFREQ, 'ln_after_step': True, 'integrator': 'first_order'},
-        'verlet': {**SHAKESPEARE_SIZES, **SARF_LOGFREQ, 'integrator': 'verlet'},
-        # TinyStories pilot sizes: single-ξ em_ln and the multi-ξ ladder (γ = 0.30 fixed)
-        'em_ln_tinystories': {**TINYSTORIES_SIZES, **SARF_LOGFREQ, 'ln_after_step': True, 'fixed_gamma': 0.30},
-        'multixi': {**TINYSTORIES_SIZES, **MULTIXI, 'xi_pool': 'ema', 'xi_channels': 4, 'xi_alpha_inits': (0.25, 0.5, 0.75, 0.95)},
-        'multixi_hippo': {**TINYSTORIES_SIZES, **MULTIXI, 'xi_pool': 'hippo_legt', 'xi_channels': 4, 'xi_theta': 200.0},
-        'multixi_s4d': {**TINYSTORIES_SIZES, **MULTIXI, 'xi_pool': 's4d', 'xi_channels': 4, 'xi_s4d_init': 'legt'},
-        # SQ3 mixture of K_mix = 8 wells on the multi-ξ base, λ_V = 0.01 (no MLP: v_hidden/v_depth unused)
-        'sq3_multixi': {**TINYSTORIES_CORE, **MULTIXI, 'xi_pool': 'ema', 'xi_channels': 4, 'xi_alpha_inits': (0.25, 0.5, 0.75, 0.95),
-                        'potential': 'sq3', 'K_mix': 8, 'tau': 1.0, 'lambda_v': 0.01},
-    }
+# %%
+#| export
+@patch
+def validate_semsim(self:SPLMConfig):
+    "Raise ValueError naming the first invalid field."
+    check_positive_ints(self, ('vocab_size', 'd', 'max_len', 'L', 'xi_channels', 'v_hidden', 'v_depth', 'sq_rank',
+                               'K_mix', 'sq4_mlp_hidden', 'sq4_mlp_depth'))
+    for k, allowed in (('xi_pool', XI_POOLS), ('potential', POTENTIALS), ('mass_mode', MASS_MODES),
+                       ('integrator', INTEGRATORS), ('lambda_v_points', ('all', 'input')),
+                       ('xi_s4d_init', ('legt', 'lin')), ('xi_alpha_dtype', (None, 'float32', 'float64')),
+                       ('logfreq_dtype', (None, 'float32', 'float64'))):
+        if getattr(self, k) not in allowed: raise ValueError(f"{k} must be one of {allowed}, got {getattr(self, k)!r}")
+    for k in ('dt', 'ln_eps', 'init_m', 'logfreq_init_alpha', 'tau', 'init_std', 'pos_init_std', 'xi_theta'):
+        v = getattr(self, k)
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0): raise ValueError(f"{k} must be a finite number > 0, got {v!r}")
+    if self.fixed_gamma is not None and not (math.isfinite(self.fixed_gamma) and self.fixed_gamma >= 0):
+        raise ValueError(f"fixed_gamma must be None or a finite number >= 0, got {self.fixed_gamma!r}")
+    if self.fixed_gamma is None and self.integrator != 'first_order' and not (math.isfinite(self.init_gamma) and self.init_gamma > 0):
+        raise ValueError(f"init_gamma must be > 0 when γ is learned (got {self.init_gamma!r}); for γ = 0 use fixed_gamma=0.0")
+    if not (math.isfinite(self.lambda_v) and self.lambda_v >= 0): raise ValueError(f"lambda_v must be >= 0, got {self.lambda_v!r}")
+    if self.xi_pool == 'cummean' and self.xi_channels != 1:
+        raise ValueError(f"xi_pool='cummean' has exactly one channel: xi_channels must be 1, got {self.xi_channels}")
+    if self.xi_alpha_inits is not None:
+        if len(self.xi_alpha_inits) != self.xi_channels:
+            raise ValueError(f"xi_alpha_inits has {len(self.xi_alpha_inits)} values but xi_channels={self.xi_channels}")
+        if not all(0 <= a <= 1 for a in self.xi_alpha_inits): raise ValueError(f"xi_alpha_inits must lie in [0, 1], got {self.xi_alpha_inits}")
+    if self.xi_tau_max is not None and not self.xi_tau_max > 1: raise ValueError(f"xi_tau_max must be > 1, got {self.xi_tau_max}")
+    if not isinstance(self.causal_force, bool): raise ValueError(f"causal_force must be a bool, got {self.causal_force!r}")
+    if not self.tie_word_embeddings: raise ValueError("the SPLM reads out through E: tie_word_embeddings must be True")
 
-    @classmethod
-    def preset(cls, name:str, **overrides) -> 'SPLMConfig':
-        "A named reference configuration (see `SPLMConfig.PRESETS`), with optional field overrides."
-        if name not in cls.PRESETS: raise ValueError(f"unknown SPLM preset {name!r}; known: {sorted(cls.PRESETS)}")
-        return cls(**{**cls.PRESETS[name], **overrides})
+# %% [markdown]
+# The reference's configurations are named presets, each a delta from one of its size bases:
+
+# %%
+#| export
+SPLMConfig.PRESETS = {   # the reference's configurations, as deltas from its two size bases
+    # vanilla: cumulative-mean ξ fixed from h_0, global mass, learned γ (Shakespeare sizes: 7,123,075 params)
+    'vanilla': {**SHAKESPEARE_SIZES, 'xi_pool': 'cummean', 'xi_fixed': True},
+    # SARF-faithful: ξ recomputed from the (detached) state every step
+    'sarf': {**SHAKESPEARE_SIZES, 'xi_pool': 'cummean', 'xi_fixed': False},
+    'sarf_logfreq': {**SHAKESPEARE_SIZES, **SARF_LOGFREQ},
+    # energetic minima: LN after each step (flagship), or the input-state scale gauge λ_V0 = 1e-3
+    'em_ln': {**SHAKESPEARE_SIZES, **SARF_LOGFREQ, 'ln_after_step': True},
+    'em_sg': {**SHAKESPEARE_SIZES, **SARF_LOGFREQ, 'lambda_v': 1e-3, 'lambda_v_points': 'input'},
+    # first-order ablation and velocity-Verlet
+    'first_order': {**SHAKESPEARE_SIZES, **SARF_LOGFREQ, 'ln_after_step': True, 'integrator': 'first_order'},
+    'verlet': {**SHAKESPEARE_SIZES, **SARF_LOGFREQ, 'integrator': 'verlet'},
+    # TinyStories pilot sizes: single-ξ em_ln and the multi-ξ ladder (γ = 0.30 fixed)
+    'em_ln_tinystories': {**TINYSTORIES_SIZES, **SARF_LOGFREQ, 'ln_after_step': True, 'fixed_gamma': 0.30},
+    'multixi': {**TINYSTORIES_SIZES, **MULTIXI, 'xi_pool': 'ema', 'xi_channels': 4, 'xi_alpha_inits': (0.25, 0.5, 0.75, 0.95)},
+    'multixi_hippo': {**TINYSTORIES_SIZES, **MULTIXI, 'xi_pool': 'hippo_legt', 'xi_channels': 4, 'xi_theta': 200.0},
+    'multixi_s4d': {**TINYSTORIES_SIZES, **MULTIXI, 'xi_pool': 's4d', 'xi_channels': 4, 'xi_s4d_init': 'legt'},
+    # SQ3 mixture of K_mix = 8 wells on the multi-ξ base, λ_V = 0.01 (no MLP: v_hidden/v_depth unused)
+    'sq3_multixi': {**TINYSTORIES_CORE, **MULTIXI, 'xi_pool': 'ema', 'xi_channels': 4, 'xi_alpha_inits': (0.25, 0.5, 0.75, 0.95),
+                    'potential': 'sq3', 'K_mix': 8, 'tau': 1.0, 'lambda_v': 0.01},
+}
+
+@patch(cls_method=True)
+def preset(cls:SPLMConfig, name:str, **overrides) -> 'SPLMConfig':
+    "A named reference configuration (see `SPLMConfig.PRESETS`), with optional field overrides."
+    if name not in cls.PRESETS: raise ValueError(f"unknown SPLM preset {name!r}; known: {sorted(cls.PRESETS)}")
+    return cls(**{**cls.PRESETS[name], **overrides})
 
 
 # %% [markdown]

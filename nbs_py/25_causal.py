@@ -123,6 +123,20 @@ def _probe_copy(model, dtype, device):
 
 # %%
 #| export
+def _check_probe_args(model, T, t_pert, t_target) -> int:
+    "The model's vocabulary size, after checking the model and the probe positions (a clear error otherwise)."
+    cfg = getattr(model, 'config', None)
+    if cfg is None or not hasattr(model, 'get_input_embeddings'):
+        raise TypeError(f"causal_probe needs a semsim language model with .config and get_input_embeddings(), got {type(model).__name__}")
+    V, max_len = cfg.vocab_size, getattr(cfg, 'max_len', None) or cfg.max_position_embeddings
+    if not (isinstance(T, int) and 2 <= T <= max_len): raise ValueError(f"T must be an integer in [2, max_len={max_len}], got {T!r}")
+    if not (isinstance(t_pert, int) and 1 <= t_pert < T): raise ValueError(f"t_pert must satisfy 1 <= t_pert < T={T}, got {t_pert!r}")
+    if not (isinstance(t_target, int) and 0 <= t_target < T - 1): raise ValueError(f"t_target must satisfy 0 <= t_target < T-1={T-1}, got {t_target!r}")
+    if V < 18: raise ValueError(f"the perturbation (x + 17) mod V needs a vocabulary of at least 18 tokens, got V={V}")
+    return V
+
+# %%
+#| export
 def causal_probe(model, # a semsim language model (SPLMForCausalLM, MatchedGPTForCausalLM, ...)
                  T:int=32, # sequence length
                  t_pert:int=20, # position of the perturbed token
@@ -134,15 +148,8 @@ def causal_probe(model, # a semsim language model (SPLMForCausalLM, MatchedGPTFo
                  rel_tol:Optional[float]=CAUSAL_REL_TOL, # threshold on Δ_pre/Δ_post and Δ_grad/|g_self| (float64 runs only)
                 ) -> CausalReport:
     "Perturbation and gradient-Jacobian causality probes (semsimula-paper@eb95852: `notebooks/conservative_arch/causal_probe.py`)."
-    cfg = getattr(model, 'config', None)
-    if cfg is None or not hasattr(model, 'get_input_embeddings'):
-        raise TypeError(f"causal_probe needs a semsim language model with .config and get_input_embeddings(), got {type(model).__name__}")
-    V, max_len = cfg.vocab_size, getattr(cfg, 'max_len', None) or cfg.max_position_embeddings
     t_target = t_pert if t_target is None else t_target
-    if not (isinstance(T, int) and 2 <= T <= max_len): raise ValueError(f"T must be an integer in [2, max_len={max_len}], got {T!r}")
-    if not (isinstance(t_pert, int) and 1 <= t_pert < T): raise ValueError(f"t_pert must satisfy 1 <= t_pert < T={T}, got {t_pert!r}")
-    if not (isinstance(t_target, int) and 0 <= t_target < T - 1): raise ValueError(f"t_target must satisfy 0 <= t_target < T-1={T-1}, got {t_target!r}")
-    if V < 18: raise ValueError(f"the perturbation (x + 17) mod V needs a vocabulary of at least 18 tokens, got V={V}")
+    V = _check_probe_args(model, T, t_pert, t_target)
     m = _probe_copy(model, dtype, device)
     was_training, dev = m.training, next(m.parameters()).device
     g = torch.Generator().manual_seed(seed)

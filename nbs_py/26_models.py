@@ -10,7 +10,9 @@
 # The family is large: ten named SPLM configurations (chapter *SPLM*, `SPLMConfig.PRESETS`) and the matched attention
 # baseline. `MODELS` maps each name to a `ModelSpec`: its config class and the fields that make it this member, how
 # to build it (the SPLMs with a logfreq mass take the surprisal table of the training corpus when one is given), how
-# the trainer's generic sizes (`d`, `L`, `v_hidden`, `v_depth`, `max_len`, `n_head`) map onto its config fields,
+# the shared size names (`SHARED_SIZES`: `d`, `L`, `v_hidden`, `v_depth`, `max_len`, `n_head`, the reference's
+# names) map onto its config fields (MatchedGPT's `L` is its `n_layer`; a size a member has no use for is dropped, so
+# one set of sizes builds matched members of both families),
 # whether its force is an `autograd.grad` inside the forward (then evaluation needs gradients enabled and
 # `torch.compile` is not used), and which scalars the training log records. The registry is a plain dict: a new
 # family member is one more entry. `build_model` is the way in for analysis code, tests and notebooks; the trainer
@@ -26,7 +28,7 @@ torch.set_num_threads(1)
 # %%
 #| export
 from __future__ import annotations
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
@@ -37,19 +39,22 @@ from semsim.baselines import MatchedGPTConfig, MatchedGPTForCausalLM
 
 # %%
 #| export
+SHARED_SIZES = ('d', 'L', 'v_hidden', 'v_depth', 'max_len', 'n_head')  # size names every member understands (or ignores)
+
 @dataclass
 class ModelSpec:
     "One member of the model family: its config, how to build it, and what the trainer needs to know about it."
     help: str                 # one line for --list
     config_cls: type          # the family's config class (a transformers PretrainedConfig)
     preset: dict              # the config fields that make this member (over the class defaults)
-    sizes: Callable           # (object with d, L, v_hidden, v_depth, max_len, n_head) -> those sizes under the config's names
     build: Callable           # (config, data with a `surprisal` table or None) -> model
+    renames: dict = field(default_factory=dict)  # shared size name -> this config's field name, e.g. {'L': 'n_layer'}
+    unused: tuple = ()        # shared sizes this member has no use for (dropped), e.g. MatchedGPT's v_hidden
     autograd_force: Callable = lambda model: False  # (model) -> True when the force is autograd.grad inside forward
     stats: Callable = lambda model, x: {}            # (model, x) -> scalars for the log (γ, mass, ξ decays)
-    def defaults(self, sizes) -> dict: # the config fields for the given generic sizes
-        "This member's config fields with the generic sizes on top."
-        return {**self.preset, **self.sizes(sizes)}
+    def config_kwargs(self, args:dict) -> dict: # shared sizes and config fields, e.g. {'d': 64, 'L': 4, 'xi_channels': 2}
+        "This member's config fields: its preset, then `args` with shared size names translated to its own."
+        return {**self.preset, **{self.renames.get(k, k): v for k, v in args.items() if k not in self.unused}}
 
 
 # %%
@@ -69,10 +74,8 @@ def _splm_stats(model, x:Tensor) -> dict: # x: input ids, (B,T)
     if isinstance(a, Tensor): r['xi_alpha'] = [round(float(v), 6) for v in a]
     return r
 
-def _splm_sizes(c) -> dict: return {'d': c.d, 'L': c.L, 'v_hidden': c.v_hidden, 'v_depth': c.v_depth, 'max_len': c.max_len}
-
 def _splm_spec(preset:str, help:str) -> ModelSpec:
-    return ModelSpec(help, SPLMConfig, dict(SPLMConfig.PRESETS[preset]), _splm_sizes, _splm_build,
+    return ModelSpec(help, SPLMConfig, dict(SPLMConfig.PRESETS[preset]), _splm_build, unused=('n_head',),
                      autograd_force=lambda model: not model.V_theta.closed_form, stats=_splm_stats)
 
 
@@ -90,8 +93,8 @@ MODELS = {
     'splm-multixi-hippo': _splm_spec('multixi_hippo', 'multi-ξ SPLM, HiPPO-LegT pool θ = 200'),
     'splm-multixi-s4d': _splm_spec('multixi_s4d', 'multi-ξ SPLM, S4D pool'),
     'matched-gpt': ModelSpec('MatchedGPT: the pre-LN GPT-2 attention baseline', MatchedGPTConfig, {},
-                             lambda c: dict(d=c.d, n_layer=c.L, n_head=c.n_head, max_len=c.max_len),
-                             lambda conf, data=None: MatchedGPTForCausalLM(conf)),
+                             lambda conf, data=None: MatchedGPTForCausalLM(conf),
+                             renames={'L': 'n_layer'}, unused=('v_hidden', 'v_depth')),
 }
 
 def model_spec(name:str) -> ModelSpec:
@@ -101,14 +104,15 @@ def model_spec(name:str) -> ModelSpec:
 
 def model_fields(name:str) -> dict:
     "Config fields of a model family with their default values (what `--set` may target beyond TrainConfig)."
-    return {k: v for k, v in model_spec(name).config_cls().to_dict().items() if not k.startswith('_')}
+    spec = model_spec(name); own = {k: v for k, v in spec.config_cls().to_dict().items() if not k.startswith('_')}
+    return {**own, **{k: own.get(spec.renames.get(k, k)) for k in SHARED_SIZES}}
 
 def build_model(name:str, # a key of MODELS, e.g. 'splm-multixi'
                 data=None, # something with a `surprisal` table (V,) for logfreq masses, e.g. semsim.train.RunData
-                **config_overrides): # any field of the member's config, e.g. d=64, vocab_size=500
+                **config_overrides): # any field of the member's config or shared size, e.g. d=64, L=4, vocab_size=500
     "A freshly initialised model of the named family member, its config overridden field by field."
     spec = model_spec(name)
-    return spec.build(spec.config_cls(**{**spec.preset, **config_overrides}), data)
+    return spec.build(spec.config_cls(**spec.config_kwargs(config_overrides)), data)
 
 
 # %% [markdown]
@@ -124,6 +128,8 @@ test_eq(type(m).__name__, 'SPLMForCausalLM'); test_eq((m.config.xi_pool, m.confi
 test_eq(m(torch.randint(0, 50, (1, 8))).logits.shape, (1, 8, 50))
 g = build_model('matched-gpt', vocab_size=50, d=16, n_layer=2, n_head=2, max_len=32)
 test_eq(type(g).__name__, 'MatchedGPTForCausalLM')
+g2 = build_model('matched-gpt', vocab_size=50, d=16, L=3, n_head=2, v_hidden=64, max_len=32)  # shared sizes: L is n_layer
+test_eq((g2.config.n_layer, hasattr(g2.config, 'v_hidden')), (3, False))
 class _Data: surprisal = torch.linspace(1, 9, 50)
 test_eq(build_model('splm-em-ln', _Data(), vocab_size=50, d=16, L=2, v_hidden=32).logfreq_surprisal, _Data.surprisal)
 test_fail(lambda: build_model('gpt5'), contains="unknown model 'gpt5'; known models: splm-em-ln")

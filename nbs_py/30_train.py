@@ -50,7 +50,7 @@ from torch import Tensor
 
 from semsim.core import atomic_write_text, set_seed, get_device
 from semsim.models import MODELS, ModelSpec, model_fields, model_spec
-from semsim.train_config import (TrainConfig, RUNTIME_FIELDS, PRESETS, parse_value, make_config, model_kwargs,
+from semsim.train_config import (TrainConfig, RUNTIME_FIELDS, PRESETS, parse_value, make_config, config_from_dict, model_kwargs,
                                  validate_config, lr_at, _max_len_of)
 from semsim.runs import (CKPT_PREFIX, latest_checkpoint, save_checkpoint, load_weights, read_log, check_resumable,
                          plot_run, plot_runs, _rng_state, _set_rng_state, _truncate_log, _jsonable, _config_diff)
@@ -247,7 +247,7 @@ manual = -out.logits.log_softmax(-1).gather(-1, y[..., None]).mean()
 test_close(ce.item(), manual.item(), eps=1e-6); assert total is ce
 test_close(gpt(x, labels=x).loss.item(), F.cross_entropy(out.logits[:, :-1].reshape(-1, 50), y[:, :-1].reshape(-1)).item(), eps=1e-6)
 sp = MODELS['splm-em-ln']
-splm = sp.build(sp.config_cls(**{**sp.defaults(make_config('smoke')), 'vocab_size': 50, 'd': 16, 'L': 2, 'lambda_v': 0.1}))
+splm = sp.build(sp.config_cls(**sp.config_kwargs({**make_config('smoke').model_args, 'vocab_size': 50, 'd': 16, 'L': 2, 'lambda_v': 0.1})))
 total, ce, out = forward_loss(splm, x, y)
 test_close((total - ce).item(), out.v_reg.item(), eps=1e-7); assert out.v_reg.item() > 0
 
@@ -428,28 +428,22 @@ def train(cfg:TrainConfig) -> dict: # the run's summary (rank 0; None on other r
 
 # %%
 #| export
-def _train(cfg:TrainConfig, device:torch.device, rank:int, world:int) -> Optional[dict]:
-    spec, out, master = MODELS[cfg.model], Path(cfg.out), rank == 0
-    if world > 1 and device.type == 'cuda': device = torch.device('cuda', torch.cuda.current_device())
-    if cfg.batch_size % world: raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {world}")
-    if cfg.threads: torch.set_num_threads(cfg.threads)
-    B, T = cfg.batch_size // world, cfg.block_size
-    # ---- resume, or a fresh start in an empty run folder
-    ckpt, state = latest_checkpoint(out), None
+def _resume_state(cfg:TrainConfig, out:Path, world:int, master:bool) -> tuple:
+    "(latest checkpoint, its trainer state) when resuming, (None, None) for a fresh start; refuses a mismatch."
+    ckpt = latest_checkpoint(out)
     if cfg.resume not in (True, False, 'auto'): raise ValueError(f"resume must be True, False or 'auto', got {cfg.resume!r}")
     if ckpt is not None and not cfg.resume:
         raise ValueError(f"{out} already holds a run (latest checkpoint {ckpt.name}): pass --resume to continue it, or choose another --out")
     if ckpt is None and cfg.resume is True:
         raise ValueError(f"--resume: {out} holds no run to continue (no checkpoint {CKPT_PREFIX}N in it); check --out, "
                          f"or start a new run there without --resume")
-    if ckpt is not None:
-        state = torch.load(ckpt/'trainer_state.pt', map_location='cpu', weights_only=True)
-        check_resumable(state, cfg, world, master)
-    # ---- data (rank 0 tokenizes first, the others then read its cache)
-    if rank != 0: _barrier(world)
-    data = prepare_data(cfg)
-    if rank == 0: _barrier(world)
-    # ---- model: seed, build, load, probe (on the CPU), move
+    if ckpt is None: return None, None
+    state = torch.load(ckpt/'trainer_state.pt', map_location='cpu', weights_only=True)
+    check_resumable(state, cfg, world, master)
+    return ckpt, state
+
+def _setup_model(cfg:TrainConfig, data:RunData, ckpt, state, device:torch.device, T:int) -> nn.Module:
+    "Seed, build, load the checkpoint's weights, probe (on the CPU, refusing a leak), move to the device."
     set_seed(cfg.seed)
     model = build_model(cfg, data)
     if state is not None: load_weights(model, ckpt)
@@ -457,58 +451,87 @@ def _train(cfg:TrainConfig, device:torch.device, rank:int, world:int) -> Optiona
         rep = probe_model(model, _max_len_of(model_kwargs(cfg, data.vocab_size)) or T)
         if not rep.passed: raise CausalLeakError(f"causal probe failed before step {state['step'] if state else 0}: {rep}. "
                                                  "Refusing to train a model whose logits see later tokens.")
-    model.to(device)
-    autograd_force = spec.autograd_force(model)
-    compiled, how = _use_compile(cfg, device, autograd_force)
-    amp = _amp_ctx(cfg, device)
     if device.type == 'cuda': torch.backends.cuda.matmul.allow_tf32 = True; torch.backends.cudnn.allow_tf32 = True
-    opt = make_optimizer(model, cfg)
-    gen = torch.Generator().manual_seed(cfg.seed + rank)          # this rank's training stream
+    return model.to(device)
+
+def _setup_optimizer(model:nn.Module, cfg:TrainConfig, state, rank:int) -> tuple:
+    "(AdamW, this rank's data generator), with their states and the RNGs restored when resuming."
+    opt, gen = make_optimizer(model, cfg), torch.Generator().manual_seed(cfg.seed + rank)
     if state is not None:
         opt.load_state_dict(state['optimizer']); gen.set_state(state['gen_states'][rank]); _set_rng_state(state['rng'])
+    return opt, gen
+
+# %%
+#| export
+def _open_log(cfg:TrainConfig, out:Path, data:RunData, state, master:bool):
+    "Rank 0: the run folder with its config (and vocabulary map), the log cut back to the resumed step; the log file."
+    if not master: return None
+    out.mkdir(parents=True, exist_ok=True)
+    if state is not None: _truncate_log(out/'log.jsonl', state['step'])
+    else: atomic_write_text(out/'log.jsonl', '')
+    atomic_write_text(out/'train_config.json', json.dumps(_jsonable(cfg), indent=1))
+    if data.vocab_map is not None: atomic_write_text(out/'vocab_map.json', json.dumps(data.vocab_map.tolist()))
+    return open(out/'log.jsonl', 'a', encoding='utf-8')
+
+def _non_finite(out:Path, step:int, loss:float, gn:float) -> NonFiniteError:
+    "The error for a non-finite loss or gradient norm, naming the last good checkpoint."
+    last = latest_checkpoint(out)
+    return NonFiniteError(f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step {step} "
+                          f"(loss {loss}, grad norm {gn}): stopped before the update. "
+                          + (f"The last good checkpoint is {last} (continue with --resume, e.g. at a lower lr)."
+                             if last else "No checkpoint had been written yet."))
+
+def _trainer_state(n:int, opt, gens:list, elapsed:float, best:float, world:int, cfg:TrainConfig, data:RunData) -> dict:
+    "Everything besides the weights that an exact resume needs."
+    return {'step': n, 'optimizer': opt.state_dict(), 'gen_states': gens, 'rng': _rng_state(), 'elapsed': elapsed,
+            'best_val': best, 'world_size': world, 'config': _jsonable(cfg),
+            'vocab_map': None if data.vocab_map is None else data.vocab_map.tolist()}
+
+# %% [markdown]
+# With the set-up in those helpers, the loop reads top to bottom:
+
+# %%
+#| export
+def _train(cfg:TrainConfig, device:torch.device, rank:int, world:int) -> Optional[dict]:
+    spec, out, master = MODELS[cfg.model], Path(cfg.out), rank == 0
+    if world > 1 and device.type == 'cuda': device = torch.device('cuda', torch.cuda.current_device())
+    if cfg.batch_size % world: raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {world}")
+    if cfg.threads: torch.set_num_threads(cfg.threads)
+    B, T = cfg.batch_size // world, cfg.block_size
+    ckpt, state = _resume_state(cfg, out, world, master)
+    if rank != 0: _barrier(world)                                 # rank 0 tokenizes first, the others read its cache
+    data = prepare_data(cfg)
+    if rank == 0: _barrier(world)
+    model = _setup_model(cfg, data, ckpt, state, device, T)
+    autograd_force = spec.autograd_force(model)
+    (compiled, how), amp = _use_compile(cfg, device, autograd_force), _amp_ctx(cfg, device)
+    opt, gen = _setup_optimizer(model, cfg, state, rank)
     val_batches = fixed_val_batches(data.val, cfg, device)
     fwd = wrap_ddp(model, device) if world > 1 else model
     if compiled: fwd = torch.compile(fwd)
-    # ---- run folder and log
-    start = state['step'] if state else 0
-    elapsed0, best = (state['elapsed'], state['best_val']) if state else (0.0, float('inf'))
+    start, elapsed0, best = (state['step'], state['elapsed'], state['best_val']) if state else (0, 0.0, float('inf'))
     if master and state is not None: print(f"{cfg.model}: resumed from step {start} ({ckpt})", flush=True)
-    log_path = out/'log.jsonl'
-    if master:
-        out.mkdir(parents=True, exist_ok=True)
-        if state is not None: _truncate_log(log_path, start)
-        else: atomic_write_text(log_path, '')
-        atomic_write_text(out/'train_config.json', json.dumps(_jsonable(cfg), indent=1))
-        if data.vocab_map is not None: atomic_write_text(out/'vocab_map.json', json.dumps(data.vocab_map.tolist()))
+    logf = _open_log(cfg, out, data, state, master)
     bar = _tqdm()(total=cfg.max_steps, initial=start, unit='step', desc=f'{cfg.model} ({how})', dynamic_ncols=True,
                   disable=not (master and cfg.progress and _interactive()))
-    logf = open(log_path, 'a', encoding='utf-8') if master else None
     t0, tok_step = time.time(), cfg.batch_size * T
     model.train()
     try:
         for step in range(start, cfg.max_steps):
-            ts = time.time()
-            lr = lr_at(step, cfg.lr, cfg.warmup, cfg.max_steps)
+            ts, lr = time.time(), lr_at(step, cfg.lr, cfg.warmup, cfg.max_steps)
             for g in opt.param_groups: g['lr'] = lr
             x, y = get_batch(data.train, B, T, gen, device)
             with amp(): total, ce, _ = forward_loss(fwd, x, y)
             opt.zero_grad(set_to_none=True)
             total.backward()
             gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-            loss = _all_mean(ce.item(), world)
-            if not (math.isfinite(loss) and math.isfinite(gn)):
-                last = latest_checkpoint(out)
-                raise NonFiniteError(f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step {step + 1} "
-                                     f"(loss {loss}, grad norm {gn}): stopped before the update. "
-                                     + (f"The last good checkpoint is {last} (continue with --resume, e.g. at a lower lr)."
-                                        if last else "No checkpoint had been written yet."))
+            loss, n = _all_mean(ce.item(), world), step + 1
+            if not (math.isfinite(loss) and math.isfinite(gn)): raise _non_finite(out, n, loss, gn)
             opt.step()
-            n = step + 1
             rec = {'step': n, 'loss': loss, 'lr': lr, 'grad_norm': gn}
             if total is not ce: rec['loss_total'] = _all_mean(total.item(), world)
             rec.update(spec.stats(model, x))
-            rec['tokens_per_s'] = tok_step / max(time.time() - ts, 1e-9)
-            rec['elapsed'] = elapsed0 + time.time() - t0
+            rec['tokens_per_s'], rec['elapsed'] = tok_step / max(time.time() - ts, 1e-9), elapsed0 + time.time() - t0
             if n % cfg.eval_every == 0 or n == cfg.max_steps:
                 mine = val_batches[rank::world]
                 rec['val_loss'] = _all_mean(evaluate(model, mine, autograd_force, amp) * len(mine), world) * world / len(val_batches)
@@ -516,15 +539,10 @@ def _train(cfg:TrainConfig, device:torch.device, rank:int, world:int) -> Optiona
             if master: logf.write(json.dumps(rec) + '\n'); logf.flush()
             if n % cfg.ckpt_every == 0 or n == cfg.max_steps:
                 gens = _gather_objects(gen.get_state(), world)
-                if master:
-                    save_checkpoint(out, n, model, {
-                        'step': n, 'optimizer': opt.state_dict(), 'gen_states': gens, 'rng': _rng_state(),
-                        'elapsed': rec['elapsed'], 'best_val': best, 'world_size': world, 'config': _jsonable(cfg),
-                        'vocab_map': None if data.vocab_map is None else data.vocab_map.tolist()})
+                if master: save_checkpoint(out, n, model, _trainer_state(n, opt, gens, rec['elapsed'], best, world, cfg, data))
                 _barrier(world)
             bar.update(1)
-            bar.set_postfix(loss=f'{loss:.3f}', tok_s=f"{rec['tokens_per_s']:,.0f}",
-                            **({'val_ppl': f"{rec['val_ppl']:.1f}"} if 'val_ppl' in rec else {}))
+            bar.set_postfix(loss=f'{loss:.3f}', tok_s=f"{rec['tokens_per_s']:,.0f}", **({'val_ppl': f"{rec['val_ppl']:.1f}"} if 'val_ppl' in rec else {}))
     finally:
         bar.close()
         if logf: logf.close()
@@ -603,7 +621,7 @@ def load_run(path:Union[str, Path]): # a run folder (its latest checkpoint) or a
     p = Path(path)
     ck = latest_checkpoint(p) if (p/'latest').exists() else p
     if ck is None or not (ck/'trainer_state.pt').exists(): raise FileNotFoundError(f"no checkpoint in {p}")
-    cfg = TrainConfig(**json.loads((ck/'train_config.json').read_text()))
+    cfg = config_from_dict(json.loads((ck/'train_config.json').read_text()))
     vm = np.array(json.loads((ck/'vocab_map.json').read_text())) if (ck/'vocab_map.json').exists() else None
     spec = MODELS[cfg.model]
     conf = spec.config_cls.from_pretrained(ck)
@@ -948,7 +966,7 @@ assert 'tinystories-16k' in buf.getvalue() and 'matched-gpt' in buf.getvalue()
 buf = io.StringIO()
 with contextlib.redirect_stdout(buf): main(['--preset', 'shakespeare', '--model', 'matched-gpt', '--max-steps', '7', '--set', 'seed=3', '--print-config'])
 c = json.loads(buf.getvalue())
-test_eq((c['model'], c['max_steps'], c['seed'], c['d'], c['out']), ('matched-gpt', 7, 3, 128, 'runs/shakespeare-matched-gpt'))
+test_eq((c['model'], c['max_steps'], c['seed'], c['model_args']['d'], c['out']), ('matched-gpt', 7, 3, 128, 'runs/shakespeare-matched-gpt'))
 for argv, msg in [(['--preset', 'tiny'], 'unknown preset'), (['--set', 'colour=red'], "unknown option 'colour'"),
                   (['--set', 'block_size=512'], "exceeds the model's max_len")]:
     err = io.StringIO()

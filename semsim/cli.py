@@ -112,28 +112,10 @@ def _fresh_run_folder(path):
     shutil.rmtree(p)
 
 # %% ../nbs/09_cli.ipynb #18fc4e2e
-@command('demo', 'The main job: corpus statistics, then an SPLM and MatchedGPT trained side by side on Tiny Shakespeare.', _add_demo_args)
-def run_demo(args) -> int:
-    import time
-    from pathlib import Path
-    t0 = time.time()
-    print('== semsim demo: the data layer ==')
-    rc = run_data(argparse.Namespace(corpus=args.corpus, val_frac=0.05, batch_size=2, block_size=48, seed=0, json=False))
-    if rc: return rc
-    import matplotlib
-    if 'matplotlib.pyplot' not in sys.modules: matplotlib.use('Agg')
-    from semsim.train import make_config, train_together, load_run, sample, plot_runs, CausalLeakError, NonFiniteError
+def _report_demo(args, cfgs:list, sums:list):
+    "The demo's report: perplexities beside the reference's, the causal probe of each trained model, samples."
+    from semsim.train import load_run, sample
     from semsim.causal import causal_probe
-    over = {'max_steps': args.max_steps} if args.max_steps else {}
-    cfgs = [make_config('demo', args.sets, model=m, corpus=args.corpus, out=str(Path(args.out)/m), **over) for m in DEMO_MODELS]
-    for c in cfgs: _fresh_run_folder(c.out)
-    c = cfgs[0]
-    print(f"\n== training {' and '.join(DEMO_MODELS)} {'one after the other' if args.sequential else 'side by side (one process, one thread each)'} ==")
-    print(f"preset 'demo': d {c.d}, L {c.L}, {c.max_steps} steps of {c.batch_size} x {c.block_size} tokens, lr {c.lr}, "
-          f"compact vocabulary (deviates from the reference's 50,257-way BPE)")
-    try: sums = train_together(cfgs, parallel=not args.sequential, progress=not args.no_progress)
-    except CausalLeakError as e: print(f'semsim demo: refused: {e}', file=sys.stderr); return 2
-    except NonFiniteError as e: print(f'semsim demo: stopped: {e}', file=sys.stderr); return 3
     print('\n== validation perplexity (same fixed validation windows) ==')
     print(f"{'model':14s} {'params':>10s} {'steps':>6s} {'val CE':>8s} {'val PPL':>9s} {'best PPL':>9s} {'train s':>8s} {'tok/s':>7s}")
     for s in sums:
@@ -149,6 +131,30 @@ def run_demo(args) -> int:
     print(f'\n== samples (prompt {args.prompt!r}, {args.sample_tokens} tokens, temperature 0.8, top-k 40) ==')
     for c, (m, codec, _) in zip(cfgs, models):
         print(f'--- {c.model}:'); print(sample(m, codec, args.prompt, args.sample_tokens, seed=0))
+
+# %% ../nbs/09_cli.ipynb #b802ebf3
+@command('demo', 'The main job: corpus statistics, then an SPLM and MatchedGPT trained side by side on Tiny Shakespeare.', _add_demo_args)
+def run_demo(args) -> int:
+    import time
+    from pathlib import Path
+    t0 = time.time()
+    print('== semsim demo: the data layer ==')
+    rc = run_data(argparse.Namespace(corpus=args.corpus, val_frac=0.05, batch_size=2, block_size=48, seed=0, json=False))
+    if rc: return rc
+    import matplotlib
+    if 'matplotlib.pyplot' not in sys.modules: matplotlib.use('Agg')
+    from semsim.train import make_config, train_together, plot_runs, CausalLeakError, NonFiniteError
+    over = {'max_steps': args.max_steps} if args.max_steps else {}
+    cfgs = [make_config('demo', args.sets, model=m, corpus=args.corpus, out=str(Path(args.out)/m), **over) for m in DEMO_MODELS]
+    for c in cfgs: _fresh_run_folder(c.out)
+    c = cfgs[0]
+    print(f"\n== training {' and '.join(DEMO_MODELS)} {'one after the other' if args.sequential else 'side by side (one process, one thread each)'} ==")
+    print(f"preset 'demo': d {c.model_args['d']}, L {c.model_args['L']}, {c.max_steps} steps of {c.batch_size} x {c.block_size} tokens, lr {c.lr}, "
+          f"compact vocabulary (deviates from the reference's 50,257-way BPE)")
+    try: sums = train_together(cfgs, parallel=not args.sequential, progress=not args.no_progress)
+    except CausalLeakError as e: print(f'semsim demo: refused: {e}', file=sys.stderr); return 2
+    except NonFiniteError as e: print(f'semsim demo: stopped: {e}', file=sys.stderr); return 3
+    _report_demo(args, cfgs, sums)
     png = Path(args.out)/'loss_curves.png'
     plot_runs([c.out for c in cfgs], png, title=f"demo on {args.corpus}: " + ', '.join(f"{s['model']} {s['val_ppl']:.1f}" for s in sums))
     print(f"\n== plots: {png}, " + ', '.join(f'{c.out}/loss_curve.png' for c in cfgs) + f"; summaries: {', '.join(f'{c.out}/summary.md' for c in cfgs)}")

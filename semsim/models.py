@@ -4,7 +4,7 @@
 
 # %% ../nbs/26_models.ipynb #bd7410d7
 from __future__ import annotations
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
@@ -14,22 +14,25 @@ from .splm import SPLMConfig, SPLMForCausalLM
 from .baselines import MatchedGPTConfig, MatchedGPTForCausalLM
 
 # %% auto #0
-__all__ = ['MODELS', 'ModelSpec', 'model_spec', 'model_fields', 'build_model']
+__all__ = ['SHARED_SIZES', 'MODELS', 'ModelSpec', 'model_spec', 'model_fields', 'build_model']
 
 # %% ../nbs/26_models.ipynb #4a8f1b7c
+SHARED_SIZES = ('d', 'L', 'v_hidden', 'v_depth', 'max_len', 'n_head')  # size names every member understands (or ignores)
+
 @dataclass
 class ModelSpec:
     "One member of the model family: its config, how to build it, and what the trainer needs to know about it."
     help: str                 # one line for --list
     config_cls: type          # the family's config class (a transformers PretrainedConfig)
     preset: dict              # the config fields that make this member (over the class defaults)
-    sizes: Callable           # (object with d, L, v_hidden, v_depth, max_len, n_head) -> those sizes under the config's names
     build: Callable           # (config, data with a `surprisal` table or None) -> model
+    renames: dict = field(default_factory=dict)  # shared size name -> this config's field name, e.g. {'L': 'n_layer'}
+    unused: tuple = ()        # shared sizes this member has no use for (dropped), e.g. MatchedGPT's v_hidden
     autograd_force: Callable = lambda model: False  # (model) -> True when the force is autograd.grad inside forward
     stats: Callable = lambda model, x: {}            # (model, x) -> scalars for the log (γ, mass, ξ decays)
-    def defaults(self, sizes) -> dict: # the config fields for the given generic sizes
-        "This member's config fields with the generic sizes on top."
-        return {**self.preset, **self.sizes(sizes)}
+    def config_kwargs(self, args:dict) -> dict: # shared sizes and config fields, e.g. {'d': 64, 'L': 4, 'xi_channels': 2}
+        "This member's config fields: its preset, then `args` with shared size names translated to its own."
+        return {**self.preset, **{self.renames.get(k, k): v for k, v in args.items() if k not in self.unused}}
 
 # %% ../nbs/26_models.ipynb #4e2fb61a
 def _splm_build(conf:SPLMConfig, data=None) -> SPLMForCausalLM:
@@ -47,10 +50,8 @@ def _splm_stats(model, x:Tensor) -> dict: # x: input ids, (B,T)
     if isinstance(a, Tensor): r['xi_alpha'] = [round(float(v), 6) for v in a]
     return r
 
-def _splm_sizes(c) -> dict: return {'d': c.d, 'L': c.L, 'v_hidden': c.v_hidden, 'v_depth': c.v_depth, 'max_len': c.max_len}
-
 def _splm_spec(preset:str, help:str) -> ModelSpec:
-    return ModelSpec(help, SPLMConfig, dict(SPLMConfig.PRESETS[preset]), _splm_sizes, _splm_build,
+    return ModelSpec(help, SPLMConfig, dict(SPLMConfig.PRESETS[preset]), _splm_build, unused=('n_head',),
                      autograd_force=lambda model: not model.V_theta.closed_form, stats=_splm_stats)
 
 # %% ../nbs/26_models.ipynb #b298a6bc
@@ -66,8 +67,8 @@ MODELS = {
     'splm-multixi-hippo': _splm_spec('multixi_hippo', 'multi-ξ SPLM, HiPPO-LegT pool θ = 200'),
     'splm-multixi-s4d': _splm_spec('multixi_s4d', 'multi-ξ SPLM, S4D pool'),
     'matched-gpt': ModelSpec('MatchedGPT: the pre-LN GPT-2 attention baseline', MatchedGPTConfig, {},
-                             lambda c: dict(d=c.d, n_layer=c.L, n_head=c.n_head, max_len=c.max_len),
-                             lambda conf, data=None: MatchedGPTForCausalLM(conf)),
+                             lambda conf, data=None: MatchedGPTForCausalLM(conf),
+                             renames={'L': 'n_layer'}, unused=('v_hidden', 'v_depth')),
 }
 
 def model_spec(name:str) -> ModelSpec:
@@ -77,11 +78,12 @@ def model_spec(name:str) -> ModelSpec:
 
 def model_fields(name:str) -> dict:
     "Config fields of a model family with their default values (what `--set` may target beyond TrainConfig)."
-    return {k: v for k, v in model_spec(name).config_cls().to_dict().items() if not k.startswith('_')}
+    spec = model_spec(name); own = {k: v for k, v in spec.config_cls().to_dict().items() if not k.startswith('_')}
+    return {**own, **{k: own.get(spec.renames.get(k, k)) for k in SHARED_SIZES}}
 
 def build_model(name:str, # a key of MODELS, e.g. 'splm-multixi'
                 data=None, # something with a `surprisal` table (V,) for logfreq masses, e.g. semsim.train.RunData
-                **config_overrides): # any field of the member's config, e.g. d=64, vocab_size=500
+                **config_overrides): # any field of the member's config or shared size, e.g. d=64, L=4, vocab_size=500
     "A freshly initialised model of the named family member, its config overridden field by field."
     spec = model_spec(name)
-    return spec.build(spec.config_cls(**{**spec.preset, **config_overrides}), data)
+    return spec.build(spec.config_cls(**spec.config_kwargs(config_overrides)), data)

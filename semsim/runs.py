@@ -110,8 +110,12 @@ def _truncate_log(path:Path, step:int) -> list:
 
 def _jsonable(cfg:TrainConfig) -> dict: return json.loads(json.dumps(asdict(cfg)))
 
+def _flat_config(c:dict) -> dict: # a saved config; the model's fields are named as themselves
+    return {**{k: v for k, v in c.items() if k != 'model_args'}, **c.get('model_args', {})}
+
 def _config_diff(a:dict, b:dict) -> list:
-    "Fields (other than RUNTIME_FIELDS) on which two configurations differ."
+    "Fields (other than RUNTIME_FIELDS) on which two configurations differ; a model-config field by its own name."
+    a, b = _flat_config(a), _flat_config(b)
     return sorted(k for k in set(a) | set(b) if k not in RUNTIME_FIELDS and a.get(k) != b.get(k))
 
 # %% ../nbs/30_runs.ipynb #d9cac276

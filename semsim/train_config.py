@@ -9,25 +9,21 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Sequence, Union
 
 from .core import check_positive_ints
-from .models import MODELS, model_fields
+from .models import MODELS, SHARED_SIZES, model_fields, model_spec
 
 # %% auto #0
-__all__ = ['RUNTIME_FIELDS', 'SMALL_RUN', 'REFERENCE_RUN', 'TINYSTORIES_RUN', 'PRESETS', 'TrainConfig', 'parse_value',
-           'make_config', 'model_kwargs', 'validate_config', 'lr_at']
+__all__ = ['BASE_SIZES', 'RUNTIME_FIELDS', 'SMALL_RUN', 'REFERENCE_RUN', 'TINYSTORIES_RUN', 'PRESETS', 'TrainConfig',
+           'parse_value', 'make_config', 'config_from_dict', 'model_kwargs', 'validate_config', 'lr_at']
 
 # %% ../nbs/30_config.ipynb #2173cfea
+BASE_SIZES = dict(d=128, L=8, v_hidden=512, v_depth=3, max_len=256, n_head=4)  # the reference's Shakespeare sizes
+
 @dataclass
 class TrainConfig:
     "One training run. Every field can be set from the command line with `--set key=value`."
     # --- model
     model: str = 'splm-em-ln'     # model family, a key of MODELS
-    d: int = 128                  # hidden size d
-    L: int = 8                    # integration steps (SPLM) or transformer blocks (MatchedGPT)
-    v_hidden: int = 512           # width of the V_θ MLP (SPLM)
-    v_depth: int = 3              # hidden layers of the V_θ MLP (SPLM)
-    max_len: int = 256            # positional-table rows; block_size may not exceed it
-    n_head: int = 4               # attention heads (MatchedGPT)
-    model_args: dict = field(default_factory=dict)  # further model-config fields, e.g. {'xi_channels': 4}
+    model_args: dict = field(default_factory=lambda: dict(BASE_SIZES))  # the model config's fields: sizes, xi_channels, ...
     # --- data
     corpus: str = 'tinyshakespeare'  # corpus name or text-file path (semsim.data.load_corpus)
     val_frac: float = 0.05        # last fraction of the tokens held out (TinyStories has its own split)
@@ -63,16 +59,16 @@ class TrainConfig:
 # %% ../nbs/30_config.ipynb #f96e9c13
 RUNTIME_FIELDS = ('device', 'threads', 'probe', 'progress', 'out', 'resume', 'extend', 'ckpt_every')  # free to change on resume
 
-SMALL_RUN = dict(d=64, L=4, v_hidden=128, v_depth=2, max_len=128, batch_size=8, block_size=64, eval_iters=20)  # CPU-sized
+SMALL_RUN = dict(model_args={**BASE_SIZES, 'd': 64, 'L': 4, 'v_hidden': 128, 'v_depth': 2, 'max_len': 128},
+                 batch_size=8, block_size=64, eval_iters=20)                     # CPU-sized
 REFERENCE_RUN = dict(lr=5e-4, weight_decay=0.01, eval_iters=40)                 # the reference's optimiser recipe
-TINYSTORIES_RUN = {**REFERENCE_RUN, 'corpus': 'tinystories', 'd': 256, 'L': 8, 'v_hidden': 1024, 'v_depth': 3,
-                   'max_len': 1024, 'batch_size': 16, 'block_size': 512}       # its TinyStories runs
+TINYSTORIES_RUN = {**REFERENCE_RUN, 'corpus': 'tinystories', 'batch_size': 16, 'block_size': 512,
+                   'model_args': {**BASE_SIZES, 'd': 256, 'v_hidden': 1024, 'max_len': 1024}}  # its TinyStories runs
 
 PRESETS = {   # each a delta from one of the bases above
     'smoke': {**SMALL_RUN, 'model': 'splm-em-ln', 'max_steps': 300, 'lr': 1e-3, 'weight_decay': 0.0, 'warmup': 20,
               'eval_every': 50, 'ckpt_every': 100},
-    'shakespeare': {**REFERENCE_RUN, 'model': 'splm-em-ln', 'd': 128, 'L': 8, 'v_hidden': 512, 'v_depth': 3, 'max_len': 256,
-                    'batch_size': 16, 'block_size': 128, 'max_steps': 4000, 'warmup': 200, 'eval_every': 200, 'ckpt_every': 200},
+    'shakespeare': {**REFERENCE_RUN, 'model': 'splm-em-ln', 'batch_size': 16, 'block_size': 128, 'max_steps': 4000, 'warmup': 200, 'eval_every': 200, 'ckpt_every': 200},
     'tinystories-pilot': {**TINYSTORIES_RUN, 'model': 'splm-multixi', 'max_steps': 4000, 'warmup': 200, 'eval_every': 200,
                           'ckpt_every': 200},
     'tinystories-scaleup': {**TINYSTORIES_RUN, 'model': 'matched-gpt', 'max_steps': 8000, 'warmup': 400, 'eval_every': 400,
@@ -108,17 +104,25 @@ def parse_value(text:str, like:Any, name:str='value'):
         raise ValueError(f"option {name}: cannot parse {text!r} as {type(like).__name__}") from None
 
 # %% ../nbs/30_config.ipynb #c74cfc67
+def _is_model_key(model:str, k:str) -> bool: return k in model_fields(model)
+
 def make_config(preset:Optional[str]=None, # a key of PRESETS; None starts from the TrainConfig defaults
                 sets:Sequence[str]=(), # 'key=value' strings naming TrainConfig or model-config fields
-                **overrides) -> TrainConfig:
+                **overrides) -> TrainConfig: # TrainConfig fields, or model-config fields (they go into model_args)
     "A TrainConfig from a preset, keyword overrides and typed `key=value` strings (applied last)."
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
     tfields = [f.name for f in fields(TrainConfig)]
-    bad = [k for k in overrides if k not in tfields]
-    if bad: raise ValueError(f"unknown TrainConfig field(s) {bad}; valid: {', '.join(tfields)}")
-    cfg = TrainConfig(**{**(PRESETS[preset] if preset else {}), **overrides})
-    cfg.model_args = dict(cfg.model_args)
+    pre = PRESETS[preset] if preset else {}
+    base = {**pre, **{k: v for k, v in overrides.items() if k in tfields}}
+    model = base.get('model', TrainConfig.model); model_spec(model)
+    margs = {**pre.get('model_args', BASE_SIZES), **overrides.get('model_args', {})}   # merged, not replaced
+    for k, v in overrides.items():
+        if k in tfields: continue
+        if not _is_model_key(model, k):
+            raise ValueError(f"unknown field {k!r}: neither a TrainConfig field ({', '.join(tfields)}) nor a field of the {model} config")
+        margs[k] = v
+    cfg = TrainConfig(**{**base, 'model_args': margs})
     for s in sets:
         if '=' not in s: raise ValueError(f"--set expects key=value, got {s!r}")
         k, v = (x.strip() for x in s.split('=', 1))
@@ -128,13 +132,21 @@ def make_config(preset:Optional[str]=None, # a key of PRESETS; None starts from 
             raise ValueError(f"unknown option {k!r}: neither a training field nor a field of the {cfg.model} config. "
                              f"Training fields: {', '.join(f for f in tfields if f != 'model_args')}. "
                              f"{cfg.model} fields: {', '.join(sorted(mf))}")
-        cfg.model_args[k] = parse_value(v, mf[k], k)
+        like = cfg.model_args.get(k, mf[k])
+        cfg.model_args[k] = parse_value(v, like if like is not None else mf[k], k)
     return cfg
+
+def config_from_dict(saved:dict) -> TrainConfig:
+    "The TrainConfig of a saved `train_config.json` (runs saved before `model_args` held the sizes are read too)."
+    saved = dict(saved); margs = dict(saved.pop('model_args', {}))
+    for k in SHARED_SIZES:
+        if k in saved: margs[k] = saved.pop(k)       # the sizes were TrainConfig fields once
+    return TrainConfig(**saved, model_args=margs)
 
 # %% ../nbs/30_config.ipynb #5965a06e
 def model_kwargs(cfg:TrainConfig, vocab_size:int) -> dict:
-    "Keyword arguments of the model config: generic sizes, then `model_args`, then the vocabulary."
-    return {**MODELS[cfg.model].defaults(cfg), **cfg.model_args, 'vocab_size': vocab_size}
+    "Keyword arguments of the model config: the member's preset, then `model_args`, then the vocabulary."
+    return {**model_spec(cfg.model).config_kwargs(cfg.model_args), 'vocab_size': vocab_size}
 
 def _max_len_of(kw:dict) -> Optional[int]:
     for k in ('max_len', 'n_positions', 'max_position_embeddings'):
@@ -144,7 +156,7 @@ def _max_len_of(kw:dict) -> Optional[int]:
 def validate_config(cfg:TrainConfig) -> None:
     "Refuse bad values before any work, naming the field."
     if cfg.model not in MODELS: raise ValueError(f"unknown model {cfg.model!r}; known models: {', '.join(MODELS)}")
-    check_positive_ints(cfg, ('d', 'L', 'batch_size', 'block_size', 'max_steps', 'eval_every', 'eval_iters', 'ckpt_every'))
+    check_positive_ints(cfg, ('batch_size', 'block_size', 'max_steps', 'eval_every', 'eval_iters', 'ckpt_every'))
     for k in ('warmup', 'weight_decay', 'vocab_size', 'threads'):
         if getattr(cfg, k) < 0: raise ValueError(f"{k} must be >= 0, got {getattr(cfg, k)!r}")
     for k in ('lr', 'grad_clip'):

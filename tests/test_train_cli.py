@@ -95,7 +95,7 @@ def test_list_and_print_config():
     assert rc == 0 and 'tinystories-16k' in out and 'splm-sq3' in out
     rc, out, _ = run(['--preset', 'tinystories-16k', '--print-config'])
     c = json.loads(out)
-    assert (c['model'], c['max_steps'], c['warmup'], c['d'], c['block_size'], c['corpus']) == ('splm-sq3', 16000, 400, 256, 512, 'tinystories')
+    assert (c['model'], c['max_steps'], c['warmup'], c['model_args']['d'], c['block_size'], c['corpus']) == ('splm-sq3', 16000, 400, 256, 512, 'tinystories')
 
 
 BIN = Path(sys.executable).parent/'semsim'

@@ -28,7 +28,7 @@ from semsim.wells import GaussianWell
 from semsim.dynamics import damped_euler_step, energy
 from semsim.splm import SPLMConfig, SPLMForCausalLM
 from semsim.causal import causal_probe
-from semsim.train import TrainConfig, train, read_log, plot_run, load_run, sample
+from semsim.train import TrainConfig, make_config, train, read_log, plot_run, load_run, sample
 
 # %% [markdown]
 # ## 1. Tokens
@@ -110,7 +110,7 @@ assert ok.passed and not leaky.passed
 
 # %%
 run = tempfile.mkdtemp()
-cfg = TrainConfig(model='splm-multixi', d=32, L=4, v_hidden=64, v_depth=2, max_len=64, batch_size=8, block_size=32,
+cfg = make_config(model='splm-multixi', d=32, L=4, v_hidden=64, v_depth=2, max_len=64, batch_size=8, block_size=32,
                   compact_vocab=True, max_steps=60, lr=3e-3, warmup=10, eval_every=30, eval_iters=4, ckpt_every=60,
                   progress=False, out=run)
 summary = train(cfg)

@@ -86,7 +86,7 @@ def recipe_config(run:str, runs:Path, **overrides):
 
 for run in RECIPES:
     c = recipe_config(run, RUNS)
-    print(f"{run:11s} {c.model:13s} d {c.d}, L {c.L}, {c.max_steps:,} steps of {c.batch_size} x {c.block_size}, "
+    print(f"{run:11s} {c.model:13s} d {c.model_args['d']}, L {c.model_args['L']}, {c.max_steps:,} steps of {c.batch_size} x {c.block_size}, "
           f"warm-up {c.warmup}, eval every {c.eval_every}, model options {c.model_args}")
 
 # %% [markdown]
