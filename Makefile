@@ -31,6 +31,7 @@ help:
 	@echo "make update — carry a fix made directly in semsim/ back into the notebooks and nbs_py/"
 	@echo "make lab    — JupyterLab on the chapters (either form opens; saving writes both)"
 	@echo "make bench  — run the benchmarks in bench/"
+	@echo "make results-shakespeare-cpu — retrain the recorded CPU comparison (about 51 min) and rewrite results/shakespeare-cpu.json"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -123,3 +124,10 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	@for f in bench/bench_*.py; do [ -e "$$f" ] || continue; echo "== $$f"; $(PY) $$f || exit 1; done
+
+# Measured results (hours on a CPU): train, then write results/<study>.json for the Results page.
+results-shakespeare-cpu: $(STAMP)
+	for m in splm-em-ln matched-gpt; do $(PY) -m semsim.train --preset shakespeare --model $$m --set d=64 --set L=4 \
+	  --set v_hidden=128 --set v_depth=2 --set compact_vocab=true --max-steps 2000 --set warmup=100 --set threads=1 \
+	  --out runs/shakespeare-cpu/$$m --no-progress & done; wait
+	$(PY) tools/results.py shakespeare-cpu runs/shakespeare-cpu/splm-em-ln runs/shakespeare-cpu/matched-gpt

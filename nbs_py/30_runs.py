@@ -263,3 +263,43 @@ with tempfile.TemporaryDirectory() as d:
     test_eq(len(back), 300); test_eq(_truncate_log(Path(d)/'log.jsonl', 120)[-1]['step'], 120)
 ax = plot_run(back, 'synthetic'); plt.show()
 
+
+# %% [markdown]
+# ## A run as a result record
+#
+# A measured result that takes long to produce (hours of training) is kept as a small JSON record, never as a
+# checkpoint: `run_record` reads a finished run folder (its `summary.json`, `log.jsonl` and `train_config.json`)
+# and returns what a results page reports: the size, the validation perplexity at every evaluation, the final and
+# best values with the step of the best, the wall time, and the last logged value of the model's scalars (γ).
+# `tools/results.py` writes such records into `results/`, and the *Results* page reads them.
+
+# %%
+#| export
+def run_record(run_dir:Union[str, Path]) -> dict:
+    "The results-page record of a finished run folder (summary, per-evaluation validation PPL, final scalars)."
+    d = Path(run_dir)
+    if not (d/'summary.json').exists(): raise ValueError(f"{d} holds no finished run (no summary.json): train it to the end first")
+    s, recs = json.loads((d/'summary.json').read_text()), read_log(d/'log.jsonl')
+    ev = [r for r in recs if 'val_ppl' in r]
+    best = min(ev, key=lambda r: r['val_ppl']) if ev else None
+    last = recs[-1] if recs else {}
+    return {'model': s['model'], 'params': s['params'], 'vocab_size': s['vocab_size'], 'steps': s['steps'],
+            'tokens': s['tokens'], 'val_ppl': s['val_ppl'], 'best_val_ppl': s['best_val_ppl'],
+            'best_step': best['step'] if best else None, 'elapsed_s': s['elapsed_s'], 'device': s.get('device'),
+            'val_ppl_at': {str(r['step']): r['val_ppl'] for r in ev},
+            'final_scalars': {k: last[k] for k in ('gamma', 'mass_mean', 'xi_alpha') if k in last},
+            'config': s['config']}
+
+# %% [markdown]
+# A folder that has not finished is refused by name; a finished one (here a synthetic summary and log) gives its record:
+
+# %%
+with tempfile.TemporaryDirectory() as d:
+    test_fail(lambda: run_record(d), contains='no summary.json')
+    recs = [{'step': k, 'loss': 5.0 - k / 100, 'gamma': 1 - k / 1000, 'elapsed': k / 10} for k in range(1, 201)]
+    for r, ppl in zip(recs[49::50], (300.0, 250.0, 240.0, 245.0)): r['val_ppl'] = ppl
+    atomic_write_text(Path(d)/'log.jsonl', ''.join(json.dumps(r) + '\n' for r in recs))
+    atomic_write_text(Path(d)/'summary.json', json.dumps({'model': 'splm-em-ln', 'params': 1000, 'vocab_size': 50, 'steps': 200,
+        'tokens': 200 * 64, 'val_ppl': 245.0, 'best_val_ppl': 240.0, 'elapsed_s': 20.0, 'config': {}}))
+    rec = run_record(d)
+test_eq((rec['best_step'], rec['val_ppl_at'], rec['final_scalars']), (150, {'50': 300.0, '100': 250.0, '150': 240.0, '200': 245.0}, {'gamma': 0.8}))

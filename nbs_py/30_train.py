@@ -53,7 +53,7 @@ from semsim.models import MODELS, ModelSpec, model_fields, model_spec
 from semsim.train_config import (TrainConfig, RUNTIME_FIELDS, PRESETS, parse_value, make_config, config_from_dict, model_kwargs,
                                  validate_config, lr_at, _max_len_of)
 from semsim.runs import (CKPT_PREFIX, latest_checkpoint, save_checkpoint, load_weights, read_log, check_resumable,
-                         plot_run, plot_runs, _rng_state, _set_rng_state, _truncate_log, _jsonable, _config_diff)
+                         plot_run, plot_runs, run_record, _rng_state, _set_rng_state, _truncate_log, _jsonable, _config_diff)
 from semsim.causal import causal_probe
 from semsim.data import tokenize_corpus, get_batch, logfreq_surprisal, gpt2_tokenizer, GPT2_VOCAB_SIZE
 
@@ -830,41 +830,11 @@ runs.cleanup()
 # %% [markdown]
 # ## Tiny Shakespeare on this CPU: SPLM em_ln vs MatchedGPT
 #
-# The reference's Shakespeare comparison is the `shakespeare` preset: d 128, L 8, v_hidden 512, the 50,257-way
-# BPE, 4000 steps of 16 × 128 tokens (8.2M tokens, about 25 epochs). On this shared 2-core machine one step of that
-# recipe took 12–16 s for the SPLM em_ln and 7–10 s for MatchedGPT (measured over 3 steps each, one thread per model,
-# other developers' jobs running), i.e. some 15 hours per model. The run recorded here is therefore a **stated
-# reduction** of the preset, the same for both models (same windows, same token budget):
-#
-# - model sizes of the `smoke` preset: d 64, L 4 (MatchedGPT: 4 blocks, 4 heads), v_hidden 128, v_depth 2;
-# - the compact vocabulary (11,706 types; a deviation: these perplexities are not comparable with 50,257-way ones);
-# - 2000 steps of 16 × 128 tokens (4.1M tokens, half the reference's budget), warm-up 100; everything else as the
-#   preset (lr 5e-4, weight decay 0.01, cosine to 0, clip 1.0, validation every 200 steps on 40 fixed batches).
-#
-# Measured 2026-11-22 on this machine, both runs side by side in the background, one process and one thread each:
-#
-# ```sh
-# for m in splm-em-ln matched-gpt; do
-#   nohup python -m semsim.train --preset shakespeare --model $m --set d=64 --set L=4 --set v_hidden=128 \
-#     --set v_depth=2 --set compact_vocab=true --max-steps 2000 --set warmup=100 --set threads=1 --set probe=false \
-#     --out runs/shakespeare-cpu/$m --no-progress > $m.out 2>&1 &
-# done
-# ```
-#
-# | | SPLM em_ln | MatchedGPT |
-# |---|---|---|
-# | parameters (compact vocabulary) | 798,724 | 965,632 |
-# | val PPL at steps 200 / 400 / 1000 / 2000 | 667.9 / 385.4 / 279.6 / **267.23** | 541.1 / 283.1 / 194.7 / **180.59** (best 178.71 at 1800) |
-# | training time, 2000 steps | 3,053 s | 3,039 s |
-# | learned γ, final (init 1.0) | 0.927 | — |
-# | **reference**, full recipe (50,257-way BPE, d 128, L 8, 4000 steps) | **173.59** (seed 0, free γ; final γ 0.958) | **149.80 ± 7.21** (5 seeds) |
-#
-# The ordering is the reference's: MatchedGPT ahead of the leak-free em_ln SPLM. The gap is wider here (ratio
-# 1.48 vs 1.16) at half the width, half the depth and half the tokens. The probe was off in the command
-# because `semsim.causal` had not landed when the runs started; afterwards both final checkpoints were reopened with
-# the committed `semsim.splm` / `semsim.baselines`, re-scored on the same fixed validation batches (identical to the
-# logged values, difference 0.0) and probed with `semsim.causal.causal_probe`: both pass with Δ_pre = Δ_grad = 0.
-# The cell below is the same experiment through `train_together` (not run when the docs are built):
+# The reference's Shakespeare comparison is the `shakespeare` preset: about 15 hours per model on a 2-core CPU. The
+# recorded CPU run is a stated reduction of it (d 64, L 4, v_hidden 128, v_depth 2, the compact vocabulary, 2000
+# steps); its numbers are on the [Results](results.html) page, read from `results/shakespeare-cpu.json`, which
+# `make results-shakespeare-cpu` rewrites. The cell below is the same experiment through `train_together` (not run
+# when the docs are built):
 
 # %%
 #| eval: false

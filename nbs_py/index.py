@@ -15,6 +15,7 @@
 # - **10–19 formal ingredients**: signature matrix, energy wells, Lagrangian dynamics, PARF/SARF forces;
 # - **20–29 models**: the conservative-by-construction SPLM family and its matched attention baseline;
 # - **30–39 training and inference**; **40–49 analysis** of hidden-state trajectories;
+# - **[results](results.html)**: what semsim's models measured when trained, read from small JSON records in `results/`;
 # - **tutorials**: end-to-end notebooks that open in Colab.
 #
 # **Sources.** The theory is that of the paper, Gueorguiev (2026), *Semantic Simulation: A Prescriptive Lagrangian

@@ -18,7 +18,7 @@ from .train_config import TrainConfig, RUNTIME_FIELDS, lr_at
 
 # %% auto #0
 __all__ = ['CKPT_PREFIX', 'latest_checkpoint', 'save_checkpoint', 'load_weights', 'read_log', 'check_resumable', 'plot_run',
-           'plot_runs']
+           'plot_runs', 'run_record']
 
 # %% ../nbs/30_runs.ipynb #82bb9bac
 CKPT_PREFIX = 'ckpt-'  # checkpoint folders OUT/ckpt-<step>/; OUT/latest names the newest complete one
@@ -162,3 +162,19 @@ def plot_runs(run_dirs:Sequence[Union[str, Path]], path:Optional[Union[str, Path
     ax.set_title(title); fig.tight_layout()
     if path is not None: fig.savefig(path, dpi=110)
     return fig
+
+# %% ../nbs/30_runs.ipynb #221765eb
+def run_record(run_dir:Union[str, Path]) -> dict:
+    "The results-page record of a finished run folder (summary, per-evaluation validation PPL, final scalars)."
+    d = Path(run_dir)
+    if not (d/'summary.json').exists(): raise ValueError(f"{d} holds no finished run (no summary.json): train it to the end first")
+    s, recs = json.loads((d/'summary.json').read_text()), read_log(d/'log.jsonl')
+    ev = [r for r in recs if 'val_ppl' in r]
+    best = min(ev, key=lambda r: r['val_ppl']) if ev else None
+    last = recs[-1] if recs else {}
+    return {'model': s['model'], 'params': s['params'], 'vocab_size': s['vocab_size'], 'steps': s['steps'],
+            'tokens': s['tokens'], 'val_ppl': s['val_ppl'], 'best_val_ppl': s['best_val_ppl'],
+            'best_step': best['step'] if best else None, 'elapsed_s': s['elapsed_s'], 'device': s.get('device'),
+            'val_ppl_at': {str(r['step']): r['val_ppl'] for r in ev},
+            'final_scalars': {k: last[k] for k in ('gamma', 'mass_mean', 'xi_alpha') if k in last},
+            'config': s['config']}

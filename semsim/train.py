@@ -20,7 +20,7 @@ from .models import MODELS, ModelSpec, model_fields, model_spec
 from .train_config import (TrainConfig, RUNTIME_FIELDS, PRESETS, parse_value, make_config, config_from_dict, model_kwargs,
                                  validate_config, lr_at, _max_len_of)
 from .runs import (CKPT_PREFIX, latest_checkpoint, save_checkpoint, load_weights, read_log, check_resumable,
-                         plot_run, plot_runs, _rng_state, _set_rng_state, _truncate_log, _jsonable, _config_diff)
+                         plot_run, plot_runs, run_record, _rng_state, _set_rng_state, _truncate_log, _jsonable, _config_diff)
 from .causal import causal_probe
 from .data import tokenize_corpus, get_batch, logfreq_surprisal, gpt2_tokenizer, GPT2_VOCAB_SIZE
 
