@@ -232,16 +232,22 @@ def run_demo(args) -> int:
 # `EleutherAI/pythia-160m`) or a folder written by `save_pretrained`; `--corpus` defaults to
 # `$SEMSIM_DATA_DIR/stp_corpus_50.json`. A model that cannot be loaded offline, a missing corpus or malformed JSON give
 # a one-line error and exit status 1. The analysis name is a positional argument so that later analyses can join it.
+#
+# `semsim analyze separator --model M --corpus FILE --out DIR [--axis depth|token] [--capacity-sweep] [--jacobian]`
+# runs the shared-potential separator (chapter *The shared-potential separator*, `semsim.separator.analyze_separator`)
+# on the reference's 40/10 split of the corpus and writes `DIR/separator.json` and `separator_profile.png`; for a
+# semsim SPLM it adds the oracle fit. `M` may also be a semsim run folder (`semsim train --out`), opened with its own
+# vocabulary.
 
 # %%
 #| export
-ANALYSES = ('stp',)  # the analyses `semsim analyze` knows
+ANALYSES = ('stp', 'separator')  # the analyses `semsim analyze` knows
 
 def _add_analyze_args(p):
     p.add_argument('analysis', choices=ANALYSES, help='which analysis to run')
-    p.add_argument('--model', required=True, help="Hub name (gpt2, EleutherAI/pythia-160m) or a folder written by save_pretrained")
+    p.add_argument('--model', required=True, help="Hub name (gpt2, EleutherAI/pythia-160m), a folder written by save_pretrained, or a semsim run folder")
     p.add_argument('--corpus', default=None, help='JSON {"domains": {name: [sentences]}}, a JSON list or a text file with one sentence per line (default: $SEMSIM_DATA_DIR/stp_corpus_50.json)')
-    p.add_argument('--out', required=True, help='output folder for stp_stats.json and the PNG figures')
+    p.add_argument('--out', required=True, help='output folder for the JSON (stp_stats.json / separator.json) and the PNG figures')
     p.add_argument('--tokenizer', default='auto', help="'auto' (the model's), 'gpt2', or a Hub name / folder")
     p.add_argument('--layer', type=int, default=-1, help='hidden_states index of the token-axis trajectory (-1: last, post-final-norm)')
     p.add_argument('--states', choices=['h', 'prenorm', 'postnorm'], default='h',
@@ -249,19 +255,54 @@ def _add_analyze_args(p):
     p.add_argument('--n-perm', type=int, default=100, help='permutation-null shuffles')
     p.add_argument('--n-random', type=int, default=500, help='random triples per sentence for the random-triplet STP')
     p.add_argument('--seed', type=int, default=42, help='seed of the null and the random triplets')
-    p.add_argument('--max-length', type=int, default=256, help='truncation, in tokens')
+    p.add_argument('--max-length', type=int, default=None, help='truncation, in tokens (default: 256 for stp, 64 for separator)')
     p.add_argument('--device', default='cpu', help="'cpu', 'cuda', ...")
     p.add_argument('--dtype', default='float32', help='float32, float16 or bfloat16')
+    g = p.add_argument_group('separator')
+    g.add_argument('--axis', choices=['depth', 'token'], default='depth', help='separator: layer index (depth) or token index (token) as time')
+    g.add_argument('--steps', type=int, default=4000, help='separator: AdamW steps of the V_psi fit')
+    g.add_argument('--hidden', type=int, default=256, help='separator: V_psi width')
+    g.add_argument('--depth', type=int, default=2, help='separator: V_psi hidden layers')
+    g.add_argument('--capacity-sweep', action='store_true', help='separator: also the six-size V_psi capacity sweep (3000 steps each)')
+    g.add_argument('--jacobian', action='store_true', help='separator: also the velocity-aware Jacobian-symmetry test at PCA-16')
 
-@command('analyze', 'Trajectory analyses of a model: `semsim analyze stp --model M --corpus FILE --out DIR`.', _add_analyze_args)
+def _analysis_model(name:str, tokenizer:str):
+    "(model or name, tokenizer): a semsim run folder is opened with its own vocabulary; anything else is left to load_model."
+    from pathlib import Path
+    p = Path(name)
+    if p.is_dir() and (p/'train_config.json').exists():
+        from semsim.train import load_run
+        model, codec, _ = load_run(p)
+        return model, (codec if tokenizer == 'auto' else tokenizer)
+    return name, tokenizer
+
+def _run_separator(args) -> int:
+    import numpy as np
+    from semsim.separator import analyze_separator
+    model, tok = _analysis_model(args.model, args.tokenizer)
+    r = analyze_separator(model, args.corpus, args.out, tokenizer=tok, axis=args.axis, steps=args.steps, hidden=args.hidden,
+                          depth=args.depth, capacity=args.capacity_sweep, jacobian=args.jacobian, max_length=args.max_length or 64,
+                          label=args.model)
+    f = r['fit']
+    print(f"{args.model}: {args.axis}-axis separator, median TEST R² {f['median_r2']:.3f} (velocity only "
+          f"{float(np.median(f['r2_velocity_only'])):.3f}), pooled {f['pooled_r2']:.3f}, {f['profile']}")
+    if 'oracle' in r: print(f"oracle: min R² {min(r['oracle']['r2']):.6f}, α {np.mean(r['oracle']['alpha']):.4f}, β {np.mean(r['oracle']['beta']):.4f}")
+    if 'jacobian' in r: print(f"Jacobian symmetry: max gap {r['jacobian']['max_gap']:.3f} ({'pass' if r['jacobian']['passed'] else 'FAIL'})")
+    print(f"wrote {args.out}/separator.json and separator_profile.png")
+    return 0
+
+# %%
+#| export
+@command('analyze', 'Trajectory analyses of a model: `semsim analyze stp|separator --model M --corpus FILE --out DIR`.', _add_analyze_args)
 def run_analyze(args) -> int:
     import matplotlib
     if 'matplotlib.pyplot' not in sys.modules: matplotlib.use('Agg')  # files only: no display needed
     import transformers
     transformers.logging.disable_progress_bar()  # keep stderr for errors: one line each
+    if args.analysis == 'separator': return _run_separator(args)
     from semsim.stp import analyze_stp
     st = analyze_stp(args.model, args.corpus, args.out, tokenizer=args.tokenizer, layer=args.layer, which=args.states,
-                     n_perm=args.n_perm, seed=args.seed, n_random=args.n_random, max_length=args.max_length,
+                     n_perm=args.n_perm, seed=args.seed, n_random=args.n_random, max_length=args.max_length or 256,
                      device=args.device, dtype=args.dtype)
     h = st['headline']
     print(f"{st['model']}: {h['n_triplets']:,} triplets in {st['n_trajectories']} sentences; "
