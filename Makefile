@@ -31,6 +31,7 @@ help:
 	@echo "make update — carry a fix made directly in semsim/ back into the notebooks and nbs_py/"
 	@echo "make lab    — JupyterLab on the chapters (either form opens; saving writes both)"
 	@echo "make bench  — run the benchmarks in bench/"
+	@echo "make results-separator — train the separator chapter's three models and rewrite results/separator-shakespeare-cpu.json"
 	@echo "make results-shakespeare-cpu — retrain the recorded CPU comparison (about 51 min) and rewrite results/shakespeare-cpu.json"
 
 $(PY):
@@ -131,3 +132,11 @@ results-shakespeare-cpu: $(STAMP)
 	  --set v_hidden=128 --set v_depth=2 --set compact_vocab=true --max-steps 2000 --set warmup=100 --set threads=1 \
 	  --out runs/shakespeare-cpu/$$m --no-progress & done; wait
 	$(PY) tools/results.py shakespeare-cpu runs/shakespeare-cpu/splm-em-ln runs/shakespeare-cpu/matched-gpt
+
+# The separator chapter's measurement: three models on Tiny Shakespeare (about 17 min on 2 cores), then the study
+# (about 20 min; the capacity sweep at 1000 steps per size, a third of the reference's 3000, to fit a CPU budget).
+results-separator: $(STAMP)
+	for m in splm-vanilla splm-em-ln matched-gpt; do x=; [ $$m = splm-em-ln ] && x='--set fixed_gamma=0.1'; \
+	  $(PY) -m semsim.train --preset demo --model $$m --set L=8 --set compact_vocab=false --max-steps 1000 $$x \
+	  --out runs/separator/$$m --no-progress & done; wait
+	$(PY) tools/separator_study.py runs/separator --capacity-steps 1000
