@@ -364,6 +364,19 @@ with tempfile.TemporaryDirectory() as d:
         test_eq(rc, 1); assert msg in err.getvalue() and err.getvalue().count('\n') == 1, err.getvalue()
 print(err.getvalue())
 
+# %% [markdown]
+# `semsim analyze separator` on the same tiny GPT-2 and the real corpus (a short fit: `--steps 40`); its full tests,
+# a semsim run folder with the oracle among them, are in `tests/test_separator_cli.py`:
+
+# %%
+with tempfile.TemporaryDirectory() as d:
+    d = Path(d); load_model(tiny_gpt2_config()).save_pretrained(d/'model')
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf): rc = main(['analyze', 'separator', '--model', str(d/'model'), '--out', str(d/'sep'),
+                                                     '--steps', '40', '--hidden', '16'])
+    print(buf.getvalue()); test_eq(rc, 0)
+    test_eq(sorted(p.name for p in (d/'sep').iterdir()), ['separator.json', 'separator_profile.png'])
+
 # %%
 test_eq(sorted(COMMANDS), ['analyze', 'data', 'demo', 'train'])
 with contextlib.redirect_stderr(io.StringIO()):

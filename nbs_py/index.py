@@ -51,6 +51,7 @@
 # | `semsim.reference`, `semsim.causal` | loading the reference repository's checkpoints; the causal-violation probe | [Reference](24_reference.html), [Causality](25_causal.html) |
 # | `semsim.train_config`, `semsim.runs`, `semsim.train`, `semsim.streaming`, `semsim.flops` | typed run configs and presets; checkpoints and logs that survive a kill; one trainer from laptop to GPU; O(1)-per-token decoding behind `generate()`; FLOP counts | [Configuration](30_config.html), [Runs](30_runs.html), [Training](30_train.html), [Streaming](31_streaming.html) |
 # | `semsim.trajectories`, `semsim.stp` | hidden-state trajectories of any causal LM; the STP–acceleration identity and statistics | [STP](41_stp.html) |
+# | `semsim.separator` | the shared-potential separator (one V_ψ for all layers), its oracle, capacity sweep, token axis and Jacobian-symmetry test | [Separator](42_separator.html) |
 #
 # From the command line:
 #
@@ -58,7 +59,8 @@
 # semsim data tinyshakespeare                                     # corpus statistics
 # semsim train --preset shakespeare --model splm-multixi --set xi_channels=4 --out runs/x
 # semsim train --resume --out runs/x                              # continue after an interruption
-# semsim analyze stp --model gpt2 --corpus stp_corpus_50.json --out results/stp
+# semsim analyze stp --model gpt2 --corpus stp_corpus_50.json --out out/stp
+# semsim analyze separator --model gpt2 --corpus stp_corpus_50.json --out out/separator --jacobian
 # ```
 
 # %% [markdown]
