@@ -480,3 +480,120 @@ print([(w.layer, round(w.r2, 3), round(w.r2_binned, 3), w.well) for w in lw][:1]
 test_close(lw[0].well.fit_values, (3.0, 0.4), eps=0.15)                   # a, b of the planted well
 assert all(w.well is not None and w.r2_binned > 0.95 for w in lw)
 assert all(w.well is None for w in fit_layer_wells(planted_losses(signal=False)))
+
+# %% [markdown]
+# ## Masses
+#
+# The reference's mass for GPT-2 is the aggregate attention a token receives, $w_t = \sum_\text{heads}\sum_\text{queries} A_{q\to t}$ per
+# layer, averaged over layers and clipped at $10^{-3}$ (`attention_mass`; a 🤗 model must be loaded with
+# `attn_implementation="eager"` to return attentions). An SPLM has its own per-token mass $m_t$, which semsim uses;
+# a model with neither (semsim's MatchedGPT does not return attentions) gets $m = 1$. The choice is recorded.
+
+# %%
+#| export
+@torch.no_grad()
+def attention_mass(model, ids:Tensor) -> Tensor: # token ids (T,) -> per-token masses (T,)
+    "m_t = clip(mean over layers of the attention received, 1e-3): the reference's mass for attention models."
+    from semsim.signature import attention_received
+    dev = next(model.parameters()).device
+    out = model(ids[None].to(dev), output_attentions=True)
+    att = out.get('attentions') if isinstance(out, dict) else getattr(out, 'attentions', None)
+    if not att: raise ValueError("the model returned no attentions: load a 🤗 model with attn_implementation='eager', or use mass 1")
+    w = attention_received(torch.stack([a[0].double().cpu() for a in att]))    # (L, T)
+    return w.mean(0).clamp_min(1e-3)
+
+@torch.no_grad()
+def token_masses(model, ids_list:Sequence, how:str='auto') -> tuple: # (list of (T,) masses or 1.0, the rule used)
+    "Per-sentence masses by `how`: 'auto' (an SPLM's own m_t, else attention received, else 1), 'attention', 'model' or 'one'."
+    if how not in ('auto', 'attention', 'model', 'one'): raise ValueError(f"mass must be 'auto', 'attention', 'model' or 'one', got {how!r}")
+    is_splm = hasattr(model, 'mass') and hasattr(model, 'V_theta')
+    if how == 'one' or (how == 'auto' and not is_splm and not _gives_attentions(model, ids_list[0])): return 1.0, 'one'
+    if how == 'model' or (how == 'auto' and is_splm):
+        if not is_splm: raise ValueError("mass='model' needs a semsim SPLM (its per-token mass)")
+        dev = next(model.parameters()).device
+        return [model.mass(i[None].to(dev), model.E(i[None].to(dev)))[0, :, 0].double().cpu() for i in ids_list], 'model'
+    return [attention_mass(model, i) for i in ids_list], 'attention'
+
+def _gives_attentions(model, ids) -> bool:
+    try: attention_mass(model, ids); return True
+    except (ValueError, TypeError): return False
+
+# %% [markdown]
+# ## The whole menu on one model
+#
+# `retrofit_menu` reads the 50 sentences' trajectories (`max_length` 64, every `hidden_states` entry) and runs the
+# protocol: the static null (all sentences, and TRAIN/TEST of the 40/10 split of the separator chapter); E1–E3 with
+# per-layer wells fitted on all sentences (gate 0.05); E2 on the same wells; E4 and E5 with wells and PCA bases fitted
+# on TRAIN only (gate 0.02) at γ = `gamma_e45` (the reference: 5, its E1 optimum), scored on TEST.
+
+# %%
+#| export
+def menu_trajectories(model, corpus=None, tokenizer=None, max_length:int=64) -> tuple: # (train, test): `Trajectory` lists
+    "Trajectories (with per-token losses) of the reference's 40/10 split."
+    from semsim.trajectories import trajectory, load_tokenizer
+    tok = load_tokenizer(model, tokenizer)
+    train, test = separator_split(corpus)
+    read = lambda items: [trajectory(model, s, tok, max_length=max_length, meta={'domain': d}) for d, s in items]
+    return read(train), read(test)
+
+def retrofit_menu(model, corpus=None, out=None, tokenizer=None, max_length:int=64, mass:str='auto',
+                  gammas:Sequence[float]=E1_GAMMAS, etas:Sequence[float]=E2_ETAS, gamma_e45:float=5.0, k:int=16,
+                  label:Optional[str]=None) -> dict:
+    "The conservative retro-fit menu E1–E5 on one model, as one JSON-ready dict (and retrofit.json + a figure in `out`)."
+    from semsim.trajectories import load_model, model_label
+    separator_split(corpus)                                                  # corpus errors before a model is loaded
+    name = label or (str(model) if isinstance(model, (str, Path)) else model_label(model))
+    m = load_model(model) if not isinstance(model, torch.nn.Module) else model
+    tr, te = menu_trajectories(m, corpus, tokenizer, max_length)
+    al = tr + te
+    masses, rule = token_masses(m, [t.ids for t in al], mass)
+    m_all = masses if isinstance(masses, float) else masses
+    m_bar = 1.0 if isinstance(masses, float) else float(torch.cat(masses).mean())
+    wells = fit_layer_wells(al, 'gaussian', 0.05)
+    e1 = gamma_sweep(al, wells, gammas, m_all)
+    g_star = min(e1, key=lambda r: r['median'])['gamma']
+    wells_tr = fit_layer_wells(tr, 'gaussian', 0.02)
+    k = min(k, tr[0].depth.shape[-1])
+    res = {'model': name, 'L': al[0].depth.shape[0] - 1, 'd': al[0].depth.shape[-1], 'n_tokens': sum(t.T for t in al),
+           'mass_rule': rule, 'mean_mass': m_bar,
+           'null': {'all': static_null_residual(al).median, 'train': static_null_residual(tr).median, 'test': static_null_residual(te).median},
+           'wells': [{'layer': w.layer, 'r2': w.r2, 'r2_binned': w.r2_binned, 'r_median': w.r_median, 'used': w.well is not None} for w in wells],
+           'E1': e1, 'gamma_star': g_star,
+           'E2': [{'eta': e, 'median': first_order_residual(al, wells, e, m_all).median} for e in etas],
+           'E3': form_comparison(al, al, g_star, mass=m_all),
+           'E4': helmholtz_fit(tr, te, wells_tr, gamma_e45, k, m_bar),
+           'E5': gauge_fit(tr, te, wells_tr, gamma_e45, k, m_bar), 'gamma_e45': gamma_e45, 'k': k}
+    if out is not None: _write_retrofit(res, Path(out))
+    return res
+
+# %%
+#| export
+def plot_menu(res:dict, ax=None):
+    "E1's median layer-L residual against γ, with the static null and the E4/E5 TEST medians for reference."
+    import matplotlib.pyplot as plt, seaborn as sns, pandas as pd
+    if ax is None: _, ax = plt.subplots(figsize=(6.5, 3.6))
+    df = pd.DataFrame(res['E1']); df['γ'] = df['gamma'].clip(lower=1e-3)
+    sns.lineplot(data=df, x='γ', y='median', marker='o', ax=ax, label='E1: damped flow in the per-layer wells')
+    ax.axhline(res['null']['all'], color='k', ls='--', lw=1, label=f"static null {res['null']['all']:.4f}")
+    ax.set_xscale('log'); ax.set_yscale('log'); ax.set_xlabel('γ (0 drawn at 1e-3)'); ax.set_ylabel('median ρ_L')
+    ax.set_title(f"{res['model']}: conservative retro-fit"); ax.legend(fontsize=7)
+    return ax
+
+def _write_retrofit(res:dict, out:Path):
+    import json, matplotlib.pyplot as plt
+    from semsim.core import atomic_write_text
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out/'retrofit.json', json.dumps(res, indent=1, default=float))
+    ax = plot_menu(res); ax.figure.tight_layout(); ax.figure.savefig(out/'retrofit_menu.png', dpi=110); plt.close(ax.figure)
+
+# %% [markdown]
+# On a CI-sized random GPT-2 (2 blocks, the GPT-2 vocabulary) the whole menu runs in seconds and writes its files:
+
+# %%
+from semsim.trajectories import load_model, tiny_gpt2_config
+with tempfile.TemporaryDirectory() as d:
+    menu = retrofit_menu(load_model(tiny_gpt2_config(), seed=0), out=d, gammas=(0.0, 1.0, 5.0), etas=(0.1, 1.0), k=8, label='tiny GPT-2')
+    test_eq(sorted(p.name for p in Path(d).iterdir()), ['retrofit.json', 'retrofit_menu.png'])
+print({k_: menu[k_] for k_ in ('null', 'gamma_star', 'mass_rule')}, {c: round(r['test_median'], 4) for c, r in menu['E4'].items()})
+test_eq((menu['L'], menu['n_tokens'] > 1000, set(menu['E5']), set(menu['E3'])),
+        (2, True, set(GAUGE_CONFIGS), set(WELLS) | {'aic-per-layer'}))

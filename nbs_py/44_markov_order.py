@@ -1,0 +1,190 @@
+# %% [markdown]
+# # The Markov-order test
+#
+# > Are a model's last-layer token trajectories second-order (does $h_{t-1}$ help predict $h_{t+1}$ beyond $h_t$)? A pre-registered, leave-one-sentence-out kernel-ridge test; for GPT-2 the answer is no (decision C: first order not rejected).
+
+# %%
+#| default_exp markov_order
+
+# %% [markdown]
+# A Lagrangian with inertia is a second-order law: the next state depends on the current state *and* velocity, i.e.
+# on two past states. The reference's test (semsimula-paper@eb95852: `notebooks/dynamics_order_test/`) asks whether
+# the last-layer token trajectory $h_0, \dots, h_{T-1}$ of a model needs that. From every quadruple
+# $(h_{t-2}, h_{t-1}, h_t, h_{t+1})$ it fits, for order $k$,
+#
+# $$R_k = \mathbb E\,\lVert h_{t+1} - \hat F_k(h_t, \dots, h_{t-k+1})\rVert^2,$$
+#
+# with $\hat F_k$ an RBF kernel ridge regression whose $\alpha$ and $\gamma$ are chosen by an inner cross-validation, in a PCA
+# basis of $p = 50$ components fitted on the training fold, leave-one-sentence-out. The statistic is
+# $\rho_{12} = \bar R_1/\bar R_2$, with a two-sided Wilcoxon signed-rank test on the paired per-quadruple residuals and a
+# sentence-cluster bootstrap (10,000 resamples) of $\bar R_1 - \bar R_2$. The pre-registered rule rejects first order
+# when $\rho_{12} \ge 1.20$ and $p < 10^{-3}$.
+#
+# | symbol | meaning | code |
+# |---|---|---|
+# | $h_t$ | last-layer state of token $t$ (the `hidden_states` entry `layer`, default the last) | `h`, (T, d) |
+# | $p$ | PCA components, fitted on the training fold | `p` |
+# | $R_k$ | per-quadruple squared error of order $k$, in PCA coordinates | `R1`, `R2` |
+# | $\rho_{12}$ | $\bar R_1 / \bar R_2$ | `rho12` |
+#
+# **Decision letters** (the reference names C; semsim states all three): **A**, first order rejected ($\rho_{12} \ge 1.20$
+# and $p < 10^{-3}$); **B**, second order helps significantly but below the pre-registered size ($p < 10^{-3}$ and
+# $1 < \rho_{12} < 1.20$); **C**, first order not rejected (anything else).
+
+# %%
+#| export
+from __future__ import annotations
+import json, math
+from dataclasses import dataclass, asdict
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+# %%
+#| hide
+from fastcore.test import test_eq, test_fail, test_close
+import tempfile
+import matplotlib.pyplot as plt
+import seaborn as sns
+import pandas as pd
+torch.set_num_threads(1)
+
+# %% [markdown]
+# ## Quadruples
+
+# %%
+#| export
+def _token_states(t, layer:int) -> np.ndarray:
+    "(T, d) float64 states at `layer` of a `Trajectory`, an (L+1, T, d) depth tensor or a (T, d) tensor."
+    s = getattr(t, 'depth', t)
+    s = s.detach().cpu().double() if isinstance(s, Tensor) else torch.as_tensor(np.asarray(s), dtype=torch.float64)
+    if s.dim() == 3: s = s[layer]
+    if s.dim() != 2: raise ValueError(f"a trajectory must be (T, d), (L+1, T, d) or a Trajectory, got shape {tuple(s.shape)}")
+    return s.numpy()
+
+def quadruples(trajs:Sequence, layer:int=-1) -> dict: # 'h3' (N, 3, d): h_{t-2}, h_{t-1}, h_t; 'y' (N, d): h_{t+1}; 'group' (N,)
+    "Every (h_{t-2}, h_{t-1}, h_t, h_{t+1}) of every sentence, t = 2..T-2, with the sentence index."
+    H, Y, G = [], [], []
+    for i, t in enumerate(trajs):
+        h = _token_states(t, layer)
+        for s in range(2, h.shape[0] - 1): H.append(h[s - 2:s + 1]); Y.append(h[s + 1]); G.append(i)
+    if len(set(G)) < 3: raise ValueError(f"the test needs quadruples from at least 3 sentences (T >= 4 each), got {len(set(G))}")
+    return {'h3': np.stack(H), 'y': np.stack(Y), 'group': np.array(G)}
+
+# %%
+q = quadruples([torch.arange(12.).view(6, 2), torch.arange(10.).view(5, 2), torch.zeros(4, 2)])
+test_eq((q['h3'].shape, q['y'].shape, q['group'].tolist()), ((6, 3, 2), (6, 2), [0, 0, 0, 1, 1, 2]))
+test_eq(q['h3'][0, :, 0].tolist() + [q['y'][0, 0]], [0., 2., 4., 6.])
+test_fail(lambda: quadruples([torch.zeros(5, 2)] * 2), contains='at least 3 sentences')
+
+# %% [markdown]
+# ## One fold: PCA on the training fold, kernel ridge with inner cross-validation
+#
+# scikit-learn does the work: `PCA` fitted on the training fold's states, `KernelRidge(kernel='rbf')` inside
+# `GridSearchCV` over $\alpha$ and $\gamma$ with a `GroupKFold` by sentence (so the inner folds, like the outer ones, never
+# split a sentence). The $\gamma$ grid is scaled by the data, $\gamma_0 = 1/(n_\text{features}\,\mathrm{Var}(X))$.
+
+# %%
+#| export
+ALPHAS = (1e-3, 1e-2, 1e-1, 1.0)   # kernel-ridge α grid
+GAMMA_SCALES = (0.1, 1.0, 10.0)     # γ grid, in units of 1/(n_features · Var X)
+
+def _fit_predict(Xtr:np.ndarray, ytr:np.ndarray, gtr:np.ndarray, Xte:np.ndarray, inner:int, alphas, gscales) -> np.ndarray:
+    "RBF kernel ridge with α, γ chosen by grouped inner cross-validation; predictions for Xte."
+    from sklearn.kernel_ridge import KernelRidge
+    from sklearn.model_selection import GridSearchCV, GroupKFold
+    g0 = 1.0 / (Xtr.shape[1] * max(Xtr.var(), 1e-300))
+    cv = GroupKFold(n_splits=min(inner, len(np.unique(gtr))))
+    gs = GridSearchCV(KernelRidge(kernel='rbf'), {'alpha': list(alphas), 'gamma': [g0 * s for s in gscales]},
+                      cv=cv, scoring='neg_mean_squared_error')
+    gs.fit(Xtr, ytr, groups=gtr)
+    return gs.predict(Xte)
+
+def fold_residuals(q:dict, test_group:int, p:int=50, inner:int=3, alphas=ALPHAS, gscales=GAMMA_SCALES) -> tuple:
+    "(R1, R2) of the held-out sentence's quadruples: squared errors of the order-1 and order-2 fits in the fold's PCA basis."
+    from sklearn.decomposition import PCA
+    te, tr = q['group'] == test_group, q['group'] != test_group
+    N, _, d = q['h3'].shape
+    pca = PCA(n_components=min(p, d, int(tr.sum()))).fit(q['h3'][tr].reshape(-1, d))
+    Z = pca.transform(q['h3'].reshape(-1, d)).reshape(N, 3, -1); Y = pca.transform(q['y'])
+    out = []
+    for k in (1, 2):
+        X = Z[:, 3 - k:][:, ::-1].reshape(N, -1)                      # (h_t, ..., h_{t-k+1})
+        pred = _fit_predict(X[tr], Y[tr], q['group'][tr], X[te], inner, alphas, gscales)
+        out.append(((Y[te] - pred) ** 2).sum(1))
+    return tuple(out)
+
+# %% [markdown]
+# ## The test
+
+# %%
+#| export
+@dataclass
+class MarkovOrderResult:
+    "Leave-one-sentence-out comparison of first- and second-order predictors of h_{t+1}."
+    R1: float                   # mean order-1 squared error R̄₁
+    R2: float                   # mean order-2 squared error R̄₂
+    rho12: float                # R̄₁ / R̄₂
+    p12: float                  # two-sided Wilcoxon signed-rank p of the paired residuals
+    ci_diff: tuple              # 95 % sentence-cluster bootstrap interval of R̄₁ − R̄₂
+    decision: str               # 'A' (first order rejected), 'B' (significant, below the effect size), 'C' (not rejected)
+    n_quadruples: int           # quadruples scored
+    n_sentences: int            # folds
+    p: int                      # PCA components
+    def to_dict(self) -> dict: return asdict(self)
+    def __repr__(self):
+        return (f"MarkovOrderResult(ρ12 {self.rho12:.4f}, p {self.p12:.2g}, R̄1 {self.R1:.4g}, R̄2 {self.R2:.4g}, "
+                f"CI(R̄1−R̄2) [{self.ci_diff[0]:.4g}, {self.ci_diff[1]:.4g}], decision {self.decision})")
+
+def decide(rho12:float, p12:float, rho_min:float=1.20, alpha:float=1e-3) -> str:
+    "The decision letter: A if ρ12 ≥ rho_min and p < alpha; B if p < alpha and 1 < ρ12 < rho_min; else C."
+    if p12 < alpha and rho12 >= rho_min: return 'A'
+    if p12 < alpha and rho12 > 1: return 'B'
+    return 'C'
+
+def cluster_bootstrap(d:np.ndarray, groups:np.ndarray, n_boot:int=10_000, seed:int=0) -> tuple:
+    "95 % interval of mean(d) from resampling whole sentences (clusters) with replacement."
+    rng = np.random.default_rng(seed); ids = np.unique(groups)
+    sums = np.array([d[groups == g].sum() for g in ids]); cnts = np.array([(groups == g).sum() for g in ids])
+    pick = rng.integers(0, len(ids), (n_boot, len(ids)))
+    means = sums[pick].sum(1) / cnts[pick].sum(1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+def markov_order_test(trajs:Sequence, # `Trajectory` objects or (L+1, T, d) / (T, d) tensors, one per sentence
+                      layer:int=-1, p:int=50, inner:int=3, n_boot:int=10_000, seed:int=0,
+                      alphas=ALPHAS, gscales=GAMMA_SCALES) -> MarkovOrderResult:
+    "The Markov-order test: leave-one-sentence-out R1 vs R2, ρ12, Wilcoxon, cluster bootstrap and the decision."
+    from scipy.stats import wilcoxon
+    q = quadruples(trajs, layer)
+    R1, R2, G = [], [], []
+    for g in np.unique(q['group']):
+        r1, r2 = fold_residuals(q, g, p, inner, alphas, gscales)
+        R1.append(r1); R2.append(r2); G.append(np.full(len(r1), g))
+    R1, R2, G = np.concatenate(R1), np.concatenate(R2), np.concatenate(G)
+    rho = float(R1.mean() / R2.mean()); pv = float(wilcoxon(R1, R2, alternative='two-sided').pvalue)
+    return MarkovOrderResult(float(R1.mean()), float(R2.mean()), rho, pv, cluster_bootstrap(R1 - R2, G, n_boot, seed),
+                             decide(rho, pv), len(R1), len(np.unique(G)), min(p, q['h3'].shape[-1]))
+
+# %% [markdown]
+# A planted second-order process (a noisy damped oscillator, $h_{t+1} = 2\cos\omega\, h_t - 0.95\, h_{t-1} + \varepsilon$,
+# whose next state is not determined by the current one) is rejected; a planted first-order process
+# ($h_{t+1} = 0.8\tanh(A h_t) + \varepsilon$) is not:
+
+# %%
+def planted_tokens(order, n_sent=12, T=25, d=3, seed=0):
+    g = np.random.default_rng(seed); A = np.random.default_rng(1).normal(size=(d, d)); out = []
+    for _ in range(n_sent):
+        h = [g.normal(size=d), g.normal(size=d)]
+        for _ in range(T - 2):
+            nxt = (2 * np.cos(0.5) * h[-1] - 0.95 * h[-2]) if order == 2 else 0.8 * np.tanh(A @ h[-1])
+            h.append(nxt + 0.05 * g.normal(size=d))
+        out.append(torch.tensor(np.array(h)))
+    return out
+mo = {k: markov_order_test(planted_tokens(k), n_boot=2000) for k in (1, 2)}
+for k, r in mo.items(): print(f'order-{k} process:', r)
+test_eq((mo[2].decision, mo[1].decision), ('A', 'C'))
+assert mo[2].rho12 > 2 and mo[2].ci_diff[0] > 0
+test_eq([decide(1.3, 1e-4), decide(1.1, 1e-4), decide(1.3, 0.01), decide(0.98, 1e-6)], ['A', 'B', 'C', 'C'])
