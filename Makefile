@@ -32,6 +32,7 @@ help:
 	@echo "make lab    — JupyterLab on the chapters (either form opens; saving writes both)"
 	@echo "make bench  — run the benchmarks in bench/"
 	@echo "make results-separator — train the separator chapter's three models and rewrite results/separator-shakespeare-cpu.json"
+	@echo "make results-menu — the retro-fit menu and the Markov-order test on those models (results/retrofit-*.json, markov-order-*.json)"
 	@echo "make results-shakespeare-cpu — retrain the recorded CPU comparison (about 51 min) and rewrite results/shakespeare-cpu.json"
 
 $(PY):
@@ -140,3 +141,7 @@ results-separator: $(STAMP)
 	  $(PY) -m semsim.train --preset demo --model $$m --set L=8 --set compact_vocab=false --max-steps 1000 $$x \
 	  --out runs/separator/$$m --no-progress & done; wait
 	$(PY) tools/separator_study.py runs/separator --capacity-steps 1000
+
+# The retro-fit menu and the Markov-order test on the separator chapter's three models (about 10 min on 2 cores).
+results-menu: $(STAMP)
+	$(PY) tools/menu_study.py runs/separator

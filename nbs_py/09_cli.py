@@ -238,10 +238,14 @@ def run_demo(args) -> int:
 # on the reference's 40/10 split of the corpus and writes `DIR/separator.json` and `separator_profile.png`; for a
 # semsim SPLM it adds the oracle fit. `M` may also be a semsim run folder (`semsim train --out`), opened with its own
 # vocabulary.
+#
+# `semsim analyze retrofit ...` runs the conservative retro-fit menu E1–E5 (chapter *The conservative retro-fit menu*)
+# and writes `retrofit.json` and `retrofit_menu.png`; `semsim analyze markov-order ...` runs the Markov-order test
+# (chapter *The Markov-order test*) and writes `markov_order.json` and `markov_order.png`.
 
 # %%
 #| export
-ANALYSES = ('stp', 'separator')  # the analyses `semsim analyze` knows
+ANALYSES = ('stp', 'separator', 'retrofit', 'markov-order')  # the analyses `semsim analyze` knows
 
 def _add_analyze_args(p):
     p.add_argument('analysis', choices=ANALYSES, help='which analysis to run')
@@ -258,6 +262,12 @@ def _add_analyze_args(p):
     p.add_argument('--max-length', type=int, default=None, help='truncation, in tokens (default: 256 for stp, 64 for separator)')
     p.add_argument('--device', default='cpu', help="'cpu', 'cuda', ...")
     p.add_argument('--dtype', default='float32', help='float32, float16 or bfloat16')
+    _add_analysis_options(p)
+
+# %%
+#| export
+def _add_analysis_options(p):
+    "Options of the separator, retro-fit and Markov-order analyses."
     g = p.add_argument_group('separator')
     g.add_argument('--axis', choices=['depth', 'token'], default='depth', help='separator: layer index (depth) or token index (token) as time')
     g.add_argument('--steps', type=int, default=4000, help='separator: AdamW steps of the V_psi fit')
@@ -265,6 +275,11 @@ def _add_analyze_args(p):
     g.add_argument('--depth', type=int, default=2, help='separator: V_psi hidden layers')
     g.add_argument('--capacity-sweep', action='store_true', help='separator: also the six-size V_psi capacity sweep (3000 steps each)')
     g.add_argument('--jacobian', action='store_true', help='separator: also the velocity-aware Jacobian-symmetry test at PCA-16')
+    g = p.add_argument_group('retrofit and markov-order')
+    g.add_argument('--mass', choices=['auto', 'attention', 'model', 'one'], default='auto',
+                   help="retrofit: per-token mass (auto: an SPLM's own, else attention received, else 1)")
+    g.add_argument('--n-boot', type=int, default=10_000, help='markov-order: sentence-cluster bootstrap resamples')
+    g.add_argument('--pca', type=int, default=50, help='markov-order: PCA components p')
 
 def _analysis_model(name:str, tokenizer:str):
     "(model or name, tokenizer): a semsim run folder is opened with its own vocabulary; anything else is left to load_model."
@@ -293,13 +308,36 @@ def _run_separator(args) -> int:
 
 # %%
 #| export
-@command('analyze', 'Trajectory analyses of a model: `semsim analyze stp|separator --model M --corpus FILE --out DIR`.', _add_analyze_args)
+def _run_retrofit(args) -> int:
+    from semsim.retrofit import retrofit_menu
+    model, tok = _analysis_model(args.model, args.tokenizer)
+    r = retrofit_menu(model, args.corpus, args.out, tokenizer=tok, max_length=args.max_length or 64, mass=args.mass, label=args.model)
+    best = min(r['E1'], key=lambda x: x['median'])
+    print(f"{args.model}: static null {r['null']['all']:.4f} (TEST {r['null']['test']:.4f}); E1 best γ {best['gamma']:g} -> {best['median']:.4f}; "
+          f"E4 TEST gaussian/skew/full {r['E4']['gaussian']['test_median']:.4f}/{r['E4']['skew']['test_median']:.4f}/{r['E4']['full']['test_median']:.4f}; "
+          f"mass {r['mass_rule']}")
+    print(f"wrote {args.out}/retrofit.json and retrofit_menu.png")
+    return 0
+
+def _run_markov(args) -> int:
+    from semsim.markov_order import analyze_markov_order
+    model, tok = _analysis_model(args.model, args.tokenizer)
+    r = analyze_markov_order(model, args.corpus, args.out, tokenizer=tok, layer=args.layer, max_length=args.max_length or 64,
+                             p=args.pca, n_boot=args.n_boot, label=args.model)
+    print(f"{args.model}: R1 {r['R1']:.4g}, R2 {r['R2']:.4g}, ρ12 {r['rho12']:.4f}, p {r['p12']:.3g}, "
+          f"95% CI of R1-R2 [{r['ci_diff'][0]:.4g}, {r['ci_diff'][1]:.4g}] -> decision {r['decision']}")
+    print(f"wrote {args.out}/markov_order.json and markov_order.png")
+    return 0
+
+# %%
+#| export
+@command('analyze', 'Trajectory analyses of a model: `semsim analyze stp|separator|retrofit|markov-order --model M --corpus FILE --out DIR`.', _add_analyze_args)
 def run_analyze(args) -> int:
     import matplotlib
     if 'matplotlib.pyplot' not in sys.modules: matplotlib.use('Agg')  # files only: no display needed
     import transformers
     transformers.logging.disable_progress_bar()  # keep stderr for errors: one line each
-    if args.analysis == 'separator': return _run_separator(args)
+    if args.analysis != 'stp': return {'separator': _run_separator, 'retrofit': _run_retrofit, 'markov-order': _run_markov}[args.analysis](args)
     from semsim.stp import analyze_stp
     st = analyze_stp(args.model, args.corpus, args.out, tokenizer=args.tokenizer, layer=args.layer, which=args.states,
                      n_perm=args.n_perm, seed=args.seed, n_random=args.n_random, max_length=args.max_length or 256,

@@ -31,6 +31,7 @@
 from __future__ import annotations
 import math
 from dataclasses import dataclass, field, asdict
+from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -128,6 +129,8 @@ def static_null_residual(hs:Sequence) -> Residuals: # trajectories, each (L+1, T
     "The floor: x̂_ℓ = x_0 for every ℓ."
     return rollout_residuals(hs, static=True)
 
+# %%
+#| export
 def _layer_wells(well, L:int) -> list:
     "One well (or None) per layer from a well, a per-layer list, or None."
     if well is None or isinstance(well, Well): return [well] * L
@@ -217,6 +220,8 @@ def binned_r2(fit, r:np.ndarray, E:np.ndarray, bins:int=15) -> float:
     pred = fit.predict(rb); tss = ((Eb - Eb.mean()) ** 2).sum()
     return float(1 - ((Eb - pred) ** 2).sum() / tss) if tss > 0 else math.nan
 
+# %%
+#| export
 def fit_layer_wells(trajs:Sequence, # `Trajectory` objects (depth axis and per-token loss)
                     form='gaussian', # a name in WELLS
                     gate:float=0.05, # minimum raw R² for a layer to get a force
@@ -597,3 +602,52 @@ with tempfile.TemporaryDirectory() as d:
 print({k_: menu[k_] for k_ in ('null', 'gamma_star', 'mass_rule')}, {c: round(r['test_median'], 4) for c, r in menu['E4'].items()})
 test_eq((menu['L'], menu['n_tokens'] > 1000, set(menu['E5']), set(menu['E3'])),
         (2, True, set(GAUGE_CONFIGS), set(WELLS) | {'aic-per-layer'}))
+
+# %% [markdown]
+# ## Measured: the menu on semsim's Tiny Shakespeare models
+#
+# The separator chapter's three models (`make results-separator`: the `demo` recipe at L = 8, d 64, 1000 steps,
+# the full GPT-2 vocabulary), with `make results-menu` (`tools/menu_study.py`), which writes
+# `results/retrofit-shakespeare-cpu.json`. MatchedGPT is a trained attention decoder like GPT-2 (its mass is 1: it
+# returns no attentions); the two SPLMs use their own per-token masses. Beside them, the reference's GPT-2 small.
+
+# %%
+RESULTS = next(p/'results' for p in (Path.cwd(), *Path.cwd().parents) if (p/'results').is_dir())
+menu_rec = json.loads((RESULTS/'retrofit-shakespeare-cpu.json').read_text())
+MM = menu_rec['models']
+NAMES = {'splm-vanilla': 'SPLM fixed-ξ (vanilla)', 'splm-em-ln': 'SPLM em_ln, γ 0.10', 'matched-gpt': 'MatchedGPT'}
+REF_GPT2 = {'null (all)': 0.1773, 'null TEST': 0.1796, 'E1 best': 0.1768, 'γ*': 5.0, 'E2 (any η)': 0.1773, 'E3 (all forms)': 0.1768,
+            'E4 Gaussian TEST': 0.1774, 'E4 + Ω TEST': 0.1882, 'E4 + full M TEST': 0.2890, 'E5 best TEST': 0.1773, 'E5 best s*': 0.05}
+def summary(r):
+    e1 = min(r['E1'], key=lambda x: x['median']); e5 = min(r['E5'].values(), key=lambda x: x['test_median'])
+    return {'null (all)': r['null']['all'], 'null TEST': r['null']['test'], 'E1 best': e1['median'], 'γ*': e1['gamma'],
+            'E2 (any η)': min(x['median'] for x in r['E2']), 'E3 (all forms)': min(x['median'] for x in r['E3'].values()),
+            'E4 Gaussian TEST': r['E4']['gaussian']['test_median'], 'E4 + Ω TEST': r['E4']['skew']['test_median'],
+            'E4 + full M TEST': r['E4']['full']['test_median'], 'E5 best TEST': e5['test_median'], 'E5 best s*': e5['s_star']}
+table = pd.DataFrame({**{NAMES[m]: summary(r) for m, r in MM.items()}, 'GPT-2 small (reference)': REF_GPT2})
+table.round(4)
+
+# %%
+fig, ax = plt.subplots(figsize=(6.8, 3.8))
+for i, (m, r) in enumerate(MM.items()):
+    df = pd.DataFrame(r['E1']); df['γ'] = df['gamma'].clip(lower=1e-3); df['ratio'] = df['median'] / r['null']['all']
+    sns.lineplot(data=df, x='γ', y='ratio', marker='o', ax=ax, label=NAMES[m], color=f'C{i}')
+ref = pd.DataFrame({'γ': [1e-3, 0.5, 1, 2, 5, 10, 50], 'r': [1.4414, 0.2910, 0.2064, 0.1820, 0.1768, 0.1769, 0.1771]})
+ax.plot(ref['γ'], ref['r'] / 0.1773, 'k:', marker='x', lw=1, label='GPT-2 small (reference)')
+ax.axhline(1, color='grey', ls='--', lw=1); ax.set_xscale('log'); ax.set_yscale('log')
+ax.set_xlabel('γ (0 drawn at 1e-3)'); ax.set_ylabel('median ρ_L / static null'); ax.set_title('E1: a damped flow in the fitted wells vs "nothing moves"')
+ax.legend(fontsize=7); fig.tight_layout(); plt.show()
+
+# %% [markdown]
+# ### GPT-2 and Pythia
+#
+# They need the Hub. With the internet, the reference's rows come from the same function, the models loaded with
+# eager attention so that the attention-received mass is available (the JSON lands in `results/`):
+
+# %%
+#| eval: false
+from transformers import AutoModelForCausalLM
+for hub in ('gpt2', 'EleutherAI/pythia-160m'):
+    lm = AutoModelForCausalLM.from_pretrained(hub, attn_implementation='eager').eval()
+    r = retrofit_menu(lm, mass='attention', out=f"results/retrofit-{hub.split('/')[-1]}", label=hub)
+    print(hub, summary(r))

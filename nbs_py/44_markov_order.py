@@ -35,7 +35,7 @@
 #| export
 from __future__ import annotations
 import json, math
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -134,7 +134,8 @@ class MarkovOrderResult:
     n_quadruples: int           # quadruples scored
     n_sentences: int            # folds
     p: int                      # PCA components
-    def to_dict(self) -> dict: return asdict(self)
+    pairs: tuple = field(default=(), repr=False)  # (R1, R2, sentence) per quadruple, arrays (not in to_dict)
+    def to_dict(self) -> dict: return {k: v for k, v in asdict(self).items() if k != 'pairs'}
     def __repr__(self):
         return (f"MarkovOrderResult(ρ12 {self.rho12:.4f}, p {self.p12:.2g}, R̄1 {self.R1:.4g}, R̄2 {self.R2:.4g}, "
                 f"CI(R̄1−R̄2) [{self.ci_diff[0]:.4g}, {self.ci_diff[1]:.4g}], decision {self.decision})")
@@ -153,6 +154,8 @@ def cluster_bootstrap(d:np.ndarray, groups:np.ndarray, n_boot:int=10_000, seed:i
     means = sums[pick].sum(1) / cnts[pick].sum(1)
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
+# %%
+#| export
 def markov_order_test(trajs:Sequence, # `Trajectory` objects or (L+1, T, d) / (T, d) tensors, one per sentence
                       layer:int=-1, p:int=50, inner:int=3, n_boot:int=10_000, seed:int=0,
                       alphas=ALPHAS, gscales=GAMMA_SCALES) -> MarkovOrderResult:
@@ -166,7 +169,7 @@ def markov_order_test(trajs:Sequence, # `Trajectory` objects or (L+1, T, d) / (T
     R1, R2, G = np.concatenate(R1), np.concatenate(R2), np.concatenate(G)
     rho = float(R1.mean() / R2.mean()); pv = float(wilcoxon(R1, R2, alternative='two-sided').pvalue)
     return MarkovOrderResult(float(R1.mean()), float(R2.mean()), rho, pv, cluster_bootstrap(R1 - R2, G, n_boot, seed),
-                             decide(rho, pv), len(R1), len(np.unique(G)), min(p, q['h3'].shape[-1]))
+                             decide(rho, pv), len(R1), len(np.unique(G)), min(p, q['h3'].shape[-1]), (R1, R2, G))
 
 # %% [markdown]
 # A planted second-order process (a noisy damped oscillator, $h_{t+1} = 2\cos\omega\, h_t - 0.95\, h_{t-1} + \varepsilon$,
@@ -188,3 +191,82 @@ for k, r in mo.items(): print(f'order-{k} process:', r)
 test_eq((mo[2].decision, mo[1].decision), ('A', 'C'))
 assert mo[2].rho12 > 2 and mo[2].ci_diff[0] > 0
 test_eq([decide(1.3, 1e-4), decide(1.1, 1e-4), decide(1.3, 0.01), decide(0.98, 1e-6)], ['A', 'B', 'C', 'C'])
+
+# %% [markdown]
+# ## On a model
+#
+# `analyze_markov_order` reads the last-layer trajectories of all 50 sentences (`max_length` 64) and runs the test,
+# leave-one-sentence-out over the 50 folds; given `out` it writes `markov_order.json` and a figure of the paired
+# residuals.
+
+# %%
+#| export
+def plot_residual_pairs(R1:np.ndarray, R2:np.ndarray, ax=None, title:str=''):
+    "Per-quadruple order-1 vs order-2 squared errors (log-log), the diagonal marking 'no difference'."
+    import matplotlib.pyplot as plt, seaborn as sns
+    if ax is None: _, ax = plt.subplots(figsize=(4.2, 4))
+    sns.scatterplot(x=R2, y=R1, s=8, alpha=0.5, ax=ax, edgecolor=None)
+    lo, hi = min(R1.min(), R2.min()), max(R1.max(), R2.max())
+    ax.plot([lo, hi], [lo, hi], 'k--', lw=1); ax.set_xscale('log'); ax.set_yscale('log')
+    ax.set_xlabel('R₂ (order 2)'); ax.set_ylabel('R₁ (order 1)'); ax.set_title(title, fontsize=9)
+    return ax
+
+def analyze_markov_order(model, corpus=None, out=None, tokenizer=None, layer:int=-1, max_length:int=64, p:int=50,
+                         n_boot:int=10_000, seed:int=0, label:Optional[str]=None) -> dict:
+    "The Markov-order test on a model's last-layer trajectories of the corpus, as a JSON-ready dict."
+    from semsim.trajectories import load_model, load_stp_corpus, corpus_trajectories, model_label
+    c = load_stp_corpus(corpus)
+    name = label or (str(model) if isinstance(model, (str, Path)) else model_label(model))
+    m = load_model(model) if not isinstance(model, torch.nn.Module) else model
+    trajs = corpus_trajectories(m, c, tokenizer=tokenizer, max_length=max_length)
+    r = markov_order_test(trajs, layer, p, n_boot=n_boot, seed=seed)
+    res = {'model': name, 'layer': layer, 'n_sentences': len(trajs), **r.to_dict()}
+    if out is not None:
+        import matplotlib.pyplot as plt
+        from semsim.core import atomic_write_text
+        out = Path(out); out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out/'markov_order.json', json.dumps(res, indent=1))
+        ax = plot_residual_pairs(r.pairs[0], r.pairs[1], title=f"{name}: ρ12 {r.rho12:.3f}, decision {r.decision}")
+        ax.figure.tight_layout(); ax.figure.savefig(out/'markov_order.png', dpi=110); plt.close(ax.figure)
+    return res
+
+# %% [markdown]
+# On the CI-sized random GPT-2 and 12 of the corpus's sentences (4 from each of 3 domains; the full test has 50
+# folds and takes minutes):
+
+# %%
+from semsim.trajectories import load_model, tiny_gpt2_config, load_stp_corpus
+small = {dom: s[:4] for dom, s in list(load_stp_corpus().items())[:3]}
+with tempfile.TemporaryDirectory() as d:
+    res = analyze_markov_order(load_model(tiny_gpt2_config(), seed=0), small, out=d, n_boot=500, p=10)
+    test_eq(sorted(x.name for x in Path(d).iterdir()), ['markov_order.json', 'markov_order.png'])
+print({k: res[k] for k in ('rho12', 'p12', 'decision', 'n_quadruples', 'n_sentences')})
+test_eq((res['n_sentences'], res['decision'] in 'ABC', 'pairs' in res), (12, True, False))
+
+# %% [markdown]
+# ## Measured: semsim's Tiny Shakespeare models
+#
+# The separator chapter's three models, with `make results-menu` (`tools/menu_study.py`), which writes
+# `results/markov-order-shakespeare-cpu.json`; beside them the reference's GPT-2 and Pythia rows.
+
+# %%
+RESULTS = next(p/'results' for p in (Path.cwd(), *Path.cwd().parents) if (p/'results').is_dir())
+mo_rec = json.loads((RESULTS/'markov-order-shakespeare-cpu.json').read_text())
+NAMES = {'splm-vanilla': 'SPLM fixed-ξ (vanilla)', 'splm-em-ln': 'SPLM em_ln, γ 0.10', 'matched-gpt': 'MatchedGPT'}
+rows = [{'model': NAMES[m], 'R̄1': r['R1'], 'R̄2': r['R2'], 'ρ12': r['rho12'], 'p12': r['p12'],
+         '95% CI of R̄1−R̄2': f"[{r['ci_diff'][0]:.4g}, {r['ci_diff'][1]:.4g}]", 'decision': r['decision'], 'quadruples': r['n_quadruples']}
+        for m, r in mo_rec['models'].items()]
+rows += [{'model': 'GPT-2 (reference)', 'R̄1': 2799.24, 'R̄2': 2860.15, 'ρ12': 0.9787, 'p12': 0.124, '95% CI of R̄1−R̄2': '[−123.1, −0.56]', 'decision': 'C'},
+         {'model': 'Pythia-160M (reference)', 'R̄1': 282.16, 'R̄2': 286.44, 'ρ12': 0.9850, 'p12': 7.9e-7, 'decision': 'C'}]
+pd.DataFrame(rows).set_index('model').astype(object).fillna('')
+
+# %% [markdown]
+# ### GPT-2 and Pythia
+#
+# With the internet, the reference's rows are one command each:
+
+# %%
+#| eval: false
+import subprocess
+for hub in ('gpt2', 'EleutherAI/pythia-160m'):
+    subprocess.run(['semsim', 'analyze', 'markov-order', '--model', hub, '--out', f"results/markov-order-{hub.split('/')[-1]}"], check=True)

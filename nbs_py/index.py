@@ -52,6 +52,8 @@
 # | `semsim.train_config`, `semsim.runs`, `semsim.train`, `semsim.streaming`, `semsim.flops` | typed run configs and presets; checkpoints and logs that survive a kill; one trainer from laptop to GPU; O(1)-per-token decoding behind `generate()`; FLOP counts | [Configuration](30_config.html), [Runs](30_runs.html), [Training](30_train.html), [Streaming](31_streaming.html) |
 # | `semsim.trajectories`, `semsim.stp` | hidden-state trajectories of any causal LM; the STP–acceleration identity and statistics | [STP](41_stp.html) |
 # | `semsim.separator` | the shared-potential separator (one V_ψ for all layers), its oracle, capacity sweep, token axis and Jacobian-symmetry test | [Separator](42_separator.html) |
+# | `semsim.retrofit` | the conservative retro-fit menu E1–E5: wells, damping, first-order flow, curl and gauge terms against the static null | [Retro-fit menu](43_retrofit.html) |
+# | `semsim.markov_order` | the Markov-order test of last-layer token trajectories (kernel ridge, leave-one-sentence-out, decision letter) | [Markov order](44_markov_order.html) |
 #
 # From the command line:
 #

@@ -5,7 +5,7 @@
 # %% ../nbs/44_markov_order.ipynb #290df3d3
 from __future__ import annotations
 import json, math
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -15,7 +15,7 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['ALPHAS', 'GAMMA_SCALES', 'quadruples', 'fold_residuals', 'MarkovOrderResult', 'decide', 'cluster_bootstrap',
-           'markov_order_test']
+           'markov_order_test', 'plot_residual_pairs', 'analyze_markov_order']
 
 # %% ../nbs/44_markov_order.ipynb #caed3bc9
 def _token_states(t, layer:int) -> np.ndarray:
@@ -77,7 +77,8 @@ class MarkovOrderResult:
     n_quadruples: int           # quadruples scored
     n_sentences: int            # folds
     p: int                      # PCA components
-    def to_dict(self) -> dict: return asdict(self)
+    pairs: tuple = field(default=(), repr=False)  # (R1, R2, sentence) per quadruple, arrays (not in to_dict)
+    def to_dict(self) -> dict: return {k: v for k, v in asdict(self).items() if k != 'pairs'}
     def __repr__(self):
         return (f"MarkovOrderResult(ρ12 {self.rho12:.4f}, p {self.p12:.2g}, R̄1 {self.R1:.4g}, R̄2 {self.R2:.4g}, "
                 f"CI(R̄1−R̄2) [{self.ci_diff[0]:.4g}, {self.ci_diff[1]:.4g}], decision {self.decision})")
@@ -96,6 +97,7 @@ def cluster_bootstrap(d:np.ndarray, groups:np.ndarray, n_boot:int=10_000, seed:i
     means = sums[pick].sum(1) / cnts[pick].sum(1)
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
+# %% ../nbs/44_markov_order.ipynb #93358bf6
 def markov_order_test(trajs:Sequence, # `Trajectory` objects or (L+1, T, d) / (T, d) tensors, one per sentence
                       layer:int=-1, p:int=50, inner:int=3, n_boot:int=10_000, seed:int=0,
                       alphas=ALPHAS, gscales=GAMMA_SCALES) -> MarkovOrderResult:
@@ -109,4 +111,34 @@ def markov_order_test(trajs:Sequence, # `Trajectory` objects or (L+1, T, d) / (T
     R1, R2, G = np.concatenate(R1), np.concatenate(R2), np.concatenate(G)
     rho = float(R1.mean() / R2.mean()); pv = float(wilcoxon(R1, R2, alternative='two-sided').pvalue)
     return MarkovOrderResult(float(R1.mean()), float(R2.mean()), rho, pv, cluster_bootstrap(R1 - R2, G, n_boot, seed),
-                             decide(rho, pv), len(R1), len(np.unique(G)), min(p, q['h3'].shape[-1]))
+                             decide(rho, pv), len(R1), len(np.unique(G)), min(p, q['h3'].shape[-1]), (R1, R2, G))
+
+# %% ../nbs/44_markov_order.ipynb #cc0d3582
+def plot_residual_pairs(R1:np.ndarray, R2:np.ndarray, ax=None, title:str=''):
+    "Per-quadruple order-1 vs order-2 squared errors (log-log), the diagonal marking 'no difference'."
+    import matplotlib.pyplot as plt, seaborn as sns
+    if ax is None: _, ax = plt.subplots(figsize=(4.2, 4))
+    sns.scatterplot(x=R2, y=R1, s=8, alpha=0.5, ax=ax, edgecolor=None)
+    lo, hi = min(R1.min(), R2.min()), max(R1.max(), R2.max())
+    ax.plot([lo, hi], [lo, hi], 'k--', lw=1); ax.set_xscale('log'); ax.set_yscale('log')
+    ax.set_xlabel('R₂ (order 2)'); ax.set_ylabel('R₁ (order 1)'); ax.set_title(title, fontsize=9)
+    return ax
+
+def analyze_markov_order(model, corpus=None, out=None, tokenizer=None, layer:int=-1, max_length:int=64, p:int=50,
+                         n_boot:int=10_000, seed:int=0, label:Optional[str]=None) -> dict:
+    "The Markov-order test on a model's last-layer trajectories of the corpus, as a JSON-ready dict."
+    from semsim.trajectories import load_model, load_stp_corpus, corpus_trajectories, model_label
+    c = load_stp_corpus(corpus)
+    name = label or (str(model) if isinstance(model, (str, Path)) else model_label(model))
+    m = load_model(model) if not isinstance(model, torch.nn.Module) else model
+    trajs = corpus_trajectories(m, c, tokenizer=tokenizer, max_length=max_length)
+    r = markov_order_test(trajs, layer, p, n_boot=n_boot, seed=seed)
+    res = {'model': name, 'layer': layer, 'n_sentences': len(trajs), **r.to_dict()}
+    if out is not None:
+        import matplotlib.pyplot as plt
+        from semsim.core import atomic_write_text
+        out = Path(out); out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out/'markov_order.json', json.dumps(res, indent=1))
+        ax = plot_residual_pairs(r.pairs[0], r.pairs[1], title=f"{name}: ρ12 {r.rho12:.3f}, decision {r.decision}")
+        ax.figure.tight_layout(); ax.figure.savefig(out/'markov_order.png', dpi=110); plt.close(ax.figure)
+    return res

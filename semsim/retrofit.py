@@ -6,6 +6,7 @@
 from __future__ import annotations
 import math
 from dataclasses import dataclass, field, asdict
+from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -86,6 +87,7 @@ def static_null_residual(hs:Sequence) -> Residuals: # trajectories, each (L+1, T
     "The floor: x̂_ℓ = x_0 for every ℓ."
     return rollout_residuals(hs, static=True)
 
+# %% ../nbs/43_retrofit.ipynb #a50a1458
 def _layer_wells(well, L:int) -> list:
     "One well (or None) per layer from a well, a per-layer list, or None."
     if well is None or isinstance(well, Well): return [well] * L
@@ -134,6 +136,7 @@ def binned_r2(fit, r:np.ndarray, E:np.ndarray, bins:int=15) -> float:
     pred = fit.predict(rb); tss = ((Eb - Eb.mean()) ** 2).sum()
     return float(1 - ((Eb - pred) ** 2).sum() / tss) if tss > 0 else math.nan
 
+# %% ../nbs/43_retrofit.ipynb #5ec62d6c
 def fit_layer_wells(trajs:Sequence, # `Trajectory` objects (depth axis and per-token loss)
                     form='gaussian', # a name in WELLS
                     gate:float=0.05, # minimum raw R² for a layer to get a force
