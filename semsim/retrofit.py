@@ -111,12 +111,13 @@ class LayerWell:
     "The well fitted at one layer, or None below the gate."
     layer: int                  # ℓ
     form: str                   # well form
-    well: Optional[Well]        # the fitted well (None: gated out or not converged)
+    well: Optional[Well]        # the well the rollout uses (None: gated out or not converged)
     r2: float                   # raw R² over tokens
     r2_binned: float            # R² on the 15 equal-count binned medians
     r_median: float             # median radius r = ‖x‖ of the data
     aic: float                  # the fit's AIC
     n: int                      # tokens
+    fitted: Optional[Well] = None  # the converged fit whether or not it passed the gate (for k(r) at the data)
 
 def _radii_losses(trajs:Sequence, layer:int) -> tuple:
     "(r, loss) over tokens 0..T-2 of every trajectory at `layer`."
@@ -147,7 +148,8 @@ def fit_layer_wells(trajs:Sequence, # `Trajectory` objects (depth axis and per-t
         r, E = _radii_losses(trajs, l)
         f = fit_well(r, E, form)
         ok = f.converged and f.r2 > gate
-        out.append(LayerWell(l, get_well(form).name, f.well if ok else None, f.r2, binned_r2(f, r, E, bins), float(np.median(r)), f.aic, len(r)))
+        out.append(LayerWell(l, get_well(form).name, f.well if ok else None, f.r2, binned_r2(f, r, E, bins), float(np.median(r)),
+                             f.aic, len(r), f.well if f.converged else None))
     return out
 
 # %% ../nbs/43_retrofit.ipynb #d84da492
@@ -184,7 +186,7 @@ def first_order_residual(hs:Sequence, layer_wells:Sequence, eta:float, mass=1.0)
 # %% ../nbs/43_retrofit.ipynb #566a1542
 def form_comparison(fit_trajs:Sequence, hs:Sequence, # trajectories to fit the wells on (with losses); to score
                     gamma:float, forms:Sequence[str]=tuple(WELLS), gate:float=0.05, mass=1.0) -> dict:
-    "E3: every well form per layer, plus the per-layer AIC choice; the residual of each and k(r) = V'(r)/r at the data's radii."
+    "E3: every well form per layer, plus the per-layer AIC choice; the residual of each and k(r) = V'(r)/r of each fit at the data's median radius."
     per_form = {f: fit_layer_wells(fit_trajs, f, gate) for f in forms}
     L = len(next(iter(per_form.values())))
     best = []
@@ -193,7 +195,7 @@ def form_comparison(fit_trajs:Sequence, hs:Sequence, # trajectories to fit the w
         best.append(min(cands, key=lambda lw: lw.aic) if cands else per_form[forms[0]][l])
     rows = {}
     for name, lws in [*per_form.items(), ('aic-per-layer', best)]:
-        k = [float(lw.well.stiffness(torch.tensor(lw.r_median, dtype=torch.float64))) if lw.well is not None else 0.0 for lw in lws]
+        k = [float(lw.fitted.stiffness(torch.tensor(lw.r_median, dtype=torch.float64))) if lw.fitted is not None else math.nan for lw in lws]
         rows[name] = {'median': well_rollout_residual(hs, _wells_of(lws), gamma, mass).median, 'stiffness_at_data': k,
                       'layers_with_force': sum(lw.well is not None for lw in lws),
                       'forms': [lw.form if lw.well is not None else None for lw in lws]}

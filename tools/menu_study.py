@@ -34,11 +34,13 @@ def task(kind, run_dir, n_boot):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('runs'); p.add_argument('--workers', type=int, default=2); p.add_argument('--n-boot', type=int, default=10_000)
+    p.add_argument('--only', choices=['retrofit', 'markov-order'], default=None, help='rerun one study (the other record is kept)')
     a = p.parse_args(argv)
     runs = {m: Path(a.runs)/m for m in MODELS}
     missing = [str(d) for d in runs.values() if not (d/'summary.json').exists()]
     if missing: sys.exit(f"menu_study: unfinished or missing runs: {', '.join(missing)} (make results-separator trains them)")
-    jobs = [(k, m) for m in MODELS for k in ('markov-order', 'retrofit')]
+    kinds = (a.only,) if a.only else ('markov-order', 'retrofit')
+    jobs = [(k, m) for m in MODELS for k in kinds]
     t0 = time.time()
     with ProcessPoolExecutor(a.workers) as ex:
         futs = {(k, m): ex.submit(task, k, str(runs[m]), a.n_boot) for k, m in jobs}
@@ -48,6 +50,7 @@ def main(argv=None):
               'command': f'python tools/menu_study.py {a.runs} --n-boot {a.n_boot}', 'date': time.strftime('%Y-%m-%d'),
               'hardware': {'cpu_count': os.cpu_count(), 'platform': platform.platform(), 'workers': a.workers}}
     for kind, fname in (('retrofit', 'retrofit-shakespeare-cpu.json'), ('markov-order', 'markov-order-shakespeare-cpu.json')):
+        if kind not in kinds: continue
         rec = {**common, 'seconds': time.time() - t0, 'models': {m: res[(kind, m)] for m in MODELS}}
         out = ROOT/'results'/fname; tmp = out.with_suffix('.tmp')
         tmp.write_text(json.dumps(rec, indent=1, default=float) + '\n'); os.replace(tmp, out)
