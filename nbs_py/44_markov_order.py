@@ -260,6 +260,14 @@ rows += [{'model': 'GPT-2 (reference)', 'R̄1': 2799.24, 'R̄2': 2860.15, 'ρ12'
          {'model': 'Pythia-160M (reference)', 'R̄1': 282.16, 'R̄2': 286.44, 'ρ12': 0.9850, 'p12': 7.9e-7, 'decision': 'C'}]
 pd.DataFrame(rows).set_index('model').astype(object).fillna('')
 
+# %%
+fig, ax = plt.subplots(figsize=(6.2, 2.8))
+df = pd.DataFrame([{'model': r['model'], 'ρ12': r['ρ12'], 'source': 'semsim (here)' if 'reference' not in r['model'] else 'reference'} for r in rows])
+sns.barplot(data=df, y='model', x='ρ12', hue='source', dodge=False, ax=ax)
+ax.axvline(1.0, color='grey', lw=1); ax.axvline(1.20, color='C3', ls='--', lw=1, label='rejection threshold 1.20')
+ax.set_xlim(0.9, 1.25); ax.set_ylabel(''); ax.legend(fontsize=7, loc='lower right'); ax.set_title('Markov-order test: ρ12 = R̄1 / R̄2')
+fig.tight_layout(); plt.show()
+
 # %% [markdown]
 # ### GPT-2 and Pythia
 #
