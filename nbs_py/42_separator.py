@@ -61,6 +61,9 @@ import pandas as pd
 import transformers
 transformers.utils.logging.set_verbosity_error()
 torch.set_num_threads(1)
+from semsim.models import build_model
+import math
+from semsim.trajectories import load_model, tiny_gpt2_config
 
 # %% [markdown]
 # ## The split and the trajectories
@@ -536,7 +539,6 @@ def oracle_fit(model, # a semsim SPLM (SPLMForCausalLM)
 # model's potential is far from linear).
 
 # %%
-from semsim.models import build_model
 def fresh_splm(seed=0, surprisal=None, **kw):
     "A small fresh SPLM with γ 0.7, m 1.3 and a clearly non-linear V_θ (weights N(0, 0.2²))."
     torch.manual_seed(seed)
@@ -562,7 +564,6 @@ assert min(orc.r2) > 1 - 1e-12 and orc.exact_form
 # survives:
 
 # %%
-import math
 rows = []
 class _Surp: surprisal = torch.linspace(1, 12, 100)
 for name, kw in [('vanilla (fixed ξ, global m)', {}), ('logfreq mass', dict(mass_mode='logfreq')),
@@ -801,7 +802,6 @@ def _write_separator(res:dict, out:Path):
 # corpus tokenizes) the whole diagnostic runs in seconds, writes its files, and the SPLM's oracle is exact:
 
 # %%
-from semsim.trajectories import load_model, tiny_gpt2_config
 with tempfile.TemporaryDirectory() as d:
     tiny = load_model(tiny_gpt2_config(), seed=0)
     r = analyze_separator(tiny, out=d, steps=150, hidden=32, jacobian=True, k=8, label='tiny GPT-2')

@@ -50,6 +50,9 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 import pandas as pd
 torch.set_num_threads(1)
+from semsim.wells import GaussianWell
+from types import SimpleNamespace
+from semsim.trajectories import load_model, tiny_gpt2_config
 
 # %% [markdown]
 # ## Centring, the rollout and the residual
@@ -163,7 +166,6 @@ test_eq(null.n_tokens, 21)
 # ± pairs, so the odd force keeps every layer's token mean at zero and the centring is exact:
 
 # %%
-from semsim.wells import GaussianWell
 def planted_flow(well, gamma, n_sent=4, T=8, d=3, L=6, seed=0):
     g = torch.Generator().manual_seed(seed); out = []
     for _ in range(n_sent):
@@ -473,7 +475,6 @@ by_s = E5n['B_const']['train_by_shrink'].values(); assert max(by_s) - min(by_s) 
 # is gated out (no force):
 
 # %%
-from types import SimpleNamespace
 def planted_losses(n_sent=30, T=20, d=3, L=3, seed=0, signal=True):
     g = torch.Generator().manual_seed(seed); out = []
     for _ in range(n_sent):
@@ -597,7 +598,6 @@ def _write_retrofit(res:dict, out:Path):
 # On a CI-sized random GPT-2 (2 blocks, the GPT-2 vocabulary) the whole menu runs in seconds and writes its files:
 
 # %%
-from semsim.trajectories import load_model, tiny_gpt2_config
 with tempfile.TemporaryDirectory() as d:
     menu = retrofit_menu(load_model(tiny_gpt2_config(), seed=0), out=d, gammas=(0.0, 1.0, 5.0), etas=(0.1, 1.0), k=8, label='tiny GPT-2')
     test_eq(sorted(p.name for p in Path(d).iterdir()), ['retrofit.json', 'retrofit_menu.png'])

@@ -51,6 +51,7 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 import pandas as pd
 torch.set_num_threads(1)
+from semsim.trajectories import load_model, tiny_gpt2_config, load_stp_corpus
 
 # %% [markdown]
 # ## Quadruples
@@ -235,7 +236,6 @@ def analyze_markov_order(model, corpus=None, out=None, tokenizer=None, layer:int
 # folds and takes minutes):
 
 # %%
-from semsim.trajectories import load_model, tiny_gpt2_config, load_stp_corpus
 small = {dom: s[:4] for dom, s in list(load_stp_corpus().items())[:3]}
 with tempfile.TemporaryDirectory() as d:
     res = analyze_markov_order(load_model(tiny_gpt2_config(), seed=0), small, out=d, n_boot=500, p=10)
