@@ -33,6 +33,7 @@ help:
 	@echo "make bench  — run the benchmarks in bench/"
 	@echo "make results-separator — train the separator chapter's three models and rewrite results/separator-shakespeare-cpu.json"
 	@echo "make results-menu — the retro-fit menu and the Markov-order test on those models (results/retrofit-*.json, markov-order-*.json)"
+	@echo "make results-mechanics — train an SQ3 and a Verlet SPLM, then energy drift and attractors (results/mechanics-shakespeare-cpu.json)"
 	@echo "make results-shakespeare-cpu — retrain the recorded CPU comparison (about 51 min) and rewrite results/shakespeare-cpu.json"
 
 $(PY):
@@ -145,3 +146,10 @@ results-separator: $(STAMP)
 # The retro-fit menu and the Markov-order test on the separator chapter's three models (about 10 min on 2 cores).
 results-menu: $(STAMP)
 	$(PY) tools/menu_study.py runs/separator
+
+# Energy drift and attractors: trains an SQ3 multi-ξ and a Verlet SPLM (about 15 min on 2 cores), then the study
+# on them and on the separator chapter's SPLMs (run make results-separator first).
+results-mechanics: $(STAMP)
+	for m in splm-sq3 splm-verlet; do $(PY) -m semsim.train --preset demo --model $$m --set L=8 --set compact_vocab=false \
+	  --max-steps 1000 --out runs/mechanics/$$m --no-progress & done; wait
+	$(PY) tools/mechanics_study.py

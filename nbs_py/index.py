@@ -54,6 +54,8 @@
 # | `semsim.separator` | the shared-potential separator (one V_ψ for all layers), its oracle, capacity sweep, token axis and Jacobian-symmetry test | [Separator](42_separator.html) |
 # | `semsim.retrofit` | the conservative retro-fit menu E1–E5: wells, damping, first-order flow, curl and gauge terms against the static null | [Retro-fit menu](43_retrofit.html) |
 # | `semsim.markov_order` | the Markov-order test of last-layer token trajectories (kernel ridge, leave-one-sentence-out, decision letter) | [Markov order](44_markov_order.html) |
+# | `semsim.mechanics` | energy along depth: H = kinetic + potential per layer, its drift slope and bandwidth; the integrators' order at γ = 0 | [Mechanics](45_mechanics.html) |
+# | `semsim.attractors` | attractors of V_θ by the model's own dynamics and by anchored descent, KMeans basins decoded through the LM head, SQ3 basins from the parameters | [Attractors](46_attractors.html) |
 #
 # From the command line:
 #

@@ -162,7 +162,7 @@ def run_demo(args) -> int:
     return 0
 
 # %% ../nbs/09_cli.ipynb #ce8d9b9c
-ANALYSES = ('stp', 'separator', 'retrofit', 'markov-order')  # the analyses `semsim analyze` knows
+ANALYSES = ('stp', 'separator', 'retrofit', 'markov-order', 'energy', 'attractors')  # the analyses `semsim analyze` knows
 
 def _add_analyze_args(p):
     p.add_argument('analysis', choices=ANALYSES, help='which analysis to run')
@@ -196,6 +196,16 @@ def _add_analysis_options(p):
                    help="retrofit: per-token mass (auto: an SPLM's own, else attention received, else 1)")
     g.add_argument('--n-boot', type=int, default=10_000, help='markov-order: sentence-cluster bootstrap resamples')
     g.add_argument('--pca', type=int, default=50, help='markov-order: PCA components p')
+    _add_mechanics_options(p)
+
+# %% ../nbs/09_cli.ipynb #cbb520d8
+def _add_mechanics_options(p):
+    "Options of the energy and attractor analyses."
+    g = p.add_argument_group('energy and attractors (semsim SPLMs)')
+    g.add_argument('--prompts', default=None, help='attractors: JSON {name: text}, a JSON list or one prompt per line (default: the reference five)')
+    g.add_argument('--modes', default='dynamical,gradient', help='attractors: dynamical and/or gradient, comma-separated')
+    g.add_argument('--n-seeds', type=int, default=96, help='attractors: seeds of each kind (Gaussian, embedding rows, noisy real states)')
+    g.add_argument('--n-steps', type=int, default=128, help='attractors: dynamical-mode integration steps')
 
 def _analysis_model(name:str, tokenizer:str):
     "(model or name, tokenizer): a semsim run folder is opened with its own vocabulary; anything else is left to load_model."
@@ -245,13 +255,36 @@ def _run_markov(args) -> int:
     return 0
 
 # %% ../nbs/09_cli.ipynb #f210a904
-@command('analyze', 'Trajectory analyses of a model: `semsim analyze stp|separator|retrofit|markov-order --model M --corpus FILE --out DIR`.', _add_analyze_args)
+def _run_energy(args) -> int:
+    from semsim.mechanics import analyze_energy
+    model, tok = _analysis_model(args.model, args.tokenizer)
+    r = analyze_energy(model, args.corpus, args.out, tokenizer=tok, max_length=args.max_length or 64, label=args.model)
+    print(f"{args.model}: H from {r['H'][0]:.4g} to {r['H'][-1]:.4g}, slope {r['slope']:.4g}/layer "
+          f"(95% CI [{r['slope_ci'][0]:.4g}, {r['slope_ci'][1]:.4g}]), bandwidth {r['bandwidth']:.4g}, ratio {r['ratio']:.1%}")
+    print(f"wrote {args.out}/energy.json and energy.png")
+    return 0
+
+def _run_attractors(args) -> int:
+    import numpy as np
+    from semsim.attractors import analyze_attractors
+    model, tok = _analysis_model(args.model, args.tokenizer)
+    r = analyze_attractors(model, args.prompts, args.out, tokenizer=tok, label=args.model, modes=tuple(args.modes.split(',')),
+                           n_seeds=args.n_seeds, n_steps=args.n_steps)
+    for mode, v in r['modes'].items():
+        print(f"{mode}: K* " + ', '.join(f"{p} {x['k_star']}" for p, x in v.items()) +
+              f"; content basins {np.mean([x['content_fraction'] for x in v.values()]):.0%}")
+    print(f"wrote {args.out}/attractors.json and attractors.png")
+    return 0
+
+# %% ../nbs/09_cli.ipynb #eafd5e63
+@command('analyze', 'Trajectory analyses of a model: `semsim analyze stp|separator|retrofit|markov-order|energy|attractors --model M --out DIR`.', _add_analyze_args)
 def run_analyze(args) -> int:
     import matplotlib
     if 'matplotlib.pyplot' not in sys.modules: matplotlib.use('Agg')  # files only: no display needed
     import transformers
     transformers.logging.disable_progress_bar()  # keep stderr for errors: one line each
-    if args.analysis != 'stp': return {'separator': _run_separator, 'retrofit': _run_retrofit, 'markov-order': _run_markov}[args.analysis](args)
+    runs = {'separator': _run_separator, 'retrofit': _run_retrofit, 'markov-order': _run_markov, 'energy': _run_energy, 'attractors': _run_attractors}
+    if args.analysis != 'stp': return runs[args.analysis](args)
     from semsim.stp import analyze_stp
     st = analyze_stp(args.model, args.corpus, args.out, tokenizer=args.tokenizer, layer=args.layer, which=args.states,
                      n_perm=args.n_perm, seed=args.seed, n_random=args.n_random, max_length=args.max_length or 256,
