@@ -53,7 +53,7 @@ torch.set_num_threads(1)  # tiny tensors: threads only add overhead
 from __future__ import annotations
 import copy, itertools, math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -369,3 +369,139 @@ test_fail(lambda: causal_probe(m, T=32, t_target=31), contains='t_target must sa
 test_fail(lambda: causal_probe(torch.nn.Linear(2, 2)), contains='needs a semsim language model')
 tiny_vocab = SPLMForCausalLM(SPLMConfig(vocab_size=10, d=8, max_len=40, L=1, v_hidden=8, v_depth=1))
 test_fail(lambda: causal_probe(tiny_vocab), contains='at least 18 tokens')
+
+# %% [markdown]
+# ## The leak audit: what the probe cannot see
+#
+# The probe perturbs a token and watches earlier logits. It never *moves the target*: a model that reads its whole
+# input window (the reference's first Fock register bank did) predicts token $x_j$ at position $j-1$ with $x_j$ itself
+# in view, and perturbing $x_j$ changes only logits at and after $j-1$... which the perturbation test does not score.
+# `audit` adds that test and the controls that make a verdict trustworthy:
+#
+# - **future perturbation**: as the probe, in float64, with tolerance 0: Δ_pre must be exactly 0;
+# - **target relocation**: the log-probability of $x_j$ scored at position $j-1$ inside a long window, and scored at the
+#   last position of the window $x_{0..j-1}$ that ends before it; a causal model gives the same number (a gap of 0
+#   nats up to float64 rounding), a model that sees its target scores it better inside;
+# - **controls**: *determinism* (two identical forwards agree exactly), *placebo* (a "perturbation" that writes each
+#   token back changes nothing) and a *positive control*: the same tests on the model wrapped so that it deliberately
+#   adds the next token to its logits must find that leak.
+#
+# The verdict is `'INVALID'` when a control fails (then the other tests prove nothing), else `'LEAK'` when either test
+# sees the future, else `'CLEAN'`.
+
+# %%
+#| export
+AUDIT_GAP_TOL = 1e-9   # nats: the largest relocation gap float64 rounding can produce in a causal model
+
+class _LeakyWrapper(torch.nn.Module):
+    "Positive control: the model's logits plus ε times the one-hot of the next token (a deliberate, small leak)."
+    def __init__(self, model, eps:float=1e-3):
+        super().__init__(); self.model, self.eps, self.config = model, eps, model.config
+    def get_input_embeddings(self): return self.model.get_input_embeddings()
+    def forward(self, input_ids=None, **kw):
+        out = self.model(input_ids=input_ids, **kw)
+        nxt = torch.nn.functional.one_hot(input_ids[:, 1:], out.logits.shape[-1]).to(out.logits.dtype)
+        out.logits = out.logits + self.eps * torch.cat([nxt, torch.zeros_like(out.logits[:, :1])], 1)
+        return out
+
+@torch.no_grad()
+def _logits(m, ids:Tensor) -> Tensor: return m(input_ids=ids).logits.double()
+
+def _relocation_gap(m, ids:Tensor, targets:Sequence[int]) -> float:
+    "max over targets j of log p(x_j | window) at j-1 inside the full window minus the same from the window x_0..j-1."
+    full = torch.log_softmax(_logits(m, ids), -1)[0]
+    gaps = []
+    for j in targets:
+        cut = torch.log_softmax(_logits(m, ids[:, :j]), -1)[0, -1]
+        gaps.append(float(full[j - 1, ids[0, j]] - cut[ids[0, j]]))
+    return max(gaps, key=abs)
+
+# %%
+#| export
+@dataclass
+class AuditReport:
+    "The leak audit's findings; `verdict` is 'CLEAN', 'LEAK' or 'INVALID'."
+    model: str                  # class name
+    verdict: str                # INVALID (a control failed) > LEAK (a test saw the future) > CLEAN
+    delta_pre: float            # future perturbation: max |Δ logits| before the perturbed position (float64; must be 0)
+    relocation_gap: float       # target relocation: log p inside the window minus from the cut window, nats
+    deterministic: bool         # control: two identical forwards agree exactly
+    placebo_ok: bool            # control: writing the tokens back changes nothing
+    positive_control_caught: bool  # control: the deliberately leaky wrapper is caught by both tests
+    T: int; t_pert: int         # window length and perturbed position
+    def __repr__(self):
+        return (f"AuditReport({self.model}: {self.verdict}; Δ_pre {self.delta_pre:.1e}, relocation gap {self.relocation_gap:.1e} nats; "
+                f"controls: deterministic {self.deterministic}, placebo {self.placebo_ok}, positive control {self.positive_control_caught})")
+
+def _future_delta(m, xa:Tensor, t_pert:int, V:int) -> float:
+    xb = xa.clone(); xb[0, t_pert] = (xa[0, t_pert] + 17) % V
+    return float((_logits(m, xa)[:, :t_pert] - _logits(m, xb)[:, :t_pert]).abs().max())
+
+def audit(model, input_ids:Optional[Tensor]=None, # (1, T) ids; None: T=32 random ids from `seed`
+          T:int=32, t_pert:int=20, seed:int=0, dtype=torch.float64, device='cpu') -> AuditReport:
+    "Future perturbation (tolerance 0), target relocation, and the determinism / placebo / positive controls."
+    V = _check_probe_args(model, T if input_ids is None else input_ids.shape[-1], t_pert, t_pert - 1)
+    m = _probe_copy(model, dtype, device); was = m.training; m.eval()
+    dev = next(m.parameters()).device
+    xa = (torch.randint(0, V, (1, T), generator=torch.Generator().manual_seed(seed)) if input_ids is None else input_ids.view(1, -1)).to(dev)
+    T = xa.shape[1]; targets = sorted({2, T // 2, t_pert, T - 1})
+    try:
+        with torch.enable_grad():
+            det = bool(torch.equal(_logits(m, xa), _logits(m, xa)))
+            placebo = bool(torch.equal(_logits(m, xa), _logits(m, xa.clone())))
+            d_pre, gap = _future_delta(m, xa, t_pert, V), _relocation_gap(m, xa, targets)
+            leaky = _LeakyWrapper(m)
+            caught = _relocation_gap(leaky, xa, targets) > 1e-6 and _future_delta(leaky, xa, t_pert, V) > 0
+    finally:
+        m.train(was)
+    verdict = 'INVALID' if not (det and placebo and caught) else ('LEAK' if d_pre > 0 or abs(gap) > AUDIT_GAP_TOL else 'CLEAN')
+    return AuditReport(type(model).__name__, verdict, d_pre, gap, det, placebo, caught, T, t_pert)
+
+# %% [markdown]
+# Every family member built normally audits CLEAN, with both statistics exactly 0; the historical ξ leak
+# (`causal_force=False`) audits LEAK. Then a leak the perturbation test cannot see: a toy model whose every position
+# also reads the **last** token of its window. Perturbing a token in the middle changes nothing before it, so
+# Δ_pre = 0 and the perturbation test passes; relocating the target shows the model scoring the last token better
+# when it is in view. (The probe's gradient test does see this toy, since its leak is differentiable; a leak
+# through a path without a gradient, such as a discrete register choice, would escape it too.)
+
+# %%
+from semsim.models import MODELS, build_model
+
+# %%
+rows = {}
+for name in MODELS:
+    torch.manual_seed(0)
+    kw = dict(vocab_size=61, d=16, max_len=48) | (dict(n_layer=2, n_head=2) if name == 'matched-gpt' else dict(L=3, v_hidden=32, v_depth=2))
+    class _S: surprisal = torch.linspace(1, 9, 61)
+    mdl = build_model(name, _S(), **kw)
+    rows[name] = audit(mdl)
+    if hasattr(mdl.config, 'causal_force'):
+        mdl.config.causal_force = False; rows[name + ' (causal_force=False)'] = audit(mdl)
+for k, r in rows.items(): print(f'{k:36s} {r.verdict:8s} Δ_pre {r.delta_pre:.1e}  gap {r.relocation_gap:+.1e}')
+assert all(r.verdict == 'CLEAN' for k, r in rows.items() if 'False' not in k)
+assert all(r.verdict == 'LEAK' for k, r in rows.items() if 'False' in k)
+
+# %%
+class ReadsLast(torch.nn.Module):
+    "A leaky toy LM: every position's logits also read the window's last token (a leak that sits where no probe perturbs)."
+    def __init__(self, V=61, d=8):
+        super().__init__(); self.E = torch.nn.Embedding(V, d); self.config = SPLMConfig(vocab_size=V, d=d, max_len=48)
+    def get_input_embeddings(self): return self.E
+    def forward(self, input_ids=None, inputs_embeds=None, **kw):
+        e = self.E(input_ids) if inputs_embeds is None else inputs_embeds
+        return type('Out', (), {'logits': (e + e[:, -1:]) @ self.E.weight.T})()
+torch.manual_seed(0)
+last = ReadsLast()
+rl, pr = audit(last), causal_probe(last)
+print(rl); print('probe:', 'PASSED' if pr.perturbation_passed else 'FLAGGED', f'(Δ_pre {pr.delta_pre:.1e})')
+test_eq((rl.verdict, rl.delta_pre, pr.perturbation_passed), ('LEAK', 0.0, True)); assert rl.relocation_gap > 0.1
+
+# %% [markdown]
+# A model whose forward is not deterministic cannot be audited: the verdict is INVALID, whatever the tests say.
+
+# %%
+class Noisy(ReadsLast):
+    def forward(self, input_ids=None, **kw):
+        out = super().forward(input_ids, **kw); out.logits = out.logits + 1e-3 * torch.randn_like(out.logits); return out
+test_eq(audit(Noisy()).verdict, 'INVALID')

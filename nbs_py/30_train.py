@@ -54,7 +54,7 @@ from semsim.train_config import (TrainConfig, RUNTIME_FIELDS, PRESETS, parse_val
                                  validate_config, lr_at, _max_len_of)
 from semsim.runs import (CKPT_PREFIX, latest_checkpoint, save_checkpoint, load_weights, read_log, check_resumable,
                          plot_run, plot_runs, run_record, _rng_state, _set_rng_state, _truncate_log, _jsonable, _config_diff)
-from semsim.causal import causal_probe
+from semsim.causal import causal_probe, audit
 from semsim.data import tokenize_corpus, get_batch, logfreq_surprisal, gpt2_tokenizer, GPT2_VOCAB_SIZE
 
 # %%
@@ -63,6 +63,7 @@ from fastcore.test import test_eq, test_fail, test_close
 import tempfile, io, contextlib
 import matplotlib.pyplot as plt
 from semsim.data import load_corpus
+from semsim.baselines import MatchedGPTForCausalLM
 import transformers
 
 # %%
@@ -273,6 +274,14 @@ class CausalLeakError(RuntimeError):
 class NonFiniteError(RuntimeError):
     "A non-finite loss or gradient norm: the run stopped and kept its last good checkpoint."
 
+def audit_model(model:nn.Module, max_len:int):
+    "semsim's leak audit on `model` (T = min(32, max_len)), leaving its mode, gradients and the global RNG as they were."
+    T = min(32, max_len); t_pert = min(20, T - 4) if T > 8 else T // 2
+    was = model.training
+    with torch.random.fork_rng(devices=[]): rep = audit(model, T=T, t_pert=t_pert, seed=0)
+    model.train(was); model.zero_grad(set_to_none=True)
+    return rep
+
 def probe_model(model:nn.Module, max_len:int):
     "semsim's causal probe on `model` (T = min(32, max_len)), leaving its mode, gradients and the global RNG as they were."
     T = min(32, max_len); t_pert = min(20, T - 4) if T > 8 else T // 2
@@ -451,6 +460,9 @@ def _setup_model(cfg:TrainConfig, data:RunData, ckpt, state, device:torch.device
         rep = probe_model(model, _max_len_of(model_kwargs(cfg, data.vocab_size)) or T)
         if not rep.passed: raise CausalLeakError(f"causal probe failed before step {state['step'] if state else 0}: {rep}. "
                                                  "Refusing to train a model whose logits see later tokens.")
+        aud = audit_model(model, _max_len_of(model_kwargs(cfg, data.vocab_size)) or T)
+        if aud.verdict != 'CLEAN': raise CausalLeakError(f"leak audit before step {state['step'] if state else 0}: {aud}. "
+                                                        "Refusing to train a model that is not audited CLEAN.")
     if device.type == 'cuda': torch.backends.cuda.matmul.allow_tf32 = True; torch.backends.cudnn.allow_tf32 = True
     return model.to(device)
 
@@ -825,6 +837,27 @@ leaky = make_config(out=f'{runs.name}/leaky', **{**tiny, 'model': 'splm-em-ln', 
 test_fail(lambda: train(leaky), contains='causal probe failed before step 0')
 assert not Path(leaky.out, 'log.jsonl').exists()
 test_eq(train(make_config(out=f'{runs.name}/sound', **{**tiny, 'model': 'splm-em-ln', 'max_steps': 2}))['steps'], 2)
+
+# %% [markdown]
+# The start-up guard also runs the leak audit (chapter *Causality*), which catches what the probe cannot: here a
+# MatchedGPT whose logits also read the window's last token through its id (no gradient path, so the probe's
+# gradient test is blind too, and the perturbation never touches the last position). The probe passes it; the
+# trainer refuses it:
+
+# %%
+class _ReadsLastGPT(MatchedGPTForCausalLM):
+    "MatchedGPT whose logits also read the window's last token through its id (a leak with no gradient path)."
+    def forward(self, input_ids=None, *a, **k):
+        o = super().forward(input_ids, *a, **k)
+        if input_ids is not None:
+            E = self.get_input_embeddings(); o.logits = o.logits + 1e-3 * (E(input_ids[:, -1:]) @ E.weight.T).detach()
+        return o
+def _reads_last_build(conf, data=None): return _ReadsLastGPT(conf)
+MODELS['test-reads-last'] = replace(MODELS['matched-gpt'], help='MatchedGPT that reads its last token (tests only)', build=_reads_last_build)
+cfg_rl = make_config(out=f'{runs.name}/reads-last', **{**tiny, 'model': 'test-reads-last', 'max_steps': 2})
+assert probe_model(build_model(cfg_rl, prepare_data(cfg_rl)), 64).passed                  # the probe does not see it
+test_fail(lambda: train(cfg_rl), contains='leak audit before step 0')
+del MODELS['test-reads-last']
 runs.cleanup()
 
 # %% [markdown]

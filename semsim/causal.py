@@ -6,7 +6,7 @@
 from __future__ import annotations
 import copy, itertools, math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -14,7 +14,8 @@ from torch import Tensor
 from .splm import SPLMConfig, SPLMForCausalLM
 
 # %% auto #0
-__all__ = ['CAUSAL_TOL', 'CAUSAL_REL_TOL', 'CausalReport', 'causal_probe', 'assert_causal', 'option_grid', 'probe_grid']
+__all__ = ['CAUSAL_TOL', 'CAUSAL_REL_TOL', 'AUDIT_GAP_TOL', 'CausalReport', 'causal_probe', 'assert_causal', 'option_grid',
+           'probe_grid', 'AuditReport', 'audit']
 
 # %% ../nbs/25_causal.ipynb #3fedd254
 CAUSAL_TOL = 1e-6      # absolute pass threshold of both probes (semsimula-paper@eb95852: `notebooks/conservative_arch/causal_probe.py`, class smoke test)
@@ -148,3 +149,69 @@ def probe_grid(grid:list, base:Optional[dict]=None, seed:int=0, **probe_kw) -> l
         m.config.causal_force = False
         out.append((kw, r_ok, causal_probe(m, **probe_kw)))
     return out
+
+# %% ../nbs/25_causal.ipynb #f8361297
+AUDIT_GAP_TOL = 1e-9   # nats: the largest relocation gap float64 rounding can produce in a causal model
+
+class _LeakyWrapper(torch.nn.Module):
+    "Positive control: the model's logits plus ε times the one-hot of the next token (a deliberate, small leak)."
+    def __init__(self, model, eps:float=1e-3):
+        super().__init__(); self.model, self.eps, self.config = model, eps, model.config
+    def get_input_embeddings(self): return self.model.get_input_embeddings()
+    def forward(self, input_ids=None, **kw):
+        out = self.model(input_ids=input_ids, **kw)
+        nxt = torch.nn.functional.one_hot(input_ids[:, 1:], out.logits.shape[-1]).to(out.logits.dtype)
+        out.logits = out.logits + self.eps * torch.cat([nxt, torch.zeros_like(out.logits[:, :1])], 1)
+        return out
+
+@torch.no_grad()
+def _logits(m, ids:Tensor) -> Tensor: return m(input_ids=ids).logits.double()
+
+def _relocation_gap(m, ids:Tensor, targets:Sequence[int]) -> float:
+    "max over targets j of log p(x_j | window) at j-1 inside the full window minus the same from the window x_0..j-1."
+    full = torch.log_softmax(_logits(m, ids), -1)[0]
+    gaps = []
+    for j in targets:
+        cut = torch.log_softmax(_logits(m, ids[:, :j]), -1)[0, -1]
+        gaps.append(float(full[j - 1, ids[0, j]] - cut[ids[0, j]]))
+    return max(gaps, key=abs)
+
+# %% ../nbs/25_causal.ipynb #9e244ecc
+@dataclass
+class AuditReport:
+    "The leak audit's findings; `verdict` is 'CLEAN', 'LEAK' or 'INVALID'."
+    model: str                  # class name
+    verdict: str                # INVALID (a control failed) > LEAK (a test saw the future) > CLEAN
+    delta_pre: float            # future perturbation: max |Δ logits| before the perturbed position (float64; must be 0)
+    relocation_gap: float       # target relocation: log p inside the window minus from the cut window, nats
+    deterministic: bool         # control: two identical forwards agree exactly
+    placebo_ok: bool            # control: writing the tokens back changes nothing
+    positive_control_caught: bool  # control: the deliberately leaky wrapper is caught by both tests
+    T: int; t_pert: int         # window length and perturbed position
+    def __repr__(self):
+        return (f"AuditReport({self.model}: {self.verdict}; Δ_pre {self.delta_pre:.1e}, relocation gap {self.relocation_gap:.1e} nats; "
+                f"controls: deterministic {self.deterministic}, placebo {self.placebo_ok}, positive control {self.positive_control_caught})")
+
+def _future_delta(m, xa:Tensor, t_pert:int, V:int) -> float:
+    xb = xa.clone(); xb[0, t_pert] = (xa[0, t_pert] + 17) % V
+    return float((_logits(m, xa)[:, :t_pert] - _logits(m, xb)[:, :t_pert]).abs().max())
+
+def audit(model, input_ids:Optional[Tensor]=None, # (1, T) ids; None: T=32 random ids from `seed`
+          T:int=32, t_pert:int=20, seed:int=0, dtype=torch.float64, device='cpu') -> AuditReport:
+    "Future perturbation (tolerance 0), target relocation, and the determinism / placebo / positive controls."
+    V = _check_probe_args(model, T if input_ids is None else input_ids.shape[-1], t_pert, t_pert - 1)
+    m = _probe_copy(model, dtype, device); was = m.training; m.eval()
+    dev = next(m.parameters()).device
+    xa = (torch.randint(0, V, (1, T), generator=torch.Generator().manual_seed(seed)) if input_ids is None else input_ids.view(1, -1)).to(dev)
+    T = xa.shape[1]; targets = sorted({2, T // 2, t_pert, T - 1})
+    try:
+        with torch.enable_grad():
+            det = bool(torch.equal(_logits(m, xa), _logits(m, xa)))
+            placebo = bool(torch.equal(_logits(m, xa), _logits(m, xa.clone())))
+            d_pre, gap = _future_delta(m, xa, t_pert, V), _relocation_gap(m, xa, targets)
+            leaky = _LeakyWrapper(m)
+            caught = _relocation_gap(leaky, xa, targets) > 1e-6 and _future_delta(leaky, xa, t_pert, V) > 0
+    finally:
+        m.train(was)
+    verdict = 'INVALID' if not (det and placebo and caught) else ('LEAK' if d_pre > 0 or abs(gap) > AUDIT_GAP_TOL else 'CLEAN')
+    return AuditReport(type(model).__name__, verdict, d_pre, gap, det, placebo, caught, T, t_pert)

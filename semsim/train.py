@@ -21,13 +21,13 @@ from .train_config import (TrainConfig, RUNTIME_FIELDS, PRESETS, parse_value, ma
                                  validate_config, lr_at, _max_len_of)
 from .runs import (CKPT_PREFIX, latest_checkpoint, save_checkpoint, load_weights, read_log, check_resumable,
                          plot_run, plot_runs, run_record, _rng_state, _set_rng_state, _truncate_log, _jsonable, _config_diff)
-from .causal import causal_probe
+from .causal import causal_probe, audit
 from .data import tokenize_corpus, get_batch, logfreq_surprisal, gpt2_tokenizer, GPT2_VOCAB_SIZE
 
 # %% auto #0
 __all__ = ['ERRORS', 'VocabCodec', 'RunData', 'compact_vocabulary', 'prepare_data', 'build_model', 'n_params', 'make_optimizer',
-           'forward_loss', 'CausalLeakError', 'NonFiniteError', 'probe_model', 'fixed_val_batches', 'evaluate',
-           'wrap_ddp', 'train', 'sample', 'write_summary', 'load_run', 'train_together', 'add_train_args',
+           'forward_loss', 'CausalLeakError', 'NonFiniteError', 'audit_model', 'probe_model', 'fixed_val_batches',
+           'evaluate', 'wrap_ddp', 'train', 'sample', 'write_summary', 'load_run', 'train_together', 'add_train_args',
            'config_from_args', 'run_train', 'main']
 
 # %% ../nbs/30_train.ipynb #db2ae3e3
@@ -124,6 +124,14 @@ class CausalLeakError(RuntimeError):
 
 class NonFiniteError(RuntimeError):
     "A non-finite loss or gradient norm: the run stopped and kept its last good checkpoint."
+
+def audit_model(model:nn.Module, max_len:int):
+    "semsim's leak audit on `model` (T = min(32, max_len)), leaving its mode, gradients and the global RNG as they were."
+    T = min(32, max_len); t_pert = min(20, T - 4) if T > 8 else T // 2
+    was = model.training
+    with torch.random.fork_rng(devices=[]): rep = audit(model, T=T, t_pert=t_pert, seed=0)
+    model.train(was); model.zero_grad(set_to_none=True)
+    return rep
 
 def probe_model(model:nn.Module, max_len:int):
     "semsim's causal probe on `model` (T = min(32, max_len)), leaving its mode, gradients and the global RNG as they were."
@@ -249,6 +257,9 @@ def _setup_model(cfg:TrainConfig, data:RunData, ckpt, state, device:torch.device
         rep = probe_model(model, _max_len_of(model_kwargs(cfg, data.vocab_size)) or T)
         if not rep.passed: raise CausalLeakError(f"causal probe failed before step {state['step'] if state else 0}: {rep}. "
                                                  "Refusing to train a model whose logits see later tokens.")
+        aud = audit_model(model, _max_len_of(model_kwargs(cfg, data.vocab_size)) or T)
+        if aud.verdict != 'CLEAN': raise CausalLeakError(f"leak audit before step {state['step'] if state else 0}: {aud}. "
+                                                        "Refusing to train a model that is not audited CLEAN.")
     if device.type == 'cuda': torch.backends.cuda.matmul.allow_tf32 = True; torch.backends.cudnn.allow_tf32 = True
     return model.to(device)
 
