@@ -46,6 +46,7 @@ import torch
 from fastcore.test import test_eq, test_fail, test_close
 import tempfile, time
 from pathlib import Path
+from semsim.causal import causal_probe, audit   # the live option must stay causal (chapter Causality)
 import matplotlib.pyplot as plt
 import transformers
 transformers.utils.logging.disable_progress_bar(); transformers.utils.logging.set_verbosity_error()
@@ -158,6 +159,7 @@ class SPLMConfig(_SPLMStateConfig):
     lambda_v_points: str = 'all'    # where V² is averaged: 'all' force evaluations, or 'input' (ξ_0, h_0) only
     # --- causality
     causal_force: bool = True       # build ξ from detached h; False reproduces the historical leak (forensics only)
+    xi_grad: str = 'detach'         # training gradient through ξ: 'detach' (the reference) or 'live' (same forward, gradient reaches earlier tokens)
     # --- initialisation
     init_std: float = 0.02          # std of E (and of any Linear not owned by a potential or pool)
     pos_init_std: float = 0.01      # std of P (0.01 for the SPLM)
@@ -182,7 +184,7 @@ def validate_semsim(self:SPLMConfig):
     for k, allowed in (('xi_pool', XI_POOLS), ('potential', POTENTIALS), ('mass_mode', MASS_MODES),
                        ('integrator', INTEGRATORS), ('lambda_v_points', ('all', 'input')),
                        ('xi_s4d_init', ('legt', 'lin')), ('xi_alpha_dtype', (None, 'float32', 'float64')),
-                       ('logfreq_dtype', (None, 'float32', 'float64'))):
+                       ('logfreq_dtype', (None, 'float32', 'float64')), ('xi_grad', ('detach', 'live'))):
         if getattr(self, k) not in allowed: raise ValueError(f"{k} must be one of {allowed}, got {getattr(self, k)!r}")
     for k in ('dt', 'ln_eps', 'init_m', 'logfreq_init_alpha', 'tau', 'init_std', 'pos_init_std', 'xi_theta'):
         v = getattr(self, k)
@@ -520,10 +522,11 @@ def _force(self:SPLMForCausalLM, h:Tensor, # state, (B,T,d)
         g, = torch.autograd.grad(V.sum(), h_in, create_graph=cg, retain_graph=cg or st['grad'])
         f = -g
     else:
+        src = h if (c.xi_grad == 'live' and st['grad']) else h.detach()   # live: same values, the gradient flows back
         if c.xi_fixed:
-            if st['xi'] is None: st['xi'] = self.context(h.detach())
+            if st['xi'] is None: st['xi'] = self.context(src)
             xi = st['xi']
-        else: xi = self.context(h.detach())
+        else: xi = self.context(src)
         h_in = h if st['grad'] else h.detach()
         V, f = self.V_theta.energy_and_force(xi, h_in, create_graph=cg)
     if not st['grad']: f, V = f.detach(), V.detach()
@@ -531,7 +534,8 @@ def _force(self:SPLMForCausalLM, h:Tensor, # state, (B,T,d)
 
 @patch
 def _energy(self:SPLMForCausalLM, h:Tensor, st:dict) -> Tensor: # V at a state where no force is needed, (B,T)
-    xi = st['xi'] if self.config.xi_fixed else self.context(h.detach())
+    live = self.config.xi_grad == 'live' and st['grad'] and not st['leak']
+    xi = st['xi'] if self.config.xi_fixed else self.context(h if live else h.detach())
     V = self.V_theta.energy(xi, h)
     return V if st['grad'] else V.detach()
 
@@ -940,3 +944,35 @@ test_fail(lambda: mb(torch.tensor([[1, 2, 3]]), inputs_embeds=torch.randn(1, 4, 
 test_fail(lambda: mb(), contains='pass input_ids, inputs_embeds, or both')
 test_fail(lambda: mb.set_logfreq_surprisal(torch.zeros(60)), contains='shape (61,)')
 test_fail(lambda: SPLMForCausalLM(tiny_config()).set_logfreq_surprisal(torch.zeros(61)), contains="needs mass_mode='logfreq'")
+
+# %% [markdown]
+# ## Live gradients through ξ
+#
+# Building ξ from `h.detach()` makes the force causal, and it also stops every *training* gradient from reaching
+# earlier tokens through ξ: a token's loss cannot teach the states it pooled ("gradient starvation", a later finding
+# of the reference). `xi_grad='live'` keeps the forward identical but builds ξ from the live $h$; the force is still the
+# partial derivative $\partial_h V_\theta(\xi, h)$ taken on a fresh handle of $h$ that appears only in $V$'s $h$ slot
+# (`Potential._autograd`; the closed-form potentials differentiate analytically), so no anti-causal term enters.
+# Default stays `'detach'` (the reference's models). Below, on an EMA-pool SPLM in training mode: the logits are
+# equal; the gradient of position $t$'s logits reaches earlier tokens' embeddings with `'live'` and not with
+# `'detach'`, and later tokens' with neither:
+
+# %%
+torch.manual_seed(0)
+base = tiny_config(xi_pool='ema', xi_channels=2, xi_fixed=False)
+grads, logits = {}, {}
+for mode in ('detach', 'live'):
+    torch.manual_seed(0)
+    ml = SPLMForCausalLM(SPLMConfig(**{**base.to_dict(), 'xi_grad': mode})).train()
+    x = torch.randint(0, 61, (1, 12), generator=torch.Generator().manual_seed(1))
+    e = ml.E(x).detach().requires_grad_(True)
+    out = ml(input_ids=x, inputs_embeds=e)
+    logits[mode] = out.logits.detach()
+    g, = torch.autograd.grad(out.logits[0, 8].sum(), e)
+    grads[mode] = g[0].norm(dim=-1)
+torch.testing.assert_close(logits['live'], logits['detach'], atol=0, rtol=0)            # the forward is identical
+print({m: [f'{v:.1e}' for v in g.tolist()] for m, g in grads.items()})
+assert (grads['detach'][:8] == 0).all() and (grads['live'][:8] > 0).all()             # earlier tokens: only 'live'
+assert (grads['detach'][9:] == 0).all() and (grads['live'][9:] == 0).all()             # later tokens: never
+test_fail(lambda: SPLMConfig(xi_grad='alive'), contains='xi_grad must be one of')
+assert causal_probe(ml).passed and audit(ml).verdict == 'CLEAN'                          # 'live' is causal

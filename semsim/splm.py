@@ -98,6 +98,7 @@ class SPLMConfig(_SPLMStateConfig):
     lambda_v_points: str = 'all'    # where V² is averaged: 'all' force evaluations, or 'input' (ξ_0, h_0) only
     # --- causality
     causal_force: bool = True       # build ξ from detached h; False reproduces the historical leak (forensics only)
+    xi_grad: str = 'detach'         # training gradient through ξ: 'detach' (the reference) or 'live' (same forward, gradient reaches earlier tokens)
     # --- initialisation
     init_std: float = 0.02          # std of E (and of any Linear not owned by a potential or pool)
     pos_init_std: float = 0.01      # std of P (0.01 for the SPLM)
@@ -118,7 +119,7 @@ def validate_semsim(self:SPLMConfig):
     for k, allowed in (('xi_pool', XI_POOLS), ('potential', POTENTIALS), ('mass_mode', MASS_MODES),
                        ('integrator', INTEGRATORS), ('lambda_v_points', ('all', 'input')),
                        ('xi_s4d_init', ('legt', 'lin')), ('xi_alpha_dtype', (None, 'float32', 'float64')),
-                       ('logfreq_dtype', (None, 'float32', 'float64'))):
+                       ('logfreq_dtype', (None, 'float32', 'float64')), ('xi_grad', ('detach', 'live'))):
         if getattr(self, k) not in allowed: raise ValueError(f"{k} must be one of {allowed}, got {getattr(self, k)!r}")
     for k in ('dt', 'ln_eps', 'init_m', 'logfreq_init_alpha', 'tau', 'init_std', 'pos_init_std', 'xi_theta'):
         v = getattr(self, k)
@@ -341,10 +342,11 @@ def _force(self:SPLMForCausalLM, h:Tensor, # state, (B,T,d)
         g, = torch.autograd.grad(V.sum(), h_in, create_graph=cg, retain_graph=cg or st['grad'])
         f = -g
     else:
+        src = h if (c.xi_grad == 'live' and st['grad']) else h.detach()   # live: same values, the gradient flows back
         if c.xi_fixed:
-            if st['xi'] is None: st['xi'] = self.context(h.detach())
+            if st['xi'] is None: st['xi'] = self.context(src)
             xi = st['xi']
-        else: xi = self.context(h.detach())
+        else: xi = self.context(src)
         h_in = h if st['grad'] else h.detach()
         V, f = self.V_theta.energy_and_force(xi, h_in, create_graph=cg)
     if not st['grad']: f, V = f.detach(), V.detach()
@@ -352,7 +354,8 @@ def _force(self:SPLMForCausalLM, h:Tensor, # state, (B,T,d)
 
 @patch
 def _energy(self:SPLMForCausalLM, h:Tensor, st:dict) -> Tensor: # V at a state where no force is needed, (B,T)
-    xi = st['xi'] if self.config.xi_fixed else self.context(h.detach())
+    live = self.config.xi_grad == 'live' and st['grad'] and not st['leak']
+    xi = st['xi'] if self.config.xi_fixed else self.context(h if live else h.detach())
     V = self.V_theta.energy(xi, h)
     return V if st['grad'] else V.detach()
 
