@@ -34,6 +34,7 @@ help:
 	@echo "make results-separator — train the separator chapter's three models and rewrite results/separator-shakespeare-cpu.json"
 	@echo "make results-menu — the retro-fit menu and the Markov-order test on those models (results/retrofit-*.json, markov-order-*.json)"
 	@echo "make results-mechanics — train an SQ3 and a Verlet SPLM, then energy drift and attractors (results/mechanics-shakespeare-cpu.json)"
+	@echo "make results-live — xi_grad live vs detach on the multi-xi SPLM, three seeds (results/live-vs-detach.json)"
 	@echo "make results-shakespeare-cpu — retrain the recorded CPU comparison (about 51 min) and rewrite results/shakespeare-cpu.json"
 
 $(PY):
@@ -153,3 +154,10 @@ results-mechanics: $(STAMP)
 	for m in splm-sq3 splm-verlet; do $(PY) -m semsim.train --preset demo --model $$m --set L=8 --set compact_vocab=false \
 	  --max-steps 1000 --out runs/mechanics/$$m --no-progress & done; wait
 	$(PY) tools/mechanics_study.py
+
+# xi_grad='live' vs 'detach': the multi-ξ SPLM at the demo recipe, 600 steps, three seeds (about 12 min on 2 cores).
+results-live: $(STAMP)
+	for s in 0 1 2; do for mode in detach live; do $(PY) -m semsim.train --preset demo --max-steps 600 --set xi_grad=$$mode \
+	  --set seed=$$s --out runs/live/$$mode-s$$s --no-progress & done; wait; done
+	$(PY) tools/results.py live-vs-detach runs/live/detach-s0 runs/live/live-s0 runs/live/detach-s1 runs/live/live-s1 \
+	  runs/live/detach-s2 runs/live/live-s2

@@ -44,7 +44,8 @@
 import warnings; warnings.filterwarnings('ignore', message='IProgress not found')
 import torch
 from fastcore.test import test_eq, test_fail, test_close
-import tempfile, time
+import tempfile, time, json
+import pandas as pd
 from pathlib import Path
 from semsim.causal import causal_probe, audit   # the live option must stay causal (chapter Causality)
 import matplotlib.pyplot as plt
@@ -976,3 +977,25 @@ assert (grads['detach'][:8] == 0).all() and (grads['live'][:8] > 0).all()       
 assert (grads['detach'][9:] == 0).all() and (grads['live'][9:] == 0).all()             # later tokens: never
 test_fail(lambda: SPLMConfig(xi_grad='alive'), contains='xi_grad must be one of')
 assert causal_probe(ml).passed and audit(ml).verdict == 'CLEAN'                          # 'live' is causal
+
+# %% [markdown]
+# Does the live gradient help training? Measured with `make results-live` (the multi-ξ SPLM at the `demo` recipe,
+# 600 steps, three seeds per mode; `results/live-vs-detach.json`). The reference reports a conservative arm going from
+# 158.09 to 127.73 PPL at 3k steps.
+
+# %%
+RESULTS = next(p/'results' for p in (Path.cwd(), *Path.cwd().parents) if (p/'results').is_dir())
+lv = json.loads((RESULTS/'live-vs-detach.json').read_text())
+df = pd.DataFrame([{'xi_grad': r['config']['model_args'].get('xi_grad', 'detach'), 'seed': r['config']['seed'], 'val PPL': r['val_ppl']} for r in lv['runs']])
+summ = df.groupby('xi_grad')['val PPL'].agg(['mean', 'std', 'count']).round(2); summ
+
+# %% [markdown]
+# At this budget the live gradient makes no measurable difference: the two means differ by less than the spread
+# between seeds (computed below). The reference's gain was measured at 3k steps on a larger model; that comparison
+# needs a longer run than this CPU budget allows.
+
+# %%
+m_, s_ = summ['mean'], summ['std']
+print(f"live - detach: {m_['live'] - m_['detach']:+.2f} PPL; seed sd {s_['detach']:.2f} (detach), {s_['live']:.2f} (live)")
+test_eq(list(summ['count']), [3, 3])
+assert abs(m_['live'] - m_['detach']) < 2 * max(s_['detach'], s_['live'])

@@ -24,6 +24,12 @@ STUDIES = {
         reference={'source': 'semsimula-paper@eb95852: notebooks/conservative_arch/ (Shakespeare, 50,257-way BPE, d 128, L 8, 4000 steps)',
                    'splm-em-ln': {'val_ppl': 173.59, 'seeds': 1, 'gamma_final': 0.958},
                    'matched-gpt': {'val_ppl': 149.80, 'val_ppl_std': 7.21, 'seeds': 5}}),
+    'live-vs-detach': dict(
+        question="xi_grad='live' vs 'detach' on the multi-ξ SPLM (demo recipe, 600 steps), three seeds each",
+        command=("for s in 0 1 2; do for mode in detach live; do python -m semsim.train --preset demo --max-steps 600 "
+                 "--set xi_grad=$mode --set seed=$s --out runs/live/$mode-s$s --no-progress & done; wait; done"),
+        deviations=['the demo recipe (d 64, L 4, compact vocabulary, 600 steps of 8 x 64 tokens), not the reference 3k-step arm'],
+        reference={'source': 'the reference\'s gradient-starvation finding: a conservative arm 158.09 (detach) -> 127.73 (live) PPL at 3k steps'}),
 }
 
 
