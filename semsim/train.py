@@ -125,21 +125,21 @@ class CausalLeakError(RuntimeError):
 class NonFiniteError(RuntimeError):
     "A non-finite loss or gradient norm: the run stopped and kept its last good checkpoint."
 
-def audit_model(model:nn.Module, max_len:int):
-    "semsim's leak audit on `model` (T = min(32, max_len)), leaving its mode, gradients and the global RNG as they were."
+def _check_on(check, model:nn.Module, max_len:int):
+    "Run `check` (causal_probe or audit) at T = min(32, max_len), leaving the model's mode, gradients and the global RNG as they were."
     T = min(32, max_len); t_pert = min(20, T - 4) if T > 8 else T // 2
     was = model.training
-    with torch.random.fork_rng(devices=[]): rep = audit(model, T=T, t_pert=t_pert, seed=0)
+    with torch.random.fork_rng(devices=[]): rep = check(model, T=T, t_pert=t_pert, seed=0)
     model.train(was); model.zero_grad(set_to_none=True)
     return rep
 
+def audit_model(model:nn.Module, max_len:int):
+    "semsim's leak audit on `model`, as the trainer's start-up guard runs it."
+    return _check_on(audit, model, max_len)
+
 def probe_model(model:nn.Module, max_len:int):
-    "semsim's causal probe on `model` (T = min(32, max_len)), leaving its mode, gradients and the global RNG as they were."
-    T = min(32, max_len); t_pert = min(20, T - 4) if T > 8 else T // 2
-    was = model.training
-    with torch.random.fork_rng(devices=[]): rep = causal_probe(model, T=T, t_pert=t_pert, seed=0)
-    model.train(was); model.zero_grad(set_to_none=True)
-    return rep
+    "semsim's causal probe on `model`, as the trainer's start-up guard runs it."
+    return _check_on(causal_probe, model, max_len)
 
 # %% ../nbs/30_train.ipynb #6a2942a0
 def fixed_val_batches(val:np.ndarray, # validation stream, (N_val,)
