@@ -345,8 +345,12 @@ def evaluate(model:nn.Module, batches:Sequence, # (x, y) pairs, each (B,T)
 # across ranks and the losses summed.
 #
 # **CUDA.** On a GPU the forward runs under bf16 autocast (`amp='auto'`; the loss is computed in float32), matmuls
-# and convolutions may use TF32, and `torch.compile` is applied where it is valid: MatchedGPT and the SPLMs whose
-# potential has a closed-form force (SQ1–SQ3). The MLP potential's force is `autograd.grad(V.sum(), h,
+# and convolutions may use TF32 — except for the models whose force is taken by `autograd.grad` (the MLP potential:
+# `tf32_allowed`, from the registry's `autograd_force`). The reference found that TF32 matmuls corrupt that
+# second-order force (an em_ln TinyStories run reached 29.47 PPL as a precision artifact) and switched TF32 off for
+# it; here it stays off for those models, while MatchedGPT and the closed-form potentials keep it. `bench/device_check.py`
+# measures the force and logits difference with TF32 on and off. `torch.compile` is applied where it is valid:
+# MatchedGPT and the SPLMs whose potential has a closed-form force (SQ1–SQ3). The MLP potential's force is `autograd.grad(V.sum(), h,
 # create_graph=True)` inside the forward, and training through it needs a double backward that `torch.compile`
 # does not support: those models stay eager, and the progress bar says so. None of this path runs on a CPU (amp is
 # off, nothing compiles), so CPU runs are bitwise reproducible.
@@ -407,6 +411,12 @@ def _amp_ctx(cfg:TrainConfig, device:torch.device):
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
+def tf32_allowed(spec:ModelSpec, # the model's registry entry, e.g. model_spec('splm-sq3')
+                 model:nn.Module, # the built model (the entry decides from it, e.g. whether V_θ has a closed form)
+                 device:torch.device) -> bool: # True: TF32 matmuls and convolutions may be used
+    "TF32 on CUDA only, and never where the force is autograd.grad (TF32 corrupts that second-order force)."
+    return device.type == 'cuda' and not spec.autograd_force(model)
+
 def _use_compile(cfg:TrainConfig, device:torch.device, autograd_force:bool) -> tuple:
     "(compile?, how): torch.compile cannot trace the double backward of an autograd force, so that path stays eager."
     want = cfg.compile == 'on' or (cfg.compile == 'auto' and device.type == 'cuda')
@@ -463,7 +473,8 @@ def _setup_model(cfg:TrainConfig, data:RunData, ckpt, state, device:torch.device
         aud = audit_model(model, _max_len_of(model_kwargs(cfg, data.vocab_size)) or T)
         if aud.verdict != 'CLEAN': raise CausalLeakError(f"leak audit before step {state['step'] if state else 0}: {aud}. "
                                                         "Refusing to train a model that is not audited CLEAN.")
-    if device.type == 'cuda': torch.backends.cuda.matmul.allow_tf32 = True; torch.backends.cudnn.allow_tf32 = True
+    if device.type == 'cuda':   # set both ways: an earlier run in this process must not leave TF32 on for an autograd force
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32_allowed(MODELS[cfg.model], model, device)
     return model.to(device)
 
 def _setup_optimizer(model:nn.Module, cfg:TrainConfig, state, rank:int) -> tuple:

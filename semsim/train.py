@@ -27,8 +27,8 @@ from .data import tokenize_corpus, get_batch, logfreq_surprisal, gpt2_tokenizer,
 # %% auto #0
 __all__ = ['ERRORS', 'VocabCodec', 'RunData', 'compact_vocabulary', 'prepare_data', 'build_model', 'n_params', 'make_optimizer',
            'forward_loss', 'CausalLeakError', 'NonFiniteError', 'audit_model', 'probe_model', 'fixed_val_batches',
-           'evaluate', 'wrap_ddp', 'train', 'sample', 'write_summary', 'load_run', 'train_together', 'add_train_args',
-           'config_from_args', 'run_train', 'main']
+           'evaluate', 'wrap_ddp', 'tf32_allowed', 'train', 'sample', 'write_summary', 'load_run', 'train_together',
+           'add_train_args', 'config_from_args', 'run_train', 'main']
 
 # %% ../nbs/30_train.ipynb #db2ae3e3
 class VocabCodec:
@@ -215,6 +215,12 @@ def _amp_ctx(cfg:TrainConfig, device:torch.device):
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
+def tf32_allowed(spec:ModelSpec, # the model's registry entry, e.g. model_spec('splm-sq3')
+                 model:nn.Module, # the built model (the entry decides from it, e.g. whether V_θ has a closed form)
+                 device:torch.device) -> bool: # True: TF32 matmuls and convolutions may be used
+    "TF32 on CUDA only, and never where the force is autograd.grad (TF32 corrupts that second-order force)."
+    return device.type == 'cuda' and not spec.autograd_force(model)
+
 def _use_compile(cfg:TrainConfig, device:torch.device, autograd_force:bool) -> tuple:
     "(compile?, how): torch.compile cannot trace the double backward of an autograd force, so that path stays eager."
     want = cfg.compile == 'on' or (cfg.compile == 'auto' and device.type == 'cuda')
@@ -260,7 +266,8 @@ def _setup_model(cfg:TrainConfig, data:RunData, ckpt, state, device:torch.device
         aud = audit_model(model, _max_len_of(model_kwargs(cfg, data.vocab_size)) or T)
         if aud.verdict != 'CLEAN': raise CausalLeakError(f"leak audit before step {state['step'] if state else 0}: {aud}. "
                                                         "Refusing to train a model that is not audited CLEAN.")
-    if device.type == 'cuda': torch.backends.cuda.matmul.allow_tf32 = True; torch.backends.cudnn.allow_tf32 = True
+    if device.type == 'cuda':   # set both ways: an earlier run in this process must not leave TF32 on for an autograd force
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32_allowed(MODELS[cfg.model], model, device)
     return model.to(device)
 
 def _setup_optimizer(model:nn.Module, cfg:TrainConfig, state, rank:int) -> tuple:
