@@ -1,0 +1,52 @@
+"""bench/device_check.py, the prepared GPU check (issue 18), runs on a CPU with --quick: exit code 0, one well-formed
+RESULT line per figure, the JSON where --out says with every section ok, and bench/measured/ untouched."""
+import json, os, re, subprocess, sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / 'bench' / 'device_check.py'
+LINE = re.compile(r'^RESULT (train|sq3|decode|tf32)\.[\w.]+ (-?\d+(\.\d+)?(e[+-]?\d+)?|inf|nan|None) [\w/]+$')
+
+
+def run(*args, timeout=300):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                          env={**os.environ, 'OMP_NUM_THREADS': '1'})
+
+
+def test_device_check_cpu_quick(tmp_path):
+    measured = {p.name: p.read_bytes() for p in (ROOT / 'bench' / 'measured').glob('*.json')}
+    r = run('--device', 'cpu', '--quick', '--out', str(tmp_path))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    lines = [l for l in r.stdout.splitlines() if l.startswith('RESULT')]
+    bad = [l for l in lines if not LINE.match(l)]
+    assert lines and not bad, bad
+    res = json.loads((tmp_path / 'device_check_cpu.json').read_text())
+    assert res['status'] == {s: 'ok' for s in ('train', 'sq3', 'decode', 'tf32')}, res['status']
+    assert {'hardware', 'shape', 'models', 'wall_s', 'quick', 'device'} <= set(res) and res['quick'] and res['device'] == 'cpu'
+    # every printed figure is in the JSON with the printed value
+    for l in lines:
+        key, value = l.split()[1], l.split()[2]
+        section, name = key.split('.', 1)
+        assert name in res[section], key
+        assert f'{res[section][name]:.6g}' == value if isinstance(res[section][name], float) else str(res[section][name]) == value
+    for m in ('splm_mlp', 'splm_sq3', 'matched_gpt'): assert res['train'][f'{m}.eager.tokens_per_s'] > 0
+    assert res['sq3']['force_max_rel_diff'] < 1e-4 and res['sq3']['force_ratio'] > 0
+    assert res['tf32']['force_rel_diff_tf32_on_vs_off'] == 0.0       # no TF32 on a CPU: both sides are the same fp32
+    assert 0 < res['tf32']['force_rel_diff_fp32_vs_fp64'] < 1e-4
+    assert {p.name: p.read_bytes() for p in (ROOT / 'bench' / 'measured').glob('*.json')} == measured
+
+
+def test_device_check_rejects_bad_input(tmp_path):
+    r = run('--device', 'cpu', '--quick', '--only', 'train,nope', '--out', str(tmp_path))
+    assert r.returncode == 2 and 'unknown section(s) nope' in r.stderr
+    r = run('--device', 'cpu', '--quick', '--out', str(ROOT / 'bench' / 'measured'))
+    assert r.returncode == 2 and 'never go to bench/measured' in r.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has CUDA')
+def test_device_check_without_cuda_measures_nothing(tmp_path):
+    r = run('--out', str(tmp_path))
+    assert r.returncode == 2 and 'CUDA requested but not available' in r.stdout and not list(tmp_path.iterdir())
