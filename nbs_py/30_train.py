@@ -543,6 +543,7 @@ def _train(cfg:TrainConfig, device:torch.device, rank:int, world:int) -> Optiona
         for step in range(start, cfg.max_steps):
             ts, lr = time.time(), lr_at(step, cfg.lr, cfg.warmup, cfg.max_steps)
             for g in opt.param_groups: g['lr'] = lr
+            spec.on_step(model, step / cfg.max_steps)
             x, y = get_batch(data.train, B, T, gen, device)
             with amp(): total, ce, _ = forward_loss(fwd, x, y)
             opt.zero_grad(set_to_none=True)

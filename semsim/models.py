@@ -12,6 +12,7 @@ from torch import Tensor
 
 from .splm import SPLMConfig, SPLMForCausalLM
 from .baselines import MatchedGPTConfig, MatchedGPTForCausalLM
+from .parf import PARFConfig, PARFForCausalLM
 
 # %% auto #0
 __all__ = ['SHARED_SIZES', 'MODELS', 'ModelSpec', 'model_spec', 'model_fields', 'build_model']
@@ -30,6 +31,7 @@ class ModelSpec:
     unused: tuple = ()        # shared sizes this member has no use for (dropped), e.g. MatchedGPT's v_hidden
     autograd_force: Callable = lambda model: False  # (model) -> True when the force is autograd.grad inside forward
     stats: Callable = lambda model, x: {}            # (model, x) -> scalars for the log (γ, mass, ξ decays)
+    on_step: Callable = lambda model, frac: None      # (model, fraction of training done) -> None, before each step (schedules, e.g. PARF's τ)
     def config_kwargs(self, args:dict) -> dict: # shared sizes and config fields, e.g. {'d': 64, 'L': 4, 'xi_channels': 2}
         "This member's config fields: its preset, then `args` with shared size names translated to its own."
         return {**self.preset, **{self.renames.get(k, k): v for k, v in args.items() if k not in self.unused}}
@@ -54,6 +56,21 @@ def _splm_spec(preset:str, help:str) -> ModelSpec:
     return ModelSpec(help, SPLMConfig, dict(SPLMConfig.PRESETS[preset]), _splm_build, unused=('n_head',),
                      autograd_force=lambda model: not model.V_theta.closed_form, stats=_splm_stats)
 
+def _parf_build(conf:PARFConfig, data=None) -> PARFForCausalLM:
+    model = PARFForCausalLM(conf)
+    if conf.mass_mode == 'logfreq' and data is not None: model.set_logfreq_surprisal(data.surprisal)
+    return model
+
+def _parf_stats(model, x:Tensor) -> dict:
+    r = _splm_stats(model, x)
+    if hasattr(model, 'route_tau'): r['route_tau'] = float(model.route_tau)
+    return r
+
+def _parf_spec(preset:str, help:str) -> ModelSpec:
+    return ModelSpec(help, PARFConfig, dict(PARFConfig.PRESETS[preset]), _parf_build, unused=('n_head',),
+                     autograd_force=lambda model: True, stats=_parf_stats,
+                     on_step=lambda model, frac: model.set_training_progress(frac))
+
 # %% ../nbs/26_models.ipynb #b298a6bc
 MODELS = {
     'splm-em-ln': _splm_spec('em_ln', 'SPLM em_ln: SARF ξ, logfreq mass, LayerNorm after each step, free γ'),
@@ -66,6 +83,9 @@ MODELS = {
     'splm-verlet': _splm_spec('verlet', 'velocity-Verlet SPLM'),
     'splm-multixi-hippo': _splm_spec('multixi_hippo', 'multi-ξ SPLM, HiPPO-LegT pool θ = 200'),
     'splm-multixi-s4d': _splm_spec('multixi_s4d', 'multi-ξ SPLM, S4D pool'),
+    'parf-q9c': _parf_spec('q9c', 'PARF-augmented SPLM (Q9c): em_ln plus the structural pair potential V_φ over every s < t'),
+    'parf-sparse': _parf_spec('parf_sparse', 'SparsePARFLM: Q9c with straight-through Gumbel top-k routing, k = 4'),
+    'parflm-multixi': _parf_spec('parflm_multixi', 'multi-ξ PARFLM: 8 log-spaced EMA channels, V_φ hidden 128, top-k 8, γ 0.30'),
     'matched-gpt': ModelSpec('MatchedGPT: the pre-LN GPT-2 attention baseline', MatchedGPTConfig, {},
                              lambda conf, data=None: MatchedGPTForCausalLM(conf),
                              renames={'L': 'n_layer'}, unused=('v_hidden', 'v_depth')),

@@ -264,6 +264,10 @@ def _scalar_init(self:SPLMForCausalLM, name:str) -> float:
     raise KeyError(name)
 
 @patch
+def _owners(self:SPLMForCausalLM) -> tuple: # the submodules that initialise themselves (`reset_parameters`)
+    return (self.V_theta, self.xi_module)
+
+@patch
 @torch.no_grad()
 def _init_weights(self:SPLMForCausalLM, module:nn.Module):
     "Reference init; the potential and the pool use their own `reset_parameters` (never touching loaded weights)."
@@ -275,7 +279,7 @@ def _init_weights(self:SPLMForCausalLM, module:nn.Module):
             if hasattr(module, n): hf_init.constant_(getattr(module, n), module._scalar_init(n))
         if hasattr(module, 'mass_head'): hf_init.zeros_(module.mass_head.weight); hf_init.zeros_(module.mass_head.bias)
         return
-    for owner in (self.V_theta, self.xi_module):   # any submodule of the potential or the pool: reset its owner
+    for owner in self._owners():   # any submodule of the potential or the pool (or a subclass's own parts): reset its owner
         if any(sub is module for sub in owner.modules()): _guarded_reset(owner, c.init_std); return
 
 # %% ../nbs/22_splm.ipynb #30eb021b
@@ -290,6 +294,10 @@ def set_logfreq_surprisal(self:SPLMForCausalLM, s:Tensor): # surprisal s(v), (V,
 
 @patch(cls_method=True)
 def _supports_default_dynamic_cache(cls:SPLMForCausalLM) -> bool: return False   # generate(): the model makes its own SPLMCache
+
+@patch
+def _stream(self:SPLMForCausalLM, *args, **kwargs): # the forward with a recurrent cache (a subclass with another cache overrides it)
+    return streaming_forward(self, *args, **kwargs)
 
 @patch
 def prepare_inputs_for_generation(self:SPLMForCausalLM, input_ids:Tensor, **kwargs) -> dict:
@@ -400,7 +408,7 @@ def forward(self:SPLMForCausalLM, input_ids:Optional[Tensor]=None, # token ids, 
     cache = resolve_cache(cache, past_key_values)
     if cache is not None or use_cache or (attention_mask is not None and not bool(attention_mask.all())):
         if output_mechanics or output_hidden_states: raise ValueError("output_mechanics / output_hidden_states need the parallel forward: call without a cache or padding")
-        return streaming_forward(self, input_ids, cache, attention_mask, bool(use_cache), labels=labels,
+        return self._stream(input_ids, cache, attention_mask, bool(use_cache), labels=labels,
                                  logits_to_keep=logits_to_keep, inputs_embeds=inputs_embeds)
     c = self.config
     input_ids, inputs_embeds = embed_inputs(self.E, input_ids, inputs_embeds, c.vocab_size, c.d, c.max_len)
