@@ -112,7 +112,7 @@ class PARFConfig(SPLMConfig):
     vphi_grad: str = 'detach'       # training gradient through the pair source: 'detach' (the reference) or 'live'
     # --- routing
     routing: str = 'dense'          # 'dense': every s < t (Q9c); 'sparse': straight-through Gumbel top-k
-    top_k: int = 4                  # 'sparse': sources kept per target
+    route_k: int = 4                # 'sparse': sources kept per target, k (not `top_k`: that name is a generation setting in transformers)
     score_hidden: int = 32          # 'sparse': hidden width of the score head π
     tau_start: float = 1.0          # 'sparse': τ during the hold
     tau_end: float = 0.1            # 'sparse': τ at the end of training
@@ -123,7 +123,7 @@ class PARFConfig(SPLMConfig):
 def validate_semsim(self:PARFConfig):
     "Raise ValueError naming the first invalid field (the SPLM's checks, then the pair potential's)."
     SPLMConfig.validate_semsim(self)
-    check_positive_ints(self, ('d_l', 'd_angle', 'vphi_hidden', 'c_hidden', 'top_k', 'score_hidden'))
+    check_positive_ints(self, ('d_l', 'd_angle', 'vphi_hidden', 'c_hidden', 'route_k', 'score_hidden'))
     for k, allowed in (('vphi_grad', ('detach', 'live')), ('routing', ('dense', 'sparse'))):
         if getattr(self, k) not in allowed: raise ValueError(f"{k} must be one of {allowed}, got {getattr(self, k)!r}")
     for k in ('pair_eps', 'tau_start', 'tau_end'):
@@ -134,10 +134,10 @@ def validate_semsim(self:PARFConfig):
 
 PARFConfig.PRESETS = {
     'q9c': dict(Q9C),                                                 # PARF-augmented SPLM, dense pairs (6,535,718 params)
-    'parf_sparse': {**Q9C, 'routing': 'sparse', 'top_k': 4},         # SparsePARFLM, k = 4
+    'parf_sparse': {**Q9C, 'routing': 'sparse', 'route_k': 4},         # SparsePARFLM, k = 4
     # multi-ξ PARFLM: K = 8 log-spaced EMA channels, V_φ hidden 128, top-k 8, γ 0.30 fixed (TinyStories sizes)
     'parflm_multixi': {**TINYSTORIES_SIZES, **SARF_LOGFREQ, 'ln_after_step': True, 'xi_pool': 'ema', 'xi_channels': 8,
-                       'xi_tau_max': 1000.0, 'fixed_gamma': 0.30, 'vphi_hidden': 128, 'routing': 'sparse', 'top_k': 8},
+                       'xi_tau_max': 1000.0, 'fixed_gamma': 0.30, 'vphi_hidden': 128, 'routing': 'sparse', 'route_k': 8},
 }
 
 # %% ../nbs/27_parf.ipynb #36de7c36
@@ -177,7 +177,7 @@ def pair_energy(self:PARFForCausalLM, hq:Tensor, # targets, (B,T,d)
     "The PARF energy of every target: dense over the allowed sources, or through the straight-through top-k mask."
     V = self.V_phi.pair_energies(hq, hs)
     if self.config.routing == 'dense': w = valid.to(V.dtype)
-    else: w = straight_through_topk(self.router.scores(hq, hs), valid, self.config.top_k, float(self.route_tau), self.training)
+    else: w = straight_through_topk(self.router.scores(hq, hs), valid, self.config.route_k, float(self.route_tau), self.training)
     return (w * V).sum(-1)
 
 @patch

@@ -72,7 +72,7 @@ def test_tau_schedule():
 
 
 @pytest.mark.parametrize('kw, msg', [(dict(routing='topk'), 'routing must be one of'), (dict(vphi_grad='alive'), 'vphi_grad must be one of'),
-                                     (dict(top_k=0), 'top_k must be a positive integer'), (dict(tau_hold=1.5), 'tau_hold must lie in')])
+                                     (dict(route_k=0), 'route_k must be a positive integer'), (dict(tau_hold=1.5), 'tau_hold must lie in')])
 def test_bad_config(kw, msg):
     with pytest.raises(ValueError, match=msg): PARFConfig(**{**SMALL, **kw})
 

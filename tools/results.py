@@ -24,6 +24,14 @@ STUDIES = {
         reference={'source': 'semsimula-paper@eb95852: notebooks/conservative_arch/ (Shakespeare, 50,257-way BPE, d 128, L 8, 4000 steps)',
                    'splm-em-ln': {'val_ppl': 173.59, 'seeds': 1, 'gamma_final': 0.958},
                    'matched-gpt': {'val_ppl': 149.80, 'val_ppl_std': 7.21, 'seeds': 5}}),
+    'parf-shakespeare-cpu': dict(
+        question='The PARF family beside em_ln and MatchedGPT on Tiny Shakespeare, demo recipe (600 steps), seed 0',
+        command=("for m in parf-q9c parf-sparse parflm-multixi splm-em-ln matched-gpt; do python -m semsim.train --preset demo "
+                 "--model $m --max-steps 600 --set threads=1 --out runs/parf/$m --no-progress; done  (two at a time)"),
+        deviations=['the demo recipe (d 64, L 4, v_hidden 128, compact vocabulary, 600 steps of 8 x 64 tokens), not the reference 4000 steps at d 128',
+                    'parflm-multixi at demo sizes (its preset is the TinyStories scale-up)'],
+        reference={'source': 'semsimula-paper@eb95852: notebooks/conservative_arch/parf/ (Shakespeare, 4000 steps, d 128)',
+                   'val_ppl': {'parf-q9c': 210.54, 'parf-sparse': 176.65, 'splm-em-ln': 173.59, 'matched-gpt': 149.80}}),
     'live-vs-detach': dict(
         question="xi_grad='live' vs 'detach' on the multi-ξ SPLM (demo recipe, 600 steps), three seeds each",
         command=("for s in 0 1 2; do for mode in detach live; do python -m semsim.train --preset demo --max-steps 600 "
