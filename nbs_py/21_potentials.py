@@ -214,7 +214,9 @@ class MLPPotential(Potential):
         _normal_(lins[-1], 0.002)
     def energy(self, xi:Tensor, h:Tensor) -> Tensor: # V, (B,T)
         xi = self.check(xi, h)
-        return self.net(torch.cat([xi, h], -1)).squeeze(-1)
+        lin, D = self.net[0], xi.shape[-1]   # W₁[ξ;h] + b₁ as two products, no concatenation: ∂V/∂h by autograd skips W₁'s ξ columns
+        z = torch.addmm(torch.addmm(lin.bias, xi.reshape(-1, D), lin.weight[:, :D].t()), h.reshape(-1, self.d), lin.weight[:, D:].t())
+        return self.net[1:](z).reshape(h.shape[:-1])
     def extra_repr(self): return f"d_xi={self.d_xi}, d={self.d}, hidden={self.hidden}, depth={self.depth}"
 
 
@@ -246,7 +248,11 @@ V
 # the first layer multiplies $\xi$ and $h$ by their own column blocks of $W_1$ instead of concatenating $[\xi; h]$.
 # `MLPPotential.energy_and_force` uses it whenever no graph is kept (evaluation and decoding; the MLP half of SQ4
 # with it), and autograd when `create_graph=True` (training). The decoding latencies it buys are measured in
-# `bench/bench_vs_attention.py`.
+# `bench/bench_vs_attention.py`. The energy itself also splits $W_1$ into its $\xi$ and $h$ column blocks, so that in
+# training autograd's $\partial V/\partial h$ (and the second-order graph through it) skips the $\xi$ columns that a
+# concatenation would make it differentiate and discard — the same function, measured in `bench/bench_train_profile.py`.
+# (Differentiating *through* the hand-written pass instead was measured too, and is slower in training: the backward of
+# its explicit GELU′ costs more than the product it saves.)
 
 # %%
 #| export

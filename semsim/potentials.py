@@ -139,7 +139,9 @@ class MLPPotential(Potential):
         _normal_(lins[-1], 0.002)
     def energy(self, xi:Tensor, h:Tensor) -> Tensor: # V, (B,T)
         xi = self.check(xi, h)
-        return self.net(torch.cat([xi, h], -1)).squeeze(-1)
+        lin, D = self.net[0], xi.shape[-1]   # W₁[ξ;h] + b₁ as two products, no concatenation: ∂V/∂h by autograd skips W₁'s ξ columns
+        z = torch.addmm(torch.addmm(lin.bias, xi.reshape(-1, D), lin.weight[:, :D].t()), h.reshape(-1, self.d), lin.weight[:, D:].t())
+        return self.net[1:](z).reshape(h.shape[:-1])
     def extra_repr(self): return f"d_xi={self.d_xi}, d={self.d}, hidden={self.hidden}, depth={self.depth}"
 
 # %% ../nbs/21_potentials.ipynb #93f42e22
