@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 
-.PHONY: install demo test test-latest test-oldest lock nbs export clean-nbs sync update lab readme docs site bench help
+.PHONY: install demo test test-latest test-oldest lock nbs export clean-nbs sync update lab readme docs site bench bench-memory bench-profile device-check help
 
 help:
 	@echo "make demo   — create .venv, install, run the main job"
@@ -31,6 +31,8 @@ help:
 	@echo "make update — carry a fix made directly in semsim/ back into the notebooks and nbs_py/"
 	@echo "make lab    — JupyterLab on the chapters (either form opens; saving writes both)"
 	@echo "make bench  — run the benchmarks in bench/"
+	@echo "make bench-memory / bench-profile — training-step memory, where the SPLM step's time goes (JSON to bench/measured/)"
+	@echo "make device-check — on a CUDA machine: bench/device_check.py (<= 8 min), JSON to bench/measured/"
 	@echo "make results-separator — train the separator chapter's three models and rewrite results/separator-shakespeare-cpu.json"
 	@echo "make results-menu — the retro-fit menu and the Markov-order test on those models (results/retrofit-*.json, markov-order-*.json)"
 	@echo "make results-mechanics — train an SQ3 and a Verlet SPLM, then energy drift and attractors (results/mechanics-shakespeare-cpu.json)"
@@ -128,6 +130,16 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	@for f in bench/bench_*.py; do [ -e "$$f" ] || continue; echo "== $$f"; $(PY) $$f || exit 1; done
+
+bench-memory: $(STAMP)
+	$(PY) bench/bench_memory.py --save
+
+bench-profile: $(STAMP)
+	$(PY) bench/bench_train_profile.py --save
+
+# What only a GPU can tell (issue 18): one call of at most 8 minutes; `--device cpu --quick` runs in make test.
+device-check: $(STAMP)
+	$(PY) bench/device_check.py
 
 # Measured results (hours on a CPU): train, then write results/<study>.json for the Results page.
 results-shakespeare-cpu: $(STAMP)

@@ -7,6 +7,10 @@ SQ3 mixture potential at d = 256, K_xi = 4 (ξ width 1024), K_mix = 8, T = 512 (
     forward with loss, backward through the forces (second order: create_graph), AdamW step — the potential's
     `closed_form` switched off for the autograd side, same weights, same batch.
 Thresholds (issue 5): force ≥ 2×, training step ≥ 1.5×. Last line: the force ratio (and the step ratio).
+(c) the same force and training-step comparisons at T = 128 and 256 (issue 18): the closed form must never be slower
+    than autograd at any measured shape, and the bench reports the share of the ceiling's gain the closed form
+    realises, (ratio − 1) / (ceiling − 1), at each. The 2× claim is for a GPU to confirm or refute
+    (`bench/device_check.py`); this machine has none.
 
 The ceiling. Work that both methods must do identically bounds what any exact closed form can gain (Amdahl):
 - force: the wells (μ, a, log π, b) are functions of ξ that both need; `wells` alone is timed in the same interleaved
@@ -103,15 +107,49 @@ def main():
     step_ceiling = ts['autograd']['median_s'] / floor_s
     print(f"  shared floor: {n_shared} of the closed form's {n_closed} matrix products and log-softmaxes are made, same op and "
           f"shapes, by autograd too: {floor_s:.2f} s; ceiling autograd / floor = {step_ceiling:.2f}x", flush=True)
+    # (c) the sweep over T: force (with its ceiling) and training step at the smaller contexts, same weights
+    sweep = []
+    for Ts_ in ([16, 32] if args.quick else [128, 256]):
+        xs, hs = xi[:, :Ts_].contiguous(), h[:, :Ts_].contiguous()
+        def auto_s():
+            pot.closed_form = False
+            try: return pot.energy_and_force(xs, hs)
+            finally: pot.closed_form = True
+        tw_ = interleaved({'wells': lambda: torch.no_grad()(pot.wells)(xs), 'closed_form': lambda: pot.energy_and_force(xs, hs),
+                           'autograd': auto_s}, repeats=2 * args.repeats)       # small differences of short times: more repeats
+        ids_s = ids[:, :Ts_]
+        def step_s(closed_form):
+            model.V_theta.closed_form = closed_form
+            try:
+                opt.zero_grad(set_to_none=True); model(ids_s, labels=ids_s).loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step()
+            finally: model.V_theta.closed_form = True
+        ts_ = interleaved({'closed_form': lambda: step_s(True), 'autograd': lambda: step_s(False)}, repeats=max(5, args.repeats))
+        sweep.append(dict(T=Ts_, force=dict(times=tw_, ratio=tw_['autograd']['median_s'] / tw_['closed_form']['median_s'],
+                                            ceiling=tw_['autograd']['median_s'] / tw_['wells']['median_s']),
+                          train_step=dict(B=Bs, times=ts_, ratio=ts_['autograd']['median_s'] / ts_['closed_form']['median_s'])))
+    sweep.append(dict(T=T, force=dict(times=tw, ratio=tw['autograd']['median_s'] / tw['closed_form']['median_s'], ceiling=force_ceiling),
+                      train_step=dict(B=Bs, times=ts, ratio=step_ratio, ceiling=step_ceiling)))
+    for r in sweep:
+        f_ = r['force']
+        f_['share_of_ceiling_gain'] = (f_['ratio'] - 1) / (f_['ceiling'] - 1) if f_['ceiling'] > 1 else float('nan')
+        if 'ceiling' in r['train_step']:
+            st_ = r['train_step']; st_['share_of_ceiling_gain'] = (st_['ratio'] - 1) / (st_['ceiling'] - 1) if st_['ceiling'] > 1 else float('nan')
+        print(f"  T={r['T']:4d}: force {f_['ratio']:.2f}x (ceiling {f_['ceiling']:.2f}x, share of the possible gain "
+              f"{f_['share_of_ceiling_gain']:.0%}); training step {r['train_step']['ratio']:.2f}x", flush=True)
+    never_slower = all(r['force']['ratio'] >= 1 and r['train_step']['ratio'] >= 1 for r in sweep)
+    print(f"  closed form never slower than autograd at the measured shapes: {never_slower}", flush=True)
     save('forces', dict(question='SQ3 closed-form force vs autograd through the same V', hardware=hw,
                         force=dict(B=B, T=T, d=d, K_xi=Kxi, K_mix=Kmix, times=tf, ratio=force_ratio, max_rel_diff=err, threshold=2.0,
                                    floor=dict(times=tw, ceiling=force_ceiling),
                                    wells_given=dict(times=th, ratio=h_ratio)),
                         train_step=dict(B=Bs, T=T, config='sq3_multixi', vocab=cfg.vocab_size, times=ts, ratio=step_ratio, threshold=1.5,
-                                        floor=dict(shared_s=floor_s, calls_shared=n_shared, calls_closed=n_closed, ceiling=step_ceiling))), args)
+                                        floor=dict(shared_s=floor_s, calls_shared=n_shared, calls_closed=n_closed, ceiling=step_ceiling)),
+                        sweep=sweep, closed_never_slower=never_slower), args)
     assert err < 1e-4, 'closed form and autograd disagree'
     print(f"RESULT SQ3 closed-form vs autograd: force {force_ratio:.2f}x {verdict(force_ratio, 2)} (ceiling {force_ceiling:.2f}x); "
-          f"training step {step_ratio:.2f}x {verdict(step_ratio, 1.5)} (ceiling {step_ceiling:.2f}x)")
+          f"training step {step_ratio:.2f}x {verdict(step_ratio, 1.5)} (ceiling {step_ceiling:.2f}x); closed form never slower at "
+          f"T = {', '.join(str(r['T']) for r in sweep)}: {'PASS' if never_slower else 'FAIL'}")
 
 
 if __name__ == '__main__': main()
