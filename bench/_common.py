@@ -26,6 +26,8 @@ def hardware() -> dict:
               python=platform.python_version(), platform=platform.platform(), cuda=torch.cuda.is_available(),
               load_avg_1_5_15=[round(x, 2) for x in os.getloadavg()], date=time.strftime('%Y-%m-%d %H:%M:%S'))
     if torch.cuda.is_available(): hw['gpu'] = torch.cuda.get_device_name(0)
+    if (os.cpu_count() or 1) <= 2 and not hw['cuda']:
+        hw['note'] = 'timings taken on a shared 2-core CPU (other jobs running): ratios of interleaved medians, absolute times noisy'
     return hw
 
 
