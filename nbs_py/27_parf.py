@@ -55,6 +55,9 @@ import matplotlib.pyplot as plt
 from fastcore.test import test_eq, test_fail, test_close
 from semsim.causal import audit, causal_probe
 from semsim.lm import output_cache
+import json
+from pathlib import Path
+import pandas as pd
 import torch
 torch.set_num_threads(1)
 
@@ -62,7 +65,7 @@ torch.set_num_threads(1)
 #| export
 from __future__ import annotations
 import math
-from typing import Optional
+from typing import Literal, Optional  # Literal: transformers config annotations name it; show_doc evaluates them here
 
 import torch
 import torch.nn as nn
@@ -545,3 +548,27 @@ def first_token_grad(vphi_grad):
 test_eq(torch.equal(l_d, l_l), True)
 print(f"gradient at token 0 from the last token's logits: detach {float(g_d):.2e}, live {float(g_l):.2e}")
 test_eq(float(g_d), 0.0); test_eq(float(g_l) > 0, True)
+
+# %% [markdown]
+# ## Measured: PARF beside em_ln and MatchedGPT on Tiny Shakespeare (CPU)
+#
+# Five runs of the `demo` training recipe (d 64, L 4, V_θ hidden 128, compact vocabulary, 600 steps of 8 × 64 tokens,
+# one seed, one thread each on a shared 2-core CPU), produced by the command recorded in
+# `results/parf-shakespeare-cpu.json` (`tools/results.py parf-shakespeare-cpu`). The reference's anchors are at its
+# own, much larger budget (4,000 steps at d 128), so only the ordering within this table is comparable, not the
+# numbers across the two columns.
+
+# %%
+RESULTS = next(p/'results' for p in (Path.cwd(), *Path.cwd().parents) if (p/'results').is_dir())
+pr = json.loads((RESULTS/'parf-shakespeare-cpu.json').read_text())
+tab = pd.DataFrame([{'model': r['model'], 'parameters': r['params'], 'val PPL': round(r['val_ppl'], 2),
+                     'tokens/s': round(r['tokens'] / r['elapsed_s']), 'reference PPL (4k steps, d 128)': pr['reference']['val_ppl'].get(r['model'])}
+                    for r in pr['runs']]).set_index('model')
+tab
+
+# %%
+order = tab['val PPL'].sort_values()
+print('ordering at this budget:', ' < '.join(f"{m} {v:.1f}" for m, v in order.items()))
+print(f"Q9c / em_ln val PPL: {tab.loc['parf-q9c', 'val PPL'] / tab.loc['splm-em-ln', 'val PPL']:.3f};  "
+      f"sparse / Q9c: {tab.loc['parf-sparse', 'val PPL'] / tab.loc['parf-q9c', 'val PPL']:.3f};  "
+      f"Q9c tokens/s relative to em_ln: {tab.loc['parf-q9c', 'tokens/s'] / tab.loc['splm-em-ln', 'tokens/s']:.2f}")

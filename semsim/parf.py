@@ -5,7 +5,7 @@
 # %% ../nbs/27_parf.ipynb #8918394a
 from __future__ import annotations
 import math
-from typing import Optional
+from typing import Literal, Optional  # Literal: transformers config annotations name it; show_doc evaluates them here
 
 import torch
 import torch.nn as nn
