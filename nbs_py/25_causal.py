@@ -59,6 +59,7 @@ import torch
 from torch import Tensor
 
 from semsim.splm import SPLMConfig, SPLMForCausalLM
+from semsim.parf import PARFConfig, PARFForCausalLM   # probe_grid: cells with `routing` are PARF models
 
 # %% [markdown]
 # ## The report
@@ -280,13 +281,21 @@ def option_grid(full:bool=False) -> list:
              'ln_after_step': bool((i + j) % 2), 'fixed_gamma': 0.3 if (i * 3 + j) % 2 else None}
             for i, pl in enumerate(pools) for j, pt in enumerate(pots)]
 
+def parf_option_grid() -> list:
+    "PARF option combinations (every cell has `routing`, which sends probe_grid to PARFForCausalLM): 12 cells."
+    pools = [dict(xi_pool='cummean', xi_fixed=False), dict(xi_pool='cummean', xi_fixed=True), dict(xi_pool='ema', xi_channels=3, xi_fixed=False)]
+    return [{**pl, 'routing': r, 'vphi_grad': g, 'xi_grad': g, 'mass_mode': 'logfreq' if r == 'sparse' else 'global',
+             'ln_after_step': r == 'dense', 'route_k': 2}
+            for pl in pools for r in ('dense', 'sparse') for g in ('detach', 'live')]
+
 def probe_grid(grid:list, base:Optional[dict]=None, seed:int=0, **probe_kw) -> list:
     "Probe every combination with causal_force True and False: list of (options, report_causal, report_leaky)."
     base = base or dict(vocab_size=61, d=16, max_len=48, L=3, v_hidden=32, v_depth=2)
     out = []
     for i, kw in enumerate(grid):
         torch.manual_seed(seed + i)
-        m = SPLMForCausalLM(SPLMConfig(**base, **kw))
+        if 'routing' in kw: m = PARFForCausalLM(PARFConfig(**base, d_l=4, d_angle=3, vphi_hidden=8, c_hidden=8, **kw))
+        else: m = SPLMForCausalLM(SPLMConfig(**base, **kw))
         if kw.get('mass_mode') == 'logfreq': m.set_logfreq_surprisal(torch.rand(base['vocab_size']) * 10)
         r_ok = causal_probe(m, **probe_kw)
         m.config.causal_force = False
@@ -295,7 +304,7 @@ def probe_grid(grid:list, base:Optional[dict]=None, seed:int=0, **probe_kw) -> l
 
 
 # %% [markdown]
-# (`option_grid` and `probe_grid` are exported so that `tests/` and benchmarks can reuse them.)
+# (`option_grid`, `parf_option_grid` and `probe_grid` are exported so that `tests/` and benchmarks can reuse them.)
 
 # %%
 t0 = time.time()
@@ -327,6 +336,21 @@ ax.axhline(CAUSAL_TOL, color='k', ls=':', label='tol'); ax.axhline(CAUSAL_REL_TO
 ax.set(xlabel='grid cell (pool × potential)', ylabel='leak')
 ax.legend(fontsize=7, ncol=3, loc='upper center', bbox_to_anchor=(0.5, -0.22)); plt.tight_layout(); plt.show()
 assert ok_pre < 1e-12 and ok_grad == 0 and bad_rel > 10 * CAUSAL_REL_TOL
+
+# %% [markdown]
+# **The PARF family too** (`semsim.parf`): dense and sparse routing, the pair source and ξ detached or live, over
+# three pools. Every causal cell passes and every `causal_force=False` cell — where ξ and the pair sources are
+# built from the live state — is flagged:
+
+# %%
+res_parf = probe_grid(parf_option_grid())
+for kw, ok, bad in res_parf:
+    assert ok.passed, (kw, ok)
+    assert not bad.passed, (kw, bad)
+print(f"{len(res_parf)} PARF cells: causal max Δ_pre {max(o.delta_pre for _, o, _ in res_parf):.1e}, "
+      f"max Δ_grad {max(o.grad_delta for _, o, _ in res_parf):.1e}; leaky smallest relative leak "
+      f"{min(max(b.rel_pre, b.rel_grad) for _, _, b in res_parf):.1e}")
+test_eq({kw['routing'] for kw, _, _ in res_parf}, {'dense', 'sparse'})
 
 # %% [markdown]
 # The full product — 5 pools × 5 potentials × 3 masses × 3 integrators × LN on/off × γ fixed/learned, 900

@@ -12,10 +12,11 @@ import torch
 from torch import Tensor
 
 from .splm import SPLMConfig, SPLMForCausalLM
+from .parf import PARFConfig, PARFForCausalLM   # probe_grid: cells with `routing` are PARF models
 
 # %% auto #0
 __all__ = ['CAUSAL_TOL', 'CAUSAL_REL_TOL', 'AUDIT_GAP_TOL', 'CausalReport', 'causal_probe', 'assert_causal', 'option_grid',
-           'probe_grid', 'AuditReport', 'audit']
+           'parf_option_grid', 'probe_grid', 'AuditReport', 'audit']
 
 # %% ../nbs/25_causal.ipynb #3fedd254
 CAUSAL_TOL = 1e-6      # absolute pass threshold of both probes (semsimula-paper@eb95852: `notebooks/conservative_arch/causal_probe.py`, class smoke test)
@@ -137,13 +138,21 @@ def option_grid(full:bool=False) -> list:
              'ln_after_step': bool((i + j) % 2), 'fixed_gamma': 0.3 if (i * 3 + j) % 2 else None}
             for i, pl in enumerate(pools) for j, pt in enumerate(pots)]
 
+def parf_option_grid() -> list:
+    "PARF option combinations (every cell has `routing`, which sends probe_grid to PARFForCausalLM): 12 cells."
+    pools = [dict(xi_pool='cummean', xi_fixed=False), dict(xi_pool='cummean', xi_fixed=True), dict(xi_pool='ema', xi_channels=3, xi_fixed=False)]
+    return [{**pl, 'routing': r, 'vphi_grad': g, 'xi_grad': g, 'mass_mode': 'logfreq' if r == 'sparse' else 'global',
+             'ln_after_step': r == 'dense', 'route_k': 2}
+            for pl in pools for r in ('dense', 'sparse') for g in ('detach', 'live')]
+
 def probe_grid(grid:list, base:Optional[dict]=None, seed:int=0, **probe_kw) -> list:
     "Probe every combination with causal_force True and False: list of (options, report_causal, report_leaky)."
     base = base or dict(vocab_size=61, d=16, max_len=48, L=3, v_hidden=32, v_depth=2)
     out = []
     for i, kw in enumerate(grid):
         torch.manual_seed(seed + i)
-        m = SPLMForCausalLM(SPLMConfig(**base, **kw))
+        if 'routing' in kw: m = PARFForCausalLM(PARFConfig(**base, d_l=4, d_angle=3, vphi_hidden=8, c_hidden=8, **kw))
+        else: m = SPLMForCausalLM(SPLMConfig(**base, **kw))
         if kw.get('mass_mode') == 'logfreq': m.set_logfreq_surprisal(torch.rand(base['vocab_size']) * 10)
         r_ok = causal_probe(m, **probe_kw)
         m.config.causal_force = False

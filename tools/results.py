@@ -38,6 +38,13 @@ STUDIES = {
                  "--set xi_grad=$mode --set seed=$s --out runs/live/$mode-s$s --no-progress & done; wait; done"),
         deviations=['the demo recipe (d 64, L 4, compact vocabulary, 600 steps of 8 x 64 tokens), not the reference 3k-step arm'],
         reference={'source': 'the reference\'s gradient-starvation finding: a conservative arm 158.09 (detach) -> 127.73 (live) PPL at 3k steps'}),
+    'live-vs-detach-em-ln': dict(
+        question="xi_grad='live' vs 'detach' on em_ln (single-ξ SPLM, demo recipe, 600 steps), three seeds each",
+        command=("for s in 0 1 2; do for mode in detach live; do python -m semsim.train --preset demo --model splm-em-ln "
+                 "--max-steps 600 --set xi_grad=$mode --set seed=$s --set threads=1 --out runs/lvd/splm-em-ln-$mode-s$s "
+                 "--no-progress & done; wait; done"),
+        deviations=['the demo recipe (d 64, L 4, compact vocabulary, 600 steps of 8 x 64 tokens), not the reference 3k-step arm'],
+        reference={'source': 'the reference\'s gradient-starvation finding: a conservative arm 158.09 (detach) -> 127.73 (live) PPL at 3k steps'}),
 }
 
 
