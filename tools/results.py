@@ -45,6 +45,14 @@ STUDIES = {
                  "--no-progress & done; wait; done"),
         deviations=['the demo recipe (d 64, L 4, compact vocabulary, 600 steps of 8 x 64 tokens), not the reference 3k-step arm'],
         reference={'source': 'the reference\'s gradient-starvation finding: a conservative arm 158.09 (detach) -> 127.73 (live) PPL at 3k steps'}),
+    'live-vs-detach-q9c': dict(
+        question="xi_grad and vphi_grad 'live' vs 'detach' on PARF Q9c (demo recipe, 600 steps), three seeds each",
+        command=("for s in 0 1 2; do for mode in detach live; do python -m semsim.train --preset demo --model parf-q9c "
+                 "--max-steps 600 --set xi_grad=$mode --set vphi_grad=$mode --set seed=$s --set threads=1 "
+                 "--out runs/lvd/parf-q9c-$mode-s$s --no-progress & done; wait; done"),
+        deviations=['the demo recipe (d 64, L 4, v_hidden 128, compact vocabulary, 600 steps of 8 x 64 tokens), not the reference 3k-step arm',
+                    "'live' sets both paths live: ξ and the pair source"],
+        reference={'source': 'the reference\'s gradient-starvation finding: a conservative arm 158.09 (detach) -> 127.73 (live) PPL at 3k steps'}),
 }
 
 
