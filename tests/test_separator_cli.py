@@ -38,7 +38,9 @@ def test_separator_token_axis_on_a_semsim_run_with_oracle(shared_data, tmp_path)
     res = json.loads((out/'separator.json').read_text())
     assert res['axis'] == 'token' and res['fit']['layers'] == [0, 1, 2, 3]
     assert min(res['oracle']['r2']) > 1 - 1e-9 and res['oracle']['exact_form']
-    assert abs(res['oracle']['alpha'][0] - res['oracle']['expected_alpha']) < 1e-8
+    # float64 least squares on two nearly collinear columns (v and -∇V after 4 training steps): the error is
+    # cond(X)·eps, measured up to 1.2e-8 on CI's CPU; a wrong integrator constant is off by > 1e-2
+    assert abs(res['oracle']['alpha'][0] - res['oracle']['expected_alpha']) < 1e-6
 
 
 @pytest.mark.parametrize('corpus, msg', [
