@@ -37,6 +37,7 @@ from torch import Tensor
 from semsim.splm import SPLMConfig, SPLMForCausalLM
 from semsim.baselines import MatchedGPTConfig, MatchedGPTForCausalLM
 from semsim.parf import PARFConfig, PARFForCausalLM
+from semsim.fock import FockConfig, FockForCausalLM
 
 # %%
 #| export
@@ -81,7 +82,7 @@ def _splm_spec(preset:str, help:str) -> ModelSpec:
                      autograd_force=lambda model: not model.V_theta.closed_form, stats=_splm_stats)
 
 def _parf_build(conf:PARFConfig, data=None) -> PARFForCausalLM:
-    model = PARFForCausalLM(conf)
+    model = (FockForCausalLM if isinstance(conf, FockConfig) else PARFForCausalLM)(conf)
     if conf.mass_mode == 'logfreq' and data is not None: model.set_logfreq_surprisal(data.surprisal)
     return model
 
@@ -90,8 +91,8 @@ def _parf_stats(model, x:Tensor) -> dict:
     if hasattr(model, 'route_tau'): r['route_tau'] = float(model.route_tau)
     return r
 
-def _parf_spec(preset:str, help:str) -> ModelSpec:
-    return ModelSpec(help, PARFConfig, dict(PARFConfig.PRESETS[preset]), _parf_build, unused=('n_head',),
+def _parf_spec(preset:str, help:str, conf_cls=PARFConfig) -> ModelSpec:
+    return ModelSpec(help, conf_cls, dict(conf_cls.PRESETS[preset]), _parf_build, unused=('n_head',),
                      autograd_force=lambda model: True, stats=_parf_stats,
                      on_step=lambda model, frac: model.set_training_progress(frac))
 
@@ -112,6 +113,7 @@ MODELS = {
     'parf-q9c': _parf_spec('q9c', 'PARF-augmented SPLM (Q9c): em_ln plus the structural pair potential V_φ over every s < t'),
     'parf-sparse': _parf_spec('parf_sparse', 'SparsePARFLM: Q9c with straight-through Gumbel top-k routing, k = 4'),
     'parflm-multixi': _parf_spec('parflm_multixi', 'multi-ξ PARFLM: 8 log-spaced EMA channels, V_φ hidden 128, top-k 8, γ 0.30'),
+    'fock-parflm': _parf_spec('fock_parflm', 'Fock-PARFLM: SparsePARFLM k = 4 with 16 prefix-causal registers', FockConfig),
     'matched-gpt': ModelSpec('MatchedGPT: the pre-LN GPT-2 attention baseline', MatchedGPTConfig, {},
                              lambda conf, data=None: MatchedGPTForCausalLM(conf),
                              renames={'L': 'n_layer'}, unused=('v_hidden', 'v_depth')),

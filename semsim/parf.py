@@ -197,8 +197,10 @@ def _force(self:PARFForCausalLM, h:Tensor, # state, (B,T,d)
         else: xi = self.context(xs)
         valid = torch.ones(T, T, dtype=torch.bool, device=h.device).tril(-1)      # strict: s < t
         U = self.V_theta.energy(xi, ht) + self.pair_energy(ht, ps, valid)
-        g, = torch.autograd.grad(U.sum(), ht, create_graph=cg, retain_graph=cg)
-    f = -g
+        Ux, fx = self._extra_terms(ht, ps, st, None)             # a subclass's extra energy and non-conservative force
+        if Ux is not None: U = U + Ux
+        g, = torch.autograd.grad(U.sum(), ht, create_graph=cg, retain_graph=cg or fx is not None)
+    f = -g if fx is None else fx - g
     if not st['grad']: f, U = f.detach(), U.detach()
     return f, U
 
@@ -208,7 +210,23 @@ def _energy(self:PARFForCausalLM, h:Tensor, st:dict) -> Tensor: # U at a state w
     xi = st['xi'] if self.config.xi_fixed else self.context(h.detach())
     with torch.enable_grad():
         U = self.V_theta.energy(xi, h) + self.pair_energy(h, h.detach(), torch.ones(T, T, dtype=torch.bool, device=h.device).tril(-1))
+        Ux, _ = self._extra_terms(h, h.detach(), dict(st), None)   # a copy of st: the final energy advances no lifecycle
+        if Ux is not None: U = U + Ux
     return U if st['grad'] else U.detach()
+
+@patch
+def _extra_terms(self:PARFForCausalLM, ht:Tensor, # targets (the alias), (B,T,d)
+                 src:Tensor, # source states (detached, or live for the gradient), (B,T,d)
+                 st:dict, # the integration's per-layer state
+                 state:Optional[dict]) -> tuple: # None in the parallel pass; a layer's decode state in the cache
+    "Hook for subclasses (Fock registers): (extra energy (B,T) or None, extra force (B,T,d) or None); PARF has none."
+    return None, None
+
+@patch
+def _extra_prefill(self:PARFForCausalLM, hs:list, # positions h_0 ... h_L of the rolled prompt, (B,T,d) each
+                   n:Tensor) -> list: # prompt lengths, (B,)
+    "Hook for subclasses: the per-layer decode state (dicts of tensors) a prompt leaves in the cache; PARF has none."
+    return []
 
 # %% ../nbs/27_parf.ipynb #17a7ce56
 TINY = dict(vocab_size=61, d=16, max_len=48, L=3, v_hidden=32, v_depth=2, d_l=4, d_angle=3, vphi_hidden=8, c_hidden=8)
@@ -216,17 +234,20 @@ TINY = dict(vocab_size=61, d=16, max_len=48, L=3, v_hidden=32, v_depth=2, d_l=4,
 # %% ../nbs/27_parf.ipynb #bf3f5166
 class PARFCache(SPLMCache):
     "SPLMCache plus the pair sources: every earlier token's state at each force-evaluation layer, (B,max_len,d) each."
-    def __init__(self, states:list, pos:Tensor, n_seen:int, last_h:Tensor, sources:list):
+    def __init__(self, states:list, pos:Tensor, n_seen:int, last_h:Tensor, sources:list, extra:Optional[list]=None):
         super().__init__(states, pos, n_seen, last_h)
-        self.sources = sources
+        self.sources, self.extra = sources, extra or []   # extra: a subclass's per-layer decode state (dicts of (B,...) tensors)
     @property
     def nbytes(self) -> int:
-        return super().nbytes + sum(s[:, :self.max_pos].numel() * s.element_size() for s in self.sources)
+        return (super().nbytes + sum(s[:, :self.max_pos].numel() * s.element_size() for s in self.sources)
+                + sum(v.numel() * v.element_size() for e in self.extra for v in e.values()))
     def copy(self) -> 'PARFCache':
-        return PARFCache([dict(s) for s in self.states], self.pos.clone(), self.n_seen, self.last_h, [s.clone() for s in self.sources])
+        return PARFCache([dict(s) for s in self.states], self.pos.clone(), self.n_seen, self.last_h, [s.clone() for s in self.sources],
+                         [{k: v.clone() for k, v in e.items()} for e in self.extra])
     def _map_rows(self, fn):
         super()._map_rows(fn)
         self.sources = [fn(s) for s in self.sources]
+        self.extra = [{k: fn(v) for k, v in e.items()} for e in self.extra]
 
 # %% ../nbs/27_parf.ipynb #e90c30ef
 @torch.no_grad()
@@ -255,7 +276,7 @@ def parf_prefill(model, input_ids:Tensor, # prompt, (B,T)
     else:
         logits = roll_rows(F.linear(hL, model.E.weight), -shift)
         if logits_to_keep: logits = logits[:, -logits_to_keep:]
-    return logits, PARFCache(states, n.clone(), T, last, sources)
+    return logits, PARFCache(states, n.clone(), T, last, sources, model._extra_prefill(hs, n))
 
 # %% ../nbs/27_parf.ipynb #40e2b3b5
 @torch.no_grad()
@@ -276,6 +297,7 @@ def parf_decode_step(model, cache:PARFCache, # state after the previous tokens (
         S = cache.max_pos
         valid = (torch.arange(S, device=ids.device)[None] < cache.pos[:, None])[:, None, :]   # (B,1,S): this row's earlier tokens
         if c.xi_fixed: xi0, cache.states[0] = pool.step(cache.states[0], h0[:, 0])
+        st = {'leak': False, 'create_graph': False, 'grad': False, 'xi': None}   # the token's own per-layer state
         def force(l, h):
             "Force at layer l from the pool state and the cached sources; then this token becomes a source."
             if c.xi_fixed: xi = xi0
@@ -283,9 +305,11 @@ def parf_decode_step(model, cache:PARFCache, # state after the previous tokens (
             with torch.enable_grad():
                 ht = h.detach().requires_grad_(True)
                 U = model.V_theta.energy(xi.reshape(B, 1, -1), ht) + model.pair_energy(ht, cache.sources[l][:, :S], valid)
+                Ux, fx = model._extra_terms(ht, h.detach(), st, cache.extra[l] if cache.extra else None)
+                if Ux is not None: U = U + Ux
                 g, = torch.autograd.grad(U.sum(), ht)
             cache.sources[l][rows, cache.pos] = h[:, 0]
-            return -g, None
+            return (-g if fx is None else fx.detach() - g), None
         h = integrate(force, h0, m, gamma, c.dt, c.L, c.integrator, project=model._ln if c.ln_after_step else None,
                       final_force=False)['positions'][-1]
         cache.last_h, cache.pos, cache.n_seen, cache.max_pos = h[:, 0], cache.pos + 1, cache.n_seen + 1, cache.max_pos + 1

@@ -1,4 +1,4 @@
-"""The PARF family (semsim.parf): registry names, Hugging Face save/load, the leak audit, live vs detach, the
+"""The PARF family (semsim.parf, semsim.fock): registry names, Hugging Face save/load, the leak audit, live vs detach, the
 τ schedule, and training through `semsim train --model` (a leaking PARF model is refused)."""
 import contextlib, io, json, random
 
@@ -10,11 +10,12 @@ from transformers.utils import logging as hf_logging
 from semsim.causal import audit
 from semsim.models import build_model
 from semsim.parf import PARFConfig, PARFForCausalLM, TINY
+from semsim.fock import FockConfig, FockForCausalLM
 from semsim.train import main, read_log
 
 hf_logging.set_verbosity_error()
 torch.set_num_threads(1)
-NAMES = ('parf-q9c', 'parf-sparse', 'parflm-multixi')
+NAMES = ('parf-q9c', 'parf-sparse', 'parflm-multixi', 'fock-parflm')
 SMALL = dict(TINY, max_len=32)
 
 
@@ -42,7 +43,7 @@ def test_save_load_round_trip(tmp_path, name):
     if hasattr(m, 'route_tau'): m.set_training_progress(0.9)
     m.save_pretrained(tmp_path)
     r = AutoModelForCausalLM.from_pretrained(tmp_path)
-    assert type(r) is PARFForCausalLM and r.config.routing == m.config.routing
+    assert type(r) is type(m) and r.config.routing == m.config.routing
     x = torch.randint(0, SMALL['vocab_size'], (2, 10))
     torch.testing.assert_close(r.eval()(x).logits, m.eval()(x).logits, atol=0, rtol=0)
 
@@ -104,4 +105,30 @@ def test_train_sparse_anneals_tau_and_leak_refused(tmp_path, isolated_cache, sal
     assert taus[0] == pytest.approx(1.0) and taus[-1] < taus[0] and all(a >= b for a, b in zip(taus, taus[1:]))
     assert 'val_ppl' in read_log(tmp_path/'ok'/'log.jsonl')[-1]
     rc, err = _run(['--model', 'parf-q9c', '--set', 'causal_force=false', '--set', f'corpus={salad}', '--out', str(tmp_path/'leak'), *ARGS])
+    assert rc == 2 and 'before step 0' in err
+
+
+def test_fock_registers_leak_only_when_full_window():
+    m = _model('fock-parflm')
+    assert isinstance(m, FockForCausalLM) and m.config.prefix_causal_registers is True
+    leaky = _model('fock-parflm', prefix_causal_registers=False)
+    leaky.load_state_dict(m.state_dict())
+    rep = audit(leaky)
+    assert rep.verdict == 'LEAK' and rep.delta_pre > 0
+    with pytest.raises(ValueError, match='prefix_causal_registers=False'): leaky(torch.randint(0, 61, (1, 5)), use_cache=True)
+
+
+@pytest.mark.parametrize('kw, msg', [(dict(n_registers=0), 'n_registers must be a positive integer'),
+                                     (dict(reg_decay=-0.1), 'reg_decay must lie in'), (dict(reg_gate_init=1.0), 'reg_gate_init'),
+                                     (dict(prefix_causal_registers='yes'), 'prefix_causal_registers must be True or False')])
+def test_bad_fock_config(kw, msg):
+    with pytest.raises(ValueError, match=msg): FockConfig(**{**SMALL, **kw})
+
+
+def test_train_fock_and_leaky_fock_refused(tmp_path, isolated_cache, salad):
+    rc, err = _run(['--model', 'fock-parflm', '--set', f'corpus={salad}', '--set', 'n_registers=4', '--out', str(tmp_path/'ok'), *ARGS])
+    assert rc == 0, err
+    assert 'val_ppl' in read_log(tmp_path/'ok'/'log.jsonl')[-1]
+    rc, err = _run(['--model', 'fock-parflm', '--set', 'prefix_causal_registers=false', '--set', f'corpus={salad}',
+                    '--out', str(tmp_path/'leak'), *ARGS])
     assert rc == 2 and 'before step 0' in err
