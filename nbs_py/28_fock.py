@@ -402,3 +402,30 @@ ax.plot(range(1, 49), [1 / t for t in range(1, 49)], 'k--', lw=1, label='1/t')
 ax.axhline(0.005, color='r', lw=1, label='threshold'); ax.set_yscale('log'); ax.set_xlabel('position t'); ax.set_ylabel('salience σ̂')
 ax.legend(fontsize=7); plt.tight_layout()
 assert float(sal.min()) > 0.005
+
+# %% [markdown]
+# ## Measured: Fock-PARFLM on Tiny Shakespeare (CPU)
+#
+# One run of the `demo` recipe (d 64, L 4, V_θ hidden 128, compact vocabulary, 600 steps of 8 × 64 tokens, seed 0,
+# one thread on a shared 2-core CPU; `make results-fock`, `results/fock-shakespeare-cpu.json`), beside the PARF
+# chapter's runs of the same recipe (`results/parf-shakespeare-cpu.json`). The trainer's start-up audit passed it
+# (a leaking model exits with status 2 before step 0). There is no reference anchor: every Fock number the reference
+# reports came from the leaking model.
+
+# %%
+import json
+from pathlib import Path
+import pandas as pd
+RESULTS = next(p/'results' for p in (Path.cwd(), *Path.cwd().parents) if (p/'results').is_dir())
+fr, pr = (json.loads((RESULTS/f).read_text()) for f in ('fock-shakespeare-cpu.json', 'parf-shakespeare-cpu.json'))
+row = lambda r: {'model': r['model'], 'parameters': r['params'], 'val PPL': round(r['val_ppl'], 2),
+                 'tokens/s': round(r['tokens'] / r['elapsed_s'])}
+tab = pd.DataFrame([row(r) for r in pr['runs'] + fr['runs']]).set_index('model').sort_values('val PPL')
+tab
+
+# %%
+fk = tab.loc['fock-parflm']
+print(f"Fock-PARFLM {fk['val PPL']:.2f} val PPL vs SparsePARFLM {tab.loc['parf-sparse', 'val PPL']:.2f} "
+      f"(ratio {fk['val PPL'] / tab.loc['parf-sparse', 'val PPL']:.3f}), at {fk['tokens/s'] / tab.loc['parf-sparse', 'tokens/s']:.2f}x its tokens/s; "
+      f"rank {list(tab.index).index('fock-parflm') + 1} of {len(tab)}")
+test_eq(fr['runs'][0]['steps'], 600); assert math.isfinite(fk['val PPL'])

@@ -32,6 +32,13 @@ STUDIES = {
                     'parflm-multixi at demo sizes (its preset is the TinyStories scale-up)'],
         reference={'source': 'semsimula-paper@eb95852: notebooks/conservative_arch/parf/ (Shakespeare, 4000 steps, d 128)',
                    'val_ppl': {'parf-q9c': 210.54, 'parf-sparse': 176.65, 'splm-em-ln': 173.59, 'matched-gpt': 149.80}}),
+    'fock-shakespeare-cpu': dict(
+        question='Fock-PARFLM (prefix-causal registers) on Tiny Shakespeare, demo recipe (600 steps), seed 0, beside parf-shakespeare-cpu',
+        command=("python -m semsim.train --preset demo --model fock-parflm --max-steps 600 --set threads=1 "
+                 "--out runs/parf/fock-parflm --no-progress"),
+        deviations=['the demo recipe (d 64, L 4, v_hidden 128, compact vocabulary, 600 steps of 8 x 64 tokens), as parf-shakespeare-cpu',
+                    'no reference anchor: the reference\'s Fock numbers (9.30 / 8.95 TinyStories, 7.69 OWT) came from the leaking model'],
+        reference={'source': 'semsimula-paper@119c67d: parf/model_fock_parf_v2.py (leaky reverse channel; honest 258 on OWT d384)'}),
     'live-vs-detach': dict(
         question="xi_grad='live' vs 'detach' on the multi-ξ SPLM (demo recipe, 600 steps), three seeds each",
         command=("for s in 0 1 2; do for mode in detach live; do python -m semsim.train --preset demo --max-steps 600 "
