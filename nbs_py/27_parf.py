@@ -58,6 +58,7 @@ from semsim.lm import output_cache
 import json
 from pathlib import Path
 import pandas as pd
+from scipy.stats import binomtest
 import torch
 torch.set_num_threads(1)
 
@@ -621,7 +622,6 @@ test_eq(list(summ_q['count']), [3, 3])
 # The paired gaps per seed, and the curves' first evaluation (step 100), where starvation should show first:
 
 # %%
-from scipy.stats import binomtest
 pair = df_q.pivot(index='seed', columns='mode', values='val PPL')
 pair['live - detach'] = pair['live'] - pair['detach']
 at100 = {(r['config']['model_args'].get('vphi_grad', 'detach'), r['config']['seed']): r['val_ppl_at']['100'] for r in lv_q['runs']}

@@ -83,6 +83,9 @@ import matplotlib.pyplot as plt
 from fastcore.test import test_eq, test_fail, test_close
 from semsim.causal import audit
 from semsim.lm import output_cache
+import json
+from pathlib import Path
+import pandas as pd
 torch.set_num_threads(1)
 
 # %% [markdown]
@@ -413,9 +416,6 @@ assert float(sal.min()) > 0.005
 # reports came from the leaking model.
 
 # %%
-import json
-from pathlib import Path
-import pandas as pd
 RESULTS = next(p/'results' for p in (Path.cwd(), *Path.cwd().parents) if (p/'results').is_dir())
 fr, pr = (json.loads((RESULTS/f).read_text()) for f in ('fock-shakespeare-cpu.json', 'parf-shakespeare-cpu.json'))
 row = lambda r: {'model': r['model'], 'parameters': r['params'], 'val PPL': round(r['val_ppl'], 2),
