@@ -359,6 +359,17 @@ print(f"Q9c: {n_par(full):,} parameters (V_theta {n_par(full.V_theta):,}, V_phi 
 test_eq((n_par(full), n_par(full.V_theta), n_par(full.V_phi)), (6_535_718, 66_049, 4_002))
 
 # %% [markdown]
+# The multi-ξ PARFLM preset at the TinyStories sizes comes to 9,513 parameters fewer than the reference's 17,632,215:
+# its V_φ is `structural_competitive`, a variant whose extra parts the spec does not describe, so semsim builds the
+# structural V_φ with hidden 128 and reports the gap rather than guessing:
+
+# %%
+with torch.device('meta'):
+    mx = PARFForCausalLM(PARFConfig.preset('parflm_multixi'))
+print(f"multi-ξ PARFLM: {n_par(mx):,} parameters (reference 17,632,215; gap {17_632_215 - n_par(mx):,})")
+test_eq(n_par(mx), 17_622_702)
+
+# %% [markdown]
 # A tiny Q9c runs, is a Hugging Face model with the SPLM's outputs, and is causal: the leak audit (chapter *Causal
 # probe*) finds it CLEAN, while `causal_force=False` is a LEAK. The force equals the finite difference of $U$ in the
 # target slot with the sources held fixed:
