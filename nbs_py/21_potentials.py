@@ -555,13 +555,79 @@ class SQ4Potential(Potential):
 
 
 # %% [markdown]
+# ## GM: the Gaussian-mixture head (em_gm)
+#
+# The energetic-minima study's `em_gm` (semsimula-paper@eb95852: `notebooks/conservative_arch/energetic_minima/model_gm.py`)
+# replaces the MLP by a sum of $K$ inverted Gaussian wells in the joint space $z = [\xi; h] \in \mathbb{R}^{D_\xi + d}$:
+#
+# $$V = \sum_{k=1}^{K} A_k\big(1 - e^{-\kappa_k^2 \lVert z - c_k\rVert^2}\big),\qquad
+# \frac{\partial V}{\partial h} = 2\sum_k w_k\,(h - c_k^{h}),\quad w_k = A_k\kappa_k^2 e^{-\kappa_k^2\lVert z - c_k\rVert^2},$$
+#
+# with learnable centres $c_k$ (`centres`, (K, D_ξ + d); $c_k^h$ their last $d$ coordinates), amplitudes
+# $A_k$ = softplus(`raw_amp`) and widths $\kappa_k$ = softplus(`raw_kappa`), initialised at $A = 1$ (`gm_amp`) and
+# $\kappa = 0.25$ (`gm_kappa`); $K$ = `gm_K` (64). The force is closed-form. The spec does not record the centres'
+# init: semsim draws them from $\mathcal N(0, 0.02^2)$ like the other weights. Squared distances use
+# $\lVert z\rVert^2 + \lVert c\rVert^2 - 2z\cdot c$ clamped at 0, so memory stays (B,T,K).
+
+# %%
+#| export
+class GMPotential(Potential):
+    "V = Σ_k A_k (1 − exp(−κ_k² ‖[ξ; h] − c_k‖²)), the em_gm head; closed-form force."
+    closed_form = True
+    def __init__(self, d_xi:int, d:int,
+                 K:int=64, # number of Gaussian wells
+                 kappa_init:float=0.25, # initial width κ
+                 amp_init:float=1.0): # initial amplitude A
+        super().__init__(d_xi, d)
+        check_positive_int('K', K)
+        for n, v in (('kappa_init', kappa_init), ('amp_init', amp_init)):
+            if not v > 0: raise ValueError(f"{n} must be > 0, got {v!r}")
+        self.K, self.kappa_init, self.amp_init = K, float(kappa_init), float(amp_init)
+        self.centres = nn.Parameter(torch.empty(K, d_xi + d))
+        self.raw_amp, self.raw_kappa = nn.Parameter(torch.empty(K)), nn.Parameter(torch.empty(K))
+        self.reset_parameters()
+    def reset_parameters(self):
+        inv_softplus = lambda y: math.log(math.expm1(y))
+        with torch.no_grad():
+            self.centres.normal_(0.0, 0.02)
+            self.raw_amp.fill_(inv_softplus(self.amp_init)); self.raw_kappa.fill_(inv_softplus(self.kappa_init))
+    def energy_and_grad(self, xi:Tensor, h:Tensor) -> tuple:
+        z, c = torch.cat([xi, h], -1), self.centres
+        r2 = ((z * z).sum(-1, keepdim=True) + (c * c).sum(-1) - 2 * z @ c.T).clamp_min(0)   # (B,T,K)
+        A, k2 = F.softplus(self.raw_amp), F.softplus(self.raw_kappa) ** 2
+        e = torch.exp(-k2 * r2)
+        w = A * k2 * e                                                                     # (B,T,K)
+        return (A * (1 - e)).sum(-1), 2 * (w.sum(-1, keepdim=True) * h - w @ c[:, self.d_xi:])
+    def energy(self, xi:Tensor, h:Tensor) -> Tensor: return self.energy_and_grad(self.check(xi, h), h)[0]
+    def grad_h(self, xi:Tensor, h:Tensor) -> Tensor: return self.energy_and_grad(self.check(xi, h), h)[1]
+    def attractor_centres(self, xi:Tensor) -> Tensor: # the wells' h-coordinates, (B,T,K,d)
+        xi = self.check_xi(xi)
+        return self.centres[:, self.d_xi:].expand(*xi.shape[:2], -1, -1)
+    def extra_repr(self): return f"d_xi={self.d_xi}, d={self.d}, K={self.K}"
+
+# %%
+torch.manual_seed(0)
+G = GMPotential(8, 4, K=5).double()
+xi, h = torch.randn(2, 3, 8, dtype=torch.float64), torch.randn(2, 3, 4, dtype=torch.float64)
+z = torch.cat([xi, h], -1)
+V_direct = (F.softplus(G.raw_amp) * (1 - torch.exp(-F.softplus(G.raw_kappa) ** 2 * ((z[..., None, :] - G.centres) ** 2).sum(-1)))).sum(-1)
+torch.testing.assert_close(G.energy(xi, h), V_direct, atol=1e-12, rtol=0)            # expanded distances = direct ones
+test_close(F.softplus(G.raw_amp), torch.ones(5, dtype=torch.float64), eps=1e-6)   # initialised in float32
+test_close(F.softplus(G.raw_kappa), torch.full((5,), 0.25, dtype=torch.float64), eps=1e-6)
+far = G.energy(xi * 1e3, h * 1e3)                                                     # far from every centre: V → Σ A
+test_close(far, F.softplus(G.raw_amp).sum().expand_as(far), eps=1e-9)
+print('GM energy at init: mean', float(G.energy(xi, h).mean()), '(bounded in [0, ΣA] =', float(F.softplus(G.raw_amp).sum()), ')')
+
+
+# %% [markdown]
 # `make_potential` builds any of them by name (the keyword arguments go to the constructor):
 
 # %%
 #| export
-POTENTIALS = {'mlp': MLPPotential, 'sq1': SQ1Potential, 'sq2': SQ2Potential, 'sq3': SQ3Potential, 'sq4': SQ4Potential}
+POTENTIALS = {'mlp': MLPPotential, 'sq1': SQ1Potential, 'sq2': SQ2Potential, 'sq3': SQ3Potential, 'sq4': SQ4Potential,
+              'gm': GMPotential}
 
-def make_potential(kind:str, # 'mlp', 'sq1', 'sq2', 'sq3' or 'sq4'
+def make_potential(kind:str, # 'mlp', 'sq1', 'sq2', 'sq3', 'sq4' or 'gm'
                    d_xi:int, # D_xi = K·d
                    d:int, # hidden width
                    **kw) -> Potential:

@@ -138,7 +138,7 @@ class SPLMConfig(_SPLMStateConfig):
     "Configuration of the scalar-potential language model family (semsimula-paper@eb95852: `notebooks/conservative_arch/model.py`)."
     model_type = 'semsim-splm'
     # --- potential V_θ(ξ, h)
-    potential: str = 'mlp'          # 'mlp', 'sq1', 'sq2', 'sq3' or 'sq4' (semsim.potentials)
+    potential: str = 'mlp'          # 'mlp', 'sq1', 'sq2', 'sq3', 'sq4' or 'gm' (semsim.potentials)
     v_hidden: int = 512             # 'mlp': hidden width
     v_depth: int = 3                # 'mlp': number of hidden layers (v_depth + 1 Linear layers)
     sq_rank: int = 4                # 'sq2': rank r of the low-rank part of the curvature
@@ -147,6 +147,9 @@ class SPLMConfig(_SPLMStateConfig):
     sq4_mlp_hidden: int = 32        # 'sq4': hidden width of the MLP correction
     sq4_mlp_depth: int = 2          # 'sq4': hidden layers of the MLP correction
     sq4_alpha_init: float = 0.1     # 'sq4': initial weight α of the MLP correction
+    gm_K: int = 64                  # 'gm': number of Gaussian wells (em_gm)
+    gm_kappa: float = 0.25          # 'gm': initial width κ of every well
+    gm_amp: float = 1.0             # 'gm': initial amplitude A of every well
     # --- mass and damping
     mass_mode: str = 'global'       # 'global', 'embed_head' or 'logfreq'
     init_m: float = 1.0             # initial mass (global), or softplus of the initial bias (logfreq)
@@ -181,13 +184,13 @@ class SPLMConfig(_SPLMStateConfig):
 def validate_semsim(self:SPLMConfig):
     "Raise ValueError naming the first invalid field."
     check_positive_ints(self, ('vocab_size', 'd', 'max_len', 'L', 'xi_channels', 'v_hidden', 'v_depth', 'sq_rank',
-                               'K_mix', 'sq4_mlp_hidden', 'sq4_mlp_depth'))
+                               'K_mix', 'sq4_mlp_hidden', 'sq4_mlp_depth', 'gm_K'))
     for k, allowed in (('xi_pool', XI_POOLS), ('potential', POTENTIALS), ('mass_mode', MASS_MODES),
                        ('integrator', INTEGRATORS), ('lambda_v_points', ('all', 'input')),
                        ('xi_s4d_init', ('legt', 'lin')), ('xi_alpha_dtype', (None, 'float32', 'float64')),
                        ('logfreq_dtype', (None, 'float32', 'float64')), ('xi_grad', ('detach', 'live'))):
         if getattr(self, k) not in allowed: raise ValueError(f"{k} must be one of {allowed}, got {getattr(self, k)!r}")
-    for k in ('dt', 'ln_eps', 'init_m', 'logfreq_init_alpha', 'tau', 'init_std', 'pos_init_std', 'xi_theta'):
+    for k in ('dt', 'ln_eps', 'init_m', 'logfreq_init_alpha', 'tau', 'init_std', 'pos_init_std', 'xi_theta', 'gm_kappa', 'gm_amp'):
         v = getattr(self, k)
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0): raise ValueError(f"{k} must be a finite number > 0, got {v!r}")
     if self.fixed_gamma is not None and not (math.isfinite(self.fixed_gamma) and self.fixed_gamma >= 0):
@@ -219,6 +222,7 @@ SPLMConfig.PRESETS = {   # the reference's configurations, as deltas from its tw
     # energetic minima: LN after each step (flagship), or the input-state scale gauge λ_V0 = 1e-3
     'em_ln': {**SHAKESPEARE_SIZES, **SARF_LOGFREQ, 'ln_after_step': True},
     'em_sg': {**SHAKESPEARE_SIZES, **SARF_LOGFREQ, 'lambda_v': 1e-3, 'lambda_v_points': 'input'},
+    'em_gm': {**SHAKESPEARE_SIZES, **SARF_LOGFREQ, 'potential': 'gm'},   # V_θ = the K = 64 Gaussian-mixture head
     # first-order ablation and velocity-Verlet
     'first_order': {**SHAKESPEARE_SIZES, **SARF_LOGFREQ, 'ln_after_step': True, 'integrator': 'first_order'},
     'verlet': {**SHAKESPEARE_SIZES, **SARF_LOGFREQ, 'integrator': 'verlet'},
@@ -298,7 +302,8 @@ def potential_kwargs(c:SPLMConfig) -> dict:
     "Constructor arguments of the configured potential."
     return {'mlp': dict(hidden=c.v_hidden, depth=c.v_depth), 'sq1': {}, 'sq2': dict(rank=c.sq_rank),
             'sq3': dict(K_mix=c.K_mix, tau=c.tau),
-            'sq4': dict(mlp_hidden=c.sq4_mlp_hidden, mlp_depth=c.sq4_mlp_depth, alpha_init=c.sq4_alpha_init)}[c.potential]
+            'sq4': dict(mlp_hidden=c.sq4_mlp_hidden, mlp_depth=c.sq4_mlp_depth, alpha_init=c.sq4_alpha_init),
+            'gm': dict(K=c.gm_K, kappa_init=c.gm_kappa, amp_init=c.gm_amp)}[c.potential]
 
 
 # %% [markdown]

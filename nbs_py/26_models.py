@@ -106,6 +106,7 @@ MODELS = {
     'splm-vanilla': _splm_spec('vanilla', 'vanilla SPLM: cumulative-mean ξ fixed from h_0, global mass'),
     'splm-sarf-logfreq': _splm_spec('sarf_logfreq', 'SARF-faithful SPLM with logfreq mass, no LN'),
     'splm-em-sg': _splm_spec('em_sg', 'SPLM em_sg: input-state scale gauge λ_V0 = 1e-3'),
+    'splm-em-gm': _splm_spec('em_gm', 'SPLM em_gm: V_θ the K = 64 Gaussian-mixture head (κ 0.25, A 1)'),
     'splm-first-order': _splm_spec('first_order', 'first-order ablation SPLM-1'),
     'splm-verlet': _splm_spec('verlet', 'velocity-Verlet SPLM'),
     'splm-multixi-hippo': _splm_spec('multixi_hippo', 'multi-ξ SPLM, HiPPO-LegT pool θ = 200'),

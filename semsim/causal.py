@@ -183,14 +183,18 @@ class _LeakyWrapper(torch.nn.Module):
 @torch.no_grad()
 def _logits(m, ids:Tensor) -> Tensor: return m(input_ids=ids).logits.double()
 
-def _relocation_gap(m, ids:Tensor, targets:Sequence[int]) -> float:
-    "max over targets j of log p(x_j | window) at j-1 inside the full window minus the same from the window x_0..j-1."
+def _relocation_gaps(m, ids:Tensor, targets:Sequence[int]) -> list:
+    "Per target j: log p(x_j | window) at j-1 inside the full window minus the same from the window x_0..j-1."
     full = torch.log_softmax(_logits(m, ids), -1)[0]
     gaps = []
     for j in targets:
         cut = torch.log_softmax(_logits(m, ids[:, :j]), -1)[0, -1]
         gaps.append(float(full[j - 1, ids[0, j]] - cut[ids[0, j]]))
-    return max(gaps, key=abs)
+    return gaps
+
+def _relocation_gap(m, ids:Tensor, targets:Sequence[int]) -> float:
+    "The relocation gap of largest magnitude over the targets, nats."
+    return max(_relocation_gaps(m, ids, targets), key=abs)
 
 # %% ../nbs/25_causal.ipynb #9e244ecc
 @dataclass
@@ -224,9 +228,12 @@ def audit(model, input_ids:Optional[Tensor]=None, # (1, T) ids; None: T=32 rando
         with torch.enable_grad():
             det = bool(torch.equal(_logits(m, xa), _logits(m, xa)))
             placebo = bool(torch.equal(_logits(m, xa), _logits(m, xa.clone())))
-            d_pre, gap = _future_delta(m, xa, t_pert, V), _relocation_gap(m, xa, targets)
-            leaky = _LeakyWrapper(m)
-            caught = _relocation_gap(leaky, xa, targets) > 1e-6 and _future_delta(leaky, xa, t_pert, V) > 0
+            d_pre, gaps = _future_delta(m, xa, t_pert, V), _relocation_gaps(m, xa, targets)
+            gap, leaky = max(gaps, key=abs), _LeakyWrapper(m)
+            # the wrapper raises every in-window target's score by ε(1 − p): caught when each gap moves up by it,
+            # measured against the model's own gaps so that a model which already leaks is still a valid baseline
+            lift = [a - b for a, b in zip(_relocation_gaps(leaky, xa, targets), gaps)]
+            caught = min(lift) > 1e-6 and _future_delta(leaky, xa, t_pert, V) > 0
     finally:
         m.train(was)
     verdict = 'INVALID' if not (det and placebo and caught) else ('LEAK' if d_pre > 0 or abs(gap) > AUDIT_GAP_TOL else 'CLEAN')

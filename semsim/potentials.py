@@ -18,7 +18,7 @@ from .core import check_positive_int
 
 # %% auto #0
 __all__ = ['A_FLOOR', 'POTENTIALS', 'Potential', 'MLPPotential', 'gelu_and_prime', 'mlp_energy_and_force', 'SQ1Potential',
-           'SQ2Potential', 'SQ3Potential', 'SQ4Potential', 'make_potential']
+           'SQ2Potential', 'SQ3Potential', 'SQ4Potential', 'GMPotential', 'make_potential']
 
 # %% ../nbs/21_potentials.ipynb #966aaaf9
 class Potential(nn.Module):
@@ -337,10 +337,46 @@ class SQ4Potential(Potential):
         return self._both(self.check(xi, h), h, create_graph)[1]
     def attractor_centres(self, xi:Tensor) -> Tensor: return self.sq1.attractor_centres(xi)
 
-# %% ../nbs/21_potentials.ipynb #0592c5da
-POTENTIALS = {'mlp': MLPPotential, 'sq1': SQ1Potential, 'sq2': SQ2Potential, 'sq3': SQ3Potential, 'sq4': SQ4Potential}
+# %% ../nbs/21_potentials.ipynb #fe206a54
+class GMPotential(Potential):
+    "V = Σ_k A_k (1 − exp(−κ_k² ‖[ξ; h] − c_k‖²)), the em_gm head; closed-form force."
+    closed_form = True
+    def __init__(self, d_xi:int, d:int,
+                 K:int=64, # number of Gaussian wells
+                 kappa_init:float=0.25, # initial width κ
+                 amp_init:float=1.0): # initial amplitude A
+        super().__init__(d_xi, d)
+        check_positive_int('K', K)
+        for n, v in (('kappa_init', kappa_init), ('amp_init', amp_init)):
+            if not v > 0: raise ValueError(f"{n} must be > 0, got {v!r}")
+        self.K, self.kappa_init, self.amp_init = K, float(kappa_init), float(amp_init)
+        self.centres = nn.Parameter(torch.empty(K, d_xi + d))
+        self.raw_amp, self.raw_kappa = nn.Parameter(torch.empty(K)), nn.Parameter(torch.empty(K))
+        self.reset_parameters()
+    def reset_parameters(self):
+        inv_softplus = lambda y: math.log(math.expm1(y))
+        with torch.no_grad():
+            self.centres.normal_(0.0, 0.02)
+            self.raw_amp.fill_(inv_softplus(self.amp_init)); self.raw_kappa.fill_(inv_softplus(self.kappa_init))
+    def energy_and_grad(self, xi:Tensor, h:Tensor) -> tuple:
+        z, c = torch.cat([xi, h], -1), self.centres
+        r2 = ((z * z).sum(-1, keepdim=True) + (c * c).sum(-1) - 2 * z @ c.T).clamp_min(0)   # (B,T,K)
+        A, k2 = F.softplus(self.raw_amp), F.softplus(self.raw_kappa) ** 2
+        e = torch.exp(-k2 * r2)
+        w = A * k2 * e                                                                     # (B,T,K)
+        return (A * (1 - e)).sum(-1), 2 * (w.sum(-1, keepdim=True) * h - w @ c[:, self.d_xi:])
+    def energy(self, xi:Tensor, h:Tensor) -> Tensor: return self.energy_and_grad(self.check(xi, h), h)[0]
+    def grad_h(self, xi:Tensor, h:Tensor) -> Tensor: return self.energy_and_grad(self.check(xi, h), h)[1]
+    def attractor_centres(self, xi:Tensor) -> Tensor: # the wells' h-coordinates, (B,T,K,d)
+        xi = self.check_xi(xi)
+        return self.centres[:, self.d_xi:].expand(*xi.shape[:2], -1, -1)
+    def extra_repr(self): return f"d_xi={self.d_xi}, d={self.d}, K={self.K}"
 
-def make_potential(kind:str, # 'mlp', 'sq1', 'sq2', 'sq3' or 'sq4'
+# %% ../nbs/21_potentials.ipynb #0592c5da
+POTENTIALS = {'mlp': MLPPotential, 'sq1': SQ1Potential, 'sq2': SQ2Potential, 'sq3': SQ3Potential, 'sq4': SQ4Potential,
+              'gm': GMPotential}
+
+def make_potential(kind:str, # 'mlp', 'sq1', 'sq2', 'sq3', 'sq4' or 'gm'
                    d_xi:int, # D_xi = K·d
                    d:int, # hidden width
                    **kw) -> Potential:
