@@ -341,6 +341,10 @@ def _ln(self:SPLMForCausalLM, h:Tensor) -> Tensor:
     return F.layer_norm(h, (h.shape[-1],), eps=self.config.ln_eps) if self.config.ln_after_step else h
 
 @patch
+def _initial_state(self:SPLMForCausalLM, x:Tensor) -> Tensor: # E[x] + P, (B,T,d) -> h_0 (a hybrid starts with attention: no LN)
+    return self._ln(x)
+
+@patch
 def _force(self:SPLMForCausalLM, h:Tensor, # state, (B,T,d)
            st:dict) -> Tuple[Tensor, Tensor]: # (f (B,T,d), V (B,T))
     "Force and energy at h; ξ from detached h (causal) or live h (leak); st carries fixed ξ and flags."
@@ -420,7 +424,7 @@ def forward(self:SPLMForCausalLM, input_ids:Optional[Tensor]=None, # token ids, 
     B, T, d = inputs_embeds.shape
     grad = torch.is_grad_enabled()
     with torch.enable_grad():
-        h0 = self._ln(inputs_embeds + self.P[:T])
+        h0 = self._initial_state(inputs_embeds + self.P[:T])
         m, gamma = self.mass(input_ids, inputs_embeds), self.gamma()
         if not grad: h0, m, gamma = h0.detach(), m.detach(), gamma.detach()
     return self._outputs(self.integrate(h0, m, gamma, need_final_energy=bool(output_mechanics)), m, gamma, labels,
