@@ -61,6 +61,7 @@ from torch import Tensor
 from semsim.splm import SPLMConfig, SPLMForCausalLM
 from semsim.parf import PARFConfig, PARFForCausalLM   # probe_grid: cells with `routing` are PARF models
 from semsim.fock import FockConfig, FockForCausalLM   # probe_grid: cells with `n_registers` are Fock models
+from semsim.hybrid import HybridConfig, HybridForCausalLM   # probe_grid: cells with `schedule` or `kind` are hybrids
 
 # %% [markdown]
 # ## The report
@@ -294,13 +295,19 @@ def fock_option_grid() -> list:
     return [{'routing': r, 'vphi_grad': g, 'xi_grad': g, 'mass_mode': 'logfreq', 'ln_after_step': True, 'route_k': 2,
              'n_registers': 3, 'reg_dk': 4, 'destroy_hidden': 8} for r in ('dense', 'sparse') for g in ('detach', 'live')]
 
+def hybrid_option_grid() -> list:
+    "Hybrid cells (`kind` sends probe_grid to HybridForCausalLM): Variant A k2m2 and Q9d ASAS / SSAA, each detach and live."
+    lay = [dict(kind='two_stage', n_attn=2, n_splm=2), dict(kind='helmholtz', schedule='ASAS'), dict(kind='helmholtz', schedule='SSAA')]
+    return [{**l, 'xi_grad': g, 'n_head': 2, 'mass_mode': 'logfreq'} for l in lay for g in ('detach', 'live')]
+
 def probe_grid(grid:list, base:Optional[dict]=None, seed:int=0, **probe_kw) -> list:
     "Probe every combination with causal_force True and False: list of (options, report_causal, report_leaky)."
     base = base or dict(vocab_size=61, d=16, max_len=48, L=3, v_hidden=32, v_depth=2)
     out = []
     for i, kw in enumerate(grid):
         torch.manual_seed(seed + i)
-        if 'n_registers' in kw: m = FockForCausalLM(FockConfig(**base, d_l=4, d_angle=3, vphi_hidden=8, c_hidden=8, **kw))
+        if 'kind' in kw: m = HybridForCausalLM(HybridConfig(**{k: v for k, v in base.items() if k != 'L'}, **kw))
+        elif 'n_registers' in kw: m = FockForCausalLM(FockConfig(**base, d_l=4, d_angle=3, vphi_hidden=8, c_hidden=8, **kw))
         elif 'routing' in kw: m = PARFForCausalLM(PARFConfig(**base, d_l=4, d_angle=3, vphi_hidden=8, c_hidden=8, **kw))
         else: m = SPLMForCausalLM(SPLMConfig(**base, **kw))
         if kw.get('mass_mode') == 'logfreq': m.set_logfreq_surprisal(torch.rand(base['vocab_size']) * 10)
@@ -345,19 +352,21 @@ ax.legend(fontsize=7, ncol=3, loc='upper center', bbox_to_anchor=(0.5, -0.22)); 
 assert ok_pre < 1e-12 and ok_grad == 0 and bad_rel > 10 * CAUSAL_REL_TOL
 
 # %% [markdown]
-# **The PARF family too** (`semsim.parf`, and Fock-PARFLM from `semsim.fock` in `fock_option_grid`): dense and sparse
-# routing, the pair source and ξ detached or live, over three pools. Every causal cell passes and every `causal_force=False` cell — where ξ and the pair sources are
+# **The PARF family and the hybrids too** (`semsim.parf`, Fock-PARFLM from `semsim.fock` in `fock_option_grid`, and
+# Variant A / Q9d from `semsim.hybrid` in `hybrid_option_grid`): dense and sparse routing, the pair source and ξ
+# detached or live, over three pools; the hybrids with attention before, between and after their S-steps. Every causal cell passes and every `causal_force=False` cell — where ξ and the pair sources are
 # built from the live state — is flagged:
 
 # %%
-res_parf = probe_grid(parf_option_grid() + fock_option_grid())
+res_parf = probe_grid(parf_option_grid() + fock_option_grid() + hybrid_option_grid())
 for kw, ok, bad in res_parf:
     assert ok.passed, (kw, ok)
     assert not bad.passed, (kw, bad)
-print(f"{len(res_parf)} PARF and Fock cells: causal max Δ_pre {max(o.delta_pre for _, o, _ in res_parf):.1e}, "
+print(f"{len(res_parf)} PARF, Fock and hybrid cells: causal max Δ_pre {max(o.delta_pre for _, o, _ in res_parf):.1e}, "
       f"max Δ_grad {max(o.grad_delta for _, o, _ in res_parf):.1e}; leaky smallest relative leak "
       f"{min(max(b.rel_pre, b.rel_grad) for _, _, b in res_parf):.1e}")
-test_eq({kw['routing'] for kw, _, _ in res_parf}, {'dense', 'sparse'})
+test_eq({kw['routing'] for kw, _, _ in res_parf if 'routing' in kw}, {'dense', 'sparse'})
+test_eq(sum('kind' in kw for kw, _, _ in res_parf), 6)
 
 # %% [markdown]
 # The full product — 5 pools × 5 potentials × 3 masses × 3 integrators × LN on/off × γ fixed/learned, 900

@@ -38,6 +38,7 @@ from semsim.splm import SPLMConfig, SPLMForCausalLM
 from semsim.baselines import MatchedGPTConfig, MatchedGPTForCausalLM
 from semsim.parf import PARFConfig, PARFForCausalLM
 from semsim.fock import FockConfig, FockForCausalLM
+from semsim.hybrid import HybridConfig, HybridForCausalLM
 
 # %%
 #| export
@@ -96,6 +97,16 @@ def _parf_spec(preset:str, help:str, conf_cls=PARFConfig) -> ModelSpec:
                      autograd_force=lambda model: True, stats=_parf_stats,
                      on_step=lambda model, frac: model.set_training_progress(frac))
 
+def _hybrid_build(conf:HybridConfig, data=None) -> HybridForCausalLM:
+    model = HybridForCausalLM(conf)
+    if conf.mass_mode == 'logfreq' and data is not None: model.set_logfreq_surprisal(data.surprisal)
+    return model
+
+def _hybrid_spec(preset:str, help:str, **fields) -> ModelSpec:
+    "A hybrid: its depth is its schedule, so the shared size L is not used (set `schedule` or `n_attn`/`n_splm`)."
+    return ModelSpec(help, HybridConfig, {**HybridConfig.PRESETS[preset], **fields}, _hybrid_build, unused=('L',),
+                     autograd_force=lambda model: not model.V_theta.closed_form, stats=_splm_stats)
+
 
 # %%
 #| export
@@ -115,6 +126,8 @@ MODELS = {
     'parf-sparse': _parf_spec('parf_sparse', 'SparsePARFLM: Q9c with straight-through Gumbel top-k routing, k = 4'),
     'parflm-multixi': _parf_spec('parflm_multixi', 'multi-ξ PARFLM: 8 log-spaced EMA channels, V_φ hidden 128, top-k 8, γ 0.30'),
     'fock-parflm': _parf_spec('fock_parflm', 'Fock-PARFLM: SparsePARFLM k = 4 with 16 prefix-causal registers', FockConfig),
+    'hybrid-a': _hybrid_spec('hybrid_a', 'Variant A hybrid: k = 4 attention blocks, boundary LN, m = 4 steps of one shared V_θ (n_attn, n_splm)'),
+    'helmholtz-q9d': _hybrid_spec('helmholtz_q9d', 'Helmholtz hybrid Q9d: schedule over {A, S} (default AAAASSSS; SASASASA is Variant B), δ carried through both'),
     'matched-gpt': ModelSpec('MatchedGPT: the pre-LN GPT-2 attention baseline', MatchedGPTConfig, {},
                              lambda conf, data=None: MatchedGPTForCausalLM(conf),
                              renames={'L': 'n_layer'}, unused=('v_hidden', 'v_depth')),

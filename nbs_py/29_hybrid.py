@@ -293,6 +293,7 @@ class HybridCache(SPLMCache):
     def _map_rows(self, fn):
         super()._map_rows(fn)
         self.kv._map_rows(fn); self.valid = fn(self.valid)
+    def __repr__(self): return f"HybridCache(batch={self.batch_size}, S-states={len(self.states)}, A-layers={self.kv.n_layers}, seen={self.n_seen}, bytes={self.nbytes})"
 
 # %%
 #| export

@@ -14,10 +14,11 @@ from torch import Tensor
 from .splm import SPLMConfig, SPLMForCausalLM
 from .parf import PARFConfig, PARFForCausalLM   # probe_grid: cells with `routing` are PARF models
 from .fock import FockConfig, FockForCausalLM   # probe_grid: cells with `n_registers` are Fock models
+from .hybrid import HybridConfig, HybridForCausalLM   # probe_grid: cells with `schedule` or `kind` are hybrids
 
 # %% auto #0
 __all__ = ['CAUSAL_TOL', 'CAUSAL_REL_TOL', 'AUDIT_GAP_TOL', 'CausalReport', 'causal_probe', 'assert_causal', 'option_grid',
-           'parf_option_grid', 'fock_option_grid', 'probe_grid', 'AuditReport', 'audit']
+           'parf_option_grid', 'fock_option_grid', 'hybrid_option_grid', 'probe_grid', 'AuditReport', 'audit']
 
 # %% ../nbs/25_causal.ipynb #3fedd254
 CAUSAL_TOL = 1e-6      # absolute pass threshold of both probes (semsimula-paper@eb95852: `notebooks/conservative_arch/causal_probe.py`, class smoke test)
@@ -151,13 +152,19 @@ def fock_option_grid() -> list:
     return [{'routing': r, 'vphi_grad': g, 'xi_grad': g, 'mass_mode': 'logfreq', 'ln_after_step': True, 'route_k': 2,
              'n_registers': 3, 'reg_dk': 4, 'destroy_hidden': 8} for r in ('dense', 'sparse') for g in ('detach', 'live')]
 
+def hybrid_option_grid() -> list:
+    "Hybrid cells (`kind` sends probe_grid to HybridForCausalLM): Variant A k2m2 and Q9d ASAS / SSAA, each detach and live."
+    lay = [dict(kind='two_stage', n_attn=2, n_splm=2), dict(kind='helmholtz', schedule='ASAS'), dict(kind='helmholtz', schedule='SSAA')]
+    return [{**l, 'xi_grad': g, 'n_head': 2, 'mass_mode': 'logfreq'} for l in lay for g in ('detach', 'live')]
+
 def probe_grid(grid:list, base:Optional[dict]=None, seed:int=0, **probe_kw) -> list:
     "Probe every combination with causal_force True and False: list of (options, report_causal, report_leaky)."
     base = base or dict(vocab_size=61, d=16, max_len=48, L=3, v_hidden=32, v_depth=2)
     out = []
     for i, kw in enumerate(grid):
         torch.manual_seed(seed + i)
-        if 'n_registers' in kw: m = FockForCausalLM(FockConfig(**base, d_l=4, d_angle=3, vphi_hidden=8, c_hidden=8, **kw))
+        if 'kind' in kw: m = HybridForCausalLM(HybridConfig(**{k: v for k, v in base.items() if k != 'L'}, **kw))
+        elif 'n_registers' in kw: m = FockForCausalLM(FockConfig(**base, d_l=4, d_angle=3, vphi_hidden=8, c_hidden=8, **kw))
         elif 'routing' in kw: m = PARFForCausalLM(PARFConfig(**base, d_l=4, d_angle=3, vphi_hidden=8, c_hidden=8, **kw))
         else: m = SPLMForCausalLM(SPLMConfig(**base, **kw))
         if kw.get('mass_mode') == 'logfreq': m.set_logfreq_surprisal(torch.rand(base['vocab_size']) * 10)

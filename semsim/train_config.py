@@ -75,6 +75,16 @@ PRESETS = {   # each a delta from one of the bases above
                             'ckpt_every': 400},
     'tinystories-16k': {**TINYSTORIES_RUN, 'model': 'splm-sq3', 'max_steps': 16000, 'warmup': 400, 'eval_every': 400,
                         'ckpt_every': 400},
+    # the hybrids: the Shakespeare recipe of the rest of the family, and the TinyStories scale-up (AdamW (0.9, 0.95),
+    # lr 5e-4 cosine, warm-up 400, wd 0.01, clip 1.0; TF32 stays off because the MLP V_θ force is autograd.grad)
+    'shakespeare-hybrid-a': {**REFERENCE_RUN, 'model': 'hybrid-a', 'batch_size': 16, 'block_size': 128, 'max_steps': 4000,
+                             'warmup': 200, 'eval_every': 200, 'ckpt_every': 200},
+    'shakespeare-q9d': {**REFERENCE_RUN, 'model': 'helmholtz-q9d', 'batch_size': 16, 'block_size': 128, 'max_steps': 4000,
+                        'warmup': 200, 'eval_every': 200, 'ckpt_every': 200},
+    'tinystories-hybrid-a': {**TINYSTORIES_RUN, 'model': 'hybrid-a', 'max_steps': 8000, 'warmup': 400, 'eval_every': 400,
+                             'ckpt_every': 400},
+    'tinystories-q9d': {**TINYSTORIES_RUN, 'model': 'helmholtz-q9d', 'max_steps': 8000, 'warmup': 400, 'eval_every': 400,
+                        'ckpt_every': 400},
     'demo': {**SMALL_RUN, 'model': 'splm-multixi', 'compact_vocab': True, 'max_steps': 1200, 'lr': 2e-3, 'weight_decay': 0.01,
              'warmup': 60, 'eval_every': 100, 'ckpt_every': 200, 'threads': 1},
 }
