@@ -62,6 +62,7 @@ import transformers
 transformers.utils.logging.set_verbosity_error()
 torch.set_num_threads(1)
 from semsim.models import build_model
+from semsim.hybrid import HybridConfig, HybridForCausalLM
 import math
 from semsim.trajectories import load_model, tiny_gpt2_config
 
@@ -726,6 +727,67 @@ for a, j in js.items(): print('antisymmetric' if a else 'symmetric', 'max gap', 
 assert js[False].passed and js[False].max_gap < 0.01 and min(js[False].r2_full) > 0.9
 assert not js[True].passed
 test_fail(lambda: jacobian_symmetry(linear_flow(False, 40, 0), linear_flow(False, 20, 1), k=16), contains='exceed the width d=6')
+
+# %% [markdown]
+# ## Sub-stacks: the separator on a hybrid's segments
+#
+# A hybrid (chapter *Attention hybrids*) mixes attention blocks (A) and SPLM steps (S), so one $V_\psi$ for the whole
+# stack mixes two laws. The reference's sub-stack test (`helmholtz/results/h6_substack_separator/`) refits a **fresh**
+# $V_\psi$ (same recipe) on each contiguous run of one block type of length ≥ 3, using only samples whose ℓ − 1 and
+# ℓ + 1 lie inside the run: `layers=(a, b)` does exactly that. Its figures: Q9d AAAASSSS S-segment [5–8] R² 0.997,
+# A-segment [1–4] 0.702 (full stack 0.868); AASSSSSS S [3–8] 0.990; SSSSSSSA S [1–7] 0.981; SSAAAASS A [3–6] 0.506.
+
+# %%
+#| export
+def schedule_segments(schedule:str, # block types over {A, S}, e.g. 'AAAASSSS'
+                      min_len:int=3, # shortest run kept
+                     ) -> list: # [(kind, a, b)], blocks 1-based inclusive, e.g. [('A', 1, 4), ('S', 5, 8)]
+    "Contiguous runs of one block type, at least `min_len` blocks long."
+    if not (isinstance(schedule, str) and schedule and set(schedule) <= {'A', 'S'}):
+        raise ValueError(f"schedule must be a non-empty string over {{A, S}}, got {schedule!r}")
+    check_positive_int('min_len', min_len)
+    out, start = [], 0
+    for i in range(1, len(schedule) + 1):
+        if i == len(schedule) or schedule[i] != schedule[start]:
+            if i - start >= min_len: out.append((schedule[start], start + 1, i))
+            start = i
+    return out
+
+def substack_separator(train, test, # trajectories or samples, as for `separator_fit` (depth axis)
+                       schedule:str, # the model's block types, len L
+                       min_len:int=3, **kw) -> dict: # further `separator_fit` arguments (hidden, depth, steps, seed)
+    "The separator with a fresh V_ψ on every segment of length ≥ min_len, beside the full stack."
+    L = _as_states(train[0]).shape[0] - 1
+    if len(schedule) != L: raise ValueError(f"schedule has {len(schedule)} blocks but the trajectories have L={L}")
+    segs = []
+    for kind, a, b in schedule_segments(schedule, min_len):
+        f = separator_fit(train, test, layers=(a, b), **kw)
+        segs.append({'kind': kind, 'blocks': [a, b], 'median_r2': f.median_r2, 'pooled_r2': f.pooled_r2, 'r2_test': f.r2_test})
+    full = separator_fit(train, test, **kw)
+    return {'schedule': schedule, 'segments': segs, 'full_median_r2': full.median_r2, 'full_pooled_r2': full.pooled_r2}
+
+# %%
+test_eq(schedule_segments('AAAASSSS'), [('A', 1, 4), ('S', 5, 8)])
+test_eq(schedule_segments('SSAAAASS'), [('A', 3, 6)])
+test_eq(schedule_segments('SASASASA'), [])
+test_eq(schedule_segments('SSSSSSSA'), [('S', 1, 7)])
+test_fail(lambda: schedule_segments('AAXS'), contains='schedule')
+
+# %% [markdown]
+# On a tiny Q9d `AAAASSSS` at initialisation, fed random tokens: the S-segment is a damped potential flow by
+# construction and a fresh $V_\psi$ fits it; the attention segment follows no shared potential.
+
+# %%
+torch.manual_seed(0)
+hyb = HybridForCausalLM(HybridConfig(vocab_size=97, d=16, max_len=40, v_hidden=32, v_depth=2, n_head=2, schedule='AAAASSSS')).eval()
+with torch.no_grad():
+    trajs = [torch.stack(hyb(torch.randint(0, 97, (1, 24)), output_hidden_states=True).hidden_states)[:, 0] for _ in range(48)]
+sub = substack_separator(trajs[:32], trajs[32:], 'AAAASSSS', hidden=32, steps=300, seed=0)
+for s_ in sub['segments']: print(s_['kind'], s_['blocks'], 'median TEST R²', round(s_['median_r2'], 3))
+print('full stack', round(sub['full_median_r2'], 3))
+seg = {s_['kind']: s_ for s_ in sub['segments']}
+assert seg['S']['median_r2'] > 0.6 and seg['S']['median_r2'] > seg['A']['median_r2'] + 0.5
+test_fail(lambda: substack_separator(trajs[:4], trajs[4:8], 'AASS'), contains='L=8')
 
 # %% [markdown]
 # ## The whole diagnostic on one model

@@ -20,7 +20,8 @@ from .core import check_positive_int
 __all__ = ['PROFILES', 'CAPACITY_CONFIGS', 'separator_split', 'separator_trajectories', 'separator_samples', 'r2_score',
            'per_layer_r2', 'velocity_only', 'SharedPotential', 'potential_params', 'classify_profile', 'SeparatorFit',
            'separator_fit', 'OracleFit', 'integrator_constants', 'oracle_fit', 'capacity_sweep', 'duplication_matrix',
-           'JacobianSymmetry', 'jacobian_symmetry', 'plot_profiles', 'analyze_separator']
+           'JacobianSymmetry', 'jacobian_symmetry', 'schedule_segments', 'substack_separator', 'plot_profiles',
+           'analyze_separator']
 
 # %% ../nbs/42_separator.ipynb #d3358e46
 def separator_split(corpus=None, # `{domain: [sentences]}`, a corpus path, or None for $SEMSIM_DATA_DIR/stp_corpus_50.json
@@ -387,6 +388,34 @@ def jacobian_symmetry(train, test, # trajectories or samples, as for `separator_
     f, s_, fp, sp = (list(c) for c in zip(*res))
     gap, gap_p = [a - b for a, b in zip(f, s_)], [a - b for a, b in zip(fp, sp)]
     return JacobianSymmetry(ids, k, f, s_, gap, fp, sp, gap_p, max(gap), max(gap_p), max(gap) < 0.10)
+
+# %% ../nbs/42_separator.ipynb #61a05f09
+def schedule_segments(schedule:str, # block types over {A, S}, e.g. 'AAAASSSS'
+                      min_len:int=3, # shortest run kept
+                     ) -> list: # [(kind, a, b)], blocks 1-based inclusive, e.g. [('A', 1, 4), ('S', 5, 8)]
+    "Contiguous runs of one block type, at least `min_len` blocks long."
+    if not (isinstance(schedule, str) and schedule and set(schedule) <= {'A', 'S'}):
+        raise ValueError(f"schedule must be a non-empty string over {{A, S}}, got {schedule!r}")
+    check_positive_int('min_len', min_len)
+    out, start = [], 0
+    for i in range(1, len(schedule) + 1):
+        if i == len(schedule) or schedule[i] != schedule[start]:
+            if i - start >= min_len: out.append((schedule[start], start + 1, i))
+            start = i
+    return out
+
+def substack_separator(train, test, # trajectories or samples, as for `separator_fit` (depth axis)
+                       schedule:str, # the model's block types, len L
+                       min_len:int=3, **kw) -> dict: # further `separator_fit` arguments (hidden, depth, steps, seed)
+    "The separator with a fresh V_ψ on every segment of length ≥ min_len, beside the full stack."
+    L = _as_states(train[0]).shape[0] - 1
+    if len(schedule) != L: raise ValueError(f"schedule has {len(schedule)} blocks but the trajectories have L={L}")
+    segs = []
+    for kind, a, b in schedule_segments(schedule, min_len):
+        f = separator_fit(train, test, layers=(a, b), **kw)
+        segs.append({'kind': kind, 'blocks': [a, b], 'median_r2': f.median_r2, 'pooled_r2': f.pooled_r2, 'r2_test': f.r2_test})
+    full = separator_fit(train, test, **kw)
+    return {'schedule': schedule, 'segments': segs, 'full_median_r2': full.median_r2, 'full_pooled_r2': full.pooled_r2}
 
 # %% ../nbs/42_separator.ipynb #530e114f
 def plot_profiles(fits:dict, # label -> SeparatorFit (or its to_dict())
