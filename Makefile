@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 
-.PHONY: install demo test test-latest test-oldest lock nbs export clean-nbs sync update lab readme docs site bench bench-memory bench-profile device-check help results-live results-live-em-ln results-live-q9c results-fock
+.PHONY: install demo test test-latest test-oldest lock nbs export clean-nbs sync update lab readme docs site bench bench-memory bench-profile device-check help results-live results-live-em-ln results-live-q9c results-fock results-family
 
 help:
 	@echo "make demo   — create .venv, install, run the main job"
@@ -39,6 +39,7 @@ help:
 	@echo "make results-live — xi_grad live vs detach on the multi-xi SPLM, three seeds (results/live-vs-detach.json)"
 	@echo "make results-live-em-ln — the same on em_ln (results/live-vs-detach-em-ln.json)"
 	@echo "make results-fock — Fock-PARFLM at the demo recipe (results/fock-shakespeare-cpu.json)"
+	@echo "make results-family — every family member at the demo recipe, seeds for the best (results/family-shakespeare-cpu.json)"
 	@echo "make results-live-q9c — xi_grad and vphi_grad live vs detach on PARF Q9c (results/live-vs-detach-q9c.json)"
 	@echo "make results-shakespeare-cpu — retrain the recorded CPU comparison (about 51 min) and rewrite results/shakespeare-cpu.json"
 
@@ -185,6 +186,9 @@ results-live-em-ln: $(STAMP)
 results-fock: $(STAMP)
 	$(PY) -m semsim.train --preset demo --model fock-parflm --max-steps 600 --set threads=1 --out runs/parf/fock-parflm --no-progress
 	$(PY) tools/results.py fock-shakespeare-cpu runs/parf/fock-parflm
+
+results-family: $(STAMP)
+	$(PY) experiments/family.py --reuse
 
 results-live-q9c: $(STAMP)
 	for s in 0 1 2; do for mode in detach live; do $(PY) -m semsim.train --preset demo --model parf-q9c --max-steps 600 \

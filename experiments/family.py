@@ -74,8 +74,11 @@ def obtain(jobs, reuse, collect_only, parallel=2):
     pool = committed_runs() if reuse else []
     recs, todo = {}, []
     for key, (cfg, cmd, folder) in jobs.items():
-        hit = next(((f, r) for f, r in pool if same_recipe(r['config'], cfg)), None)
-        if hit: recs[key] = {**hit[1], 'reused_from': f'results/{hit[0]}'}
+        hits = [(f, r) for f, r in pool if same_recipe(r['config'], cfg)]
+        if hits:   # the first record (by file name); any other run of the same recipe is listed beside it, not hidden
+            (f0, r0), rest = hits[0], hits[1:]
+            recs[key] = {**r0, 'reused_from': f'results/{f0}',
+                         'same_recipe_elsewhere': [{'file': f'results/{f}', 'val_ppl': r['val_ppl']} for f, r in rest]}
         elif (folder / 'summary.json').exists(): recs[key] = run_record(folder)
         elif not collect_only: todo.append((key, cmd, folder))
     running = []

@@ -75,3 +75,57 @@ ax.legend(fontsize=8); fig.tight_layout(); plt.show()
 
 # %%
 print(shk['checks'])
+
+# %% [markdown]
+# ## The family on one table
+#
+# Every member of the family, trained on Tiny Shakespeare with the same data order, steps and evaluation windows: the
+# demo recipe (chapter *Training configuration*) at 600 steps, seed 0 for every member, then seeds 1 and 2 for the
+# five best and for MatchedGPT. One command makes it, `python experiments/family.py --reuse` (`make results-family`):
+# it trains what is missing and takes a run from another committed record only when that run's recorded
+# configuration is the planned one field for field. The causal verdict is the leak audit (chapter *Causal probe*)
+# of each member at the recipe's sizes.
+
+# %%
+fam = load_result('family-shakespeare-cpu')
+print(fam['question']); print('command:', fam['command'])
+for d in fam['deviations']: print(' - deviation:', d)
+reused = sorted({r['reused_from'] for r in fam['runs'] if 'reused_from' in r})
+print('runs reused from:', ', '.join(reused) if reused else 'none')
+for r in fam['runs']:   # the same recipe run again in another study: run-to-run spread, shown rather than hidden
+    for o in r.get('same_recipe_elsewhere', []):
+        print(f"  {r['member']} seed {r['seed']}: {r['val_ppl']:.2f} here, {o['val_ppl']:.2f} in {o['file']}")
+
+# %%
+def _pm(r): return f"{r['val_ppl_mean']:.2f}" + (f" ± {r['val_ppl_sd']:.2f}" if r['val_ppl_sd'] is not None else '')
+def _vs(r):
+    v = r.get('vs_matched_gpt')
+    return f"{v['mean_diff']:+.2f} (lower on {v['lower_on']}/{v['of']}, p {v['paired_t_p']:.2f})" if v else ''
+table = pd.DataFrame([{'member': r['member'], 'registry name': r['model'] + (f" {r['fields']}" if r['fields'] else ''),
+                       'params': f"{r['params']:,}", 'seeds': r['seeds'], 'val PPL': _pm(r), 'tokens/s': f"{r['tokens_per_s']:,.0f}",
+                       'audit': r['causal_verdict'], 'Δ vs MatchedGPT (paired)': _vs(r), 'reference (full recipe)': r['reference'] or ''}
+                      for r in fam['table']]).set_index('member')
+table
+
+# %%
+runs_df = pd.DataFrame([{'member': r['member'], 'seed': r['seed'], 'val PPL': r['val_ppl']} for r in fam['runs']])
+order = [r['member'] for r in fam['table']]
+fig, ax = plt.subplots(figsize=(7, 0.32 * len(order) + 1.2))
+sns.pointplot(data=runs_df, y='member', x='val PPL', order=order, errorbar='sd', linestyle='none', capsize=0.3, ax=ax)
+sns.stripplot(data=runs_df, y='member', x='val PPL', order=order, color='0.5', size=3, ax=ax)
+base = next(r for r in fam['table'] if r['member'] == 'matched-gpt')
+ax.axvline(base['val_ppl_mean'], color='k', ls=':', lw=1, label='MatchedGPT (4 blocks), mean')
+ax.set_xscale('log'); ax.set_title('Tiny Shakespeare, demo recipe (600 steps): mean ± sd over seeds')
+ax.legend(fontsize=8); fig.tight_layout(); plt.show()
+
+# %% [markdown]
+# What the table says, read from the record: the ranking, how many members are ahead of MatchedGPT at this budget,
+# and whether every member's audit is CLEAN.
+
+# %%
+best = fam['table'][0]
+ahead = [r['member'] for r in fam['table'] if r['val_ppl_mean'] < base['val_ppl_mean'] and r['member'] != 'matched-gpt']
+print(f"best: {best['member']} at {_pm(best)}; MatchedGPT {_pm(base)}")
+print(f"{len(ahead)} of {len(fam['table']) - 1} other members are ahead of 4-block MatchedGPT on the mean:", ', '.join(ahead) or 'none')
+test_eq({r['causal_verdict'] for r in fam['table']}, {'CLEAN'})
+test_eq(len({(r['member'], r['seed']) for r in fam['runs']}), len(fam['runs']))

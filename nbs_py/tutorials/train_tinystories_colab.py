@@ -1,14 +1,14 @@
 # %% [markdown]
 # # Train the TinyStories recipes on a GPU (Colab)
 #
-# > Reproduce the reference's three TinyStories headline runs (multi-ξ SPLM 14.78, SQ3 multi-ξ 13.33, MatchedGPT 7.81) on a Colab GPU, with checkpoints on Google Drive that survive a disconnect.
+# > Reproduce the reference's TinyStories headline runs (multi-ξ SPLM 14.78, SQ3 multi-ξ 13.33, MatchedGPT 7.81, Variant A 8.50, Q9d 8.36) on a Colab GPU, with checkpoints on Google Drive that survive a disconnect.
 
 # %% [markdown]
 # [![Open in Colab](data:image/svg+xml;base64,PHN2ZyB4bWxucz0iaHR0cDovL3d3dy53My5vcmcvMjAwMC9zdmciIHdpZHRoPSIxMTgiIGhlaWdodD0iMjAiIHJvbGU9ImltZyIgYXJpYS1sYWJlbD0iT3BlbiBpbiBDb2xhYiI+PHJlY3Qgd2lkdGg9IjExOCIgaGVpZ2h0PSIyMCIgcng9IjMiIGZpbGw9IiM0NDQiLz48cmVjdCB3aWR0aD0iMjIiIGhlaWdodD0iMjAiIHJ4PSIzIiBmaWxsPSIjRjlBQjAwIi8+PHJlY3QgeD0iMTgiIHdpZHRoPSI0IiBoZWlnaHQ9IjIwIiBmaWxsPSIjRjlBQjAwIi8+PGNpcmNsZSBjeD0iOCIgY3k9IjEwIiByPSI0LjIiIGZpbGw9Im5vbmUiIHN0cm9rZT0iI2ZmZiIgc3Ryb2tlLXdpZHRoPSIyIi8+PGNpcmNsZSBjeD0iMTQiIGN5PSIxMCIgcj0iNC4yIiBmaWxsPSJub25lIiBzdHJva2U9IiNFODcxMEEiIHN0cm9rZS13aWR0aD0iMiIvPjx0ZXh0IHg9IjcwIiB5PSIxNCIgZmlsbD0iI2ZmZiIgZm9udC1mYW1pbHk9IlZlcmRhbmEsRGVqYVZ1IFNhbnMsc2Fucy1zZXJpZiIgZm9udC1zaXplPSIxMSIgdGV4dC1hbmNob3I9Im1pZGRsZSI+T3BlbiBpbiBDb2xhYjwvdGV4dD48L3N2Zz4=)](https://colab.research.google.com/github/semsim-dev/semsim/blob/main/nbs/tutorials/train_tinystories_colab.ipynb)
 # &nbsp; [Open this notebook in Colab](https://colab.research.google.com/github/semsim-dev/semsim/blob/main/nbs/tutorials/train_tinystories_colab.ipynb),
 # choose *Runtime → Change runtime type → GPU*, and run the cells from the top.
 #
-# This notebook trains the reference system's three TinyStories headline models with `semsim.train` (chapter
+# This notebook trains the reference system's TinyStories headline models (three SPLM/attention runs and the two hybrids) with `semsim.train` (chapter
 # *Training*), each with the reference's recipe: batch 16 × 512 tokens of the GPT-2 BPE (all 50,257 ids), AdamW
 # (0.9, 0.95), lr 5e-4, weight decay 0.01, linear warm-up then cosine to 0, gradient clip 1.0, on the reference's
 # split (the first train shard capped at 5M tokens; the whole validation split).
@@ -18,6 +18,11 @@
 # | `multixi-4k` | `tinystories-pilot`, `splm-multixi` with α_init (0, 0.5, 0.9, 0.99): 4 EMA channels, LN after step, logfreq mass, γ = 0.30 | 4,000 (warm-up 200) | **14.78** | 9.25 h on Apple MPS |
 # | `sq3-16k` | `tinystories-16k`, `splm-sq3`: the SQ3 mixture of 8 wells on the multi-ξ base, λ_V = 0.01 (cell A2) | 16,000 (warm-up 400) | **13.33** | ~1.5 h on an A100 40GB |
 # | `matched-8k` | `tinystories-scaleup`, `matched-gpt`: pre-LN GPT-2 attention baseline, 19.45M parameters | 8,000 (warm-up 400) | **7.81** | 6.75 h on Apple MPS |
+# | `hybrid-a-8k` | `tinystories-hybrid-a`, `hybrid-a`: Variant A, 4 attention blocks then 4 shared-V_θ steps (k4m4), 18.91M parameters | 8,000 (warm-up 400) | **8.503 ± 0.035** (5 seeds) | — |
+# | `q9d-8k` | `tinystories-q9d`, `helmholtz-q9d`: the Helmholtz hybrid AAAASSSS, 18.91M parameters | 8,000 (warm-up 400) | **8.361 ± 0.071** (5 seeds) | — |
+#
+# The two hybrids (chapter *Attention hybrids*) take the force of their S-blocks by `autograd.grad` too, so they also
+# run eager and with TF32 off (the reference found that TF32 corrupts that second-order force).
 #
 # On a CUDA GPU the trainer uses bf16 autocast and TF32, and compiles MatchedGPT and the SQ3 model (closed-form
 # force) with `torch.compile`; the multi-ξ MLP model stays eager (its force is an `autograd.grad` inside the
@@ -66,7 +71,7 @@ else: RUNS = Path('runs/tinystories')
 print('runs folder:', RUNS, '| GPU:', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none')
 
 # %% [markdown]
-# ## The three recipes
+# ## The recipes
 #
 # A recipe is a preset of `semsim.train` plus the model and its options. `recipe_config` turns one into a
 # `TrainConfig` writing to `RUNS/<run>` with `resume='auto'` (continue if the folder holds a run, else start one); keyword arguments override fields (the CPU-sized
@@ -77,6 +82,8 @@ RECIPES = {  # run: (preset, model, model options, reference validation perplexi
     'multixi-4k': ('tinystories-pilot', 'splm-multixi', ['xi_alpha_inits=0,0.5,0.9,0.99'], 14.78),
     'sq3-16k': ('tinystories-16k', 'splm-sq3', [], 13.33),
     'matched-8k': ('tinystories-scaleup', 'matched-gpt', [], 7.81),
+    'hybrid-a-8k': ('tinystories-hybrid-a', 'hybrid-a', [], 8.503),
+    'q9d-8k': ('tinystories-q9d', 'helmholtz-q9d', [], 8.361),
 }
 
 def recipe_config(run:str, runs:Path, **overrides):
@@ -107,6 +114,14 @@ summaries['sq3-16k'] = train(recipe_config('sq3-16k', RUNS))
 # %%
 #| eval: false
 summaries['matched-8k'] = train(recipe_config('matched-8k', RUNS))
+
+# %%
+#| eval: false
+summaries['hybrid-a-8k'] = train(recipe_config('hybrid-a-8k', RUNS))
+
+# %%
+#| eval: false
+summaries['q9d-8k'] = train(recipe_config('q9d-8k', RUNS))
 
 
 # %% [markdown]
@@ -182,6 +197,10 @@ cpu_summaries['sq3-16k'] = train(recipe_config('sq3-16k', cpu_runs, **CPU_SIZED)
 
 # %%
 cpu_summaries['matched-8k'] = train(recipe_config('matched-8k', cpu_runs, **CPU_SIZED))
+
+# %%
+cpu_summaries['hybrid-a-8k'] = train(recipe_config('hybrid-a-8k', cpu_runs, **CPU_SIZED))
+cpu_summaries['q9d-8k'] = train(recipe_config('q9d-8k', cpu_runs, **CPU_SIZED))
 
 # %% [markdown]
 # The report cell, on the CPU-sized runs (perplexities of a 40-step toy, not of the recipes):
