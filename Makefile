@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 
-.PHONY: install demo test test-latest test-oldest lock nbs export clean-nbs sync update lab readme docs site bench bench-memory bench-profile device-check help results-live results-live-em-ln results-live-q9c results-fock results-family
+.PHONY: install demo test test-latest test-oldest lock nbs export clean-nbs sync update lab readme docs site bench bench-memory bench-profile device-check help results-live results-live-em-ln results-live-q9c results-fock results-family results-parf
 
 help:
 	@echo "make demo   — create .venv, install, run the main job"
@@ -39,6 +39,7 @@ help:
 	@echo "make results-live — xi_grad live vs detach on the multi-xi SPLM, three seeds (results/live-vs-detach.json)"
 	@echo "make results-live-em-ln — the same on em_ln (results/live-vs-detach-em-ln.json)"
 	@echo "make results-fock — Fock-PARFLM at the demo recipe (results/fock-shakespeare-cpu.json)"
+	@echo "make results-parf — Q9c, sparse PARF and multi-ξ PARFLM beside em_ln and MatchedGPT, demo recipe (results/parf-shakespeare-cpu.json)"
 	@echo "make results-family — every family member at the demo recipe, seeds for the best (results/family-shakespeare-cpu.json)"
 	@echo "make results-live-q9c — xi_grad and vphi_grad live vs detach on PARF Q9c (results/live-vs-detach-q9c.json)"
 	@echo "make results-shakespeare-cpu — retrain the recorded CPU comparison (about 51 min) and rewrite results/shakespeare-cpu.json"
@@ -187,11 +188,16 @@ results-fock: $(STAMP)
 	$(PY) -m semsim.train --preset demo --model fock-parflm --max-steps 600 --set threads=1 --out runs/parf/fock-parflm --no-progress
 	$(PY) tools/results.py fock-shakespeare-cpu runs/parf/fock-parflm
 
+results-parf: $(STAMP)
+	for m in parf-q9c parf-sparse; do $(PY) -m semsim.train --preset demo --model $$m --max-steps 600 --set threads=1 --out runs/parf/$$m --no-progress & done; wait
+	for m in parflm-multixi splm-em-ln matched-gpt; do $(PY) -m semsim.train --preset demo --model $$m --max-steps 600 --set threads=1 --out runs/parf/$$m --no-progress; done
+	$(PY) tools/results.py parf-shakespeare-cpu runs/parf/parf-q9c runs/parf/parf-sparse runs/parf/parflm-multixi runs/parf/splm-em-ln runs/parf/matched-gpt
+
 results-family: $(STAMP)
 	$(PY) experiments/family.py --reuse
 
 results-live-q9c: $(STAMP)
 	for s in 0 1 2; do for mode in detach live; do $(PY) -m semsim.train --preset demo --model parf-q9c --max-steps 600 \
-	  --set xi_grad=$$mode --set vphi_grad=$$mode --set seed=$$s --set threads=1 --out runs/lvd/parf-q9c-$$mode-s$$s \
+	  --set xi_grad=$$mode --set vphi_grad=$$mode --set velocity=buffer --set seed=$$s --set threads=1 --out runs/lvd/parf-q9c-$$mode-s$$s \
 	  --no-progress & done; wait; done
 	$(PY) tools/results.py live-vs-detach-q9c $(foreach s,0 1 2,$(foreach m,detach live,runs/lvd/parf-q9c-$(m)-s$(s)))

@@ -29,6 +29,7 @@ MEMBERS = [   # (label, registry name, model-config fields over the recipe)
     ('Q9d SASASASA', 'helmholtz-q9d', {'schedule': 'SASASASA'}),
     ('matched-gpt', 'matched-gpt', {}), ('matched-gpt L8', 'matched-gpt', {'L': 8}),
 ]
+NOT_REUSED = {'live-vs-detach-q9c.json': "its Q9c runs used velocity='buffer', before the PARF presets took the reference's δ-form"}
 REFERENCE = {'source': 'semsimula-paper@eb95852 (Tiny Shakespeare, 50,257-way BPE, d 128, L 8, 4000 steps)',
              'val_ppl': {'matched-gpt': '149.80 ± 7.21 (5 seeds)', 'em_ln': '173.59', 'Variant A k4m4': '147.40 (5 seeds)',
                          'Q9d AAAASSSS': '145.86 (5 seeds)', 'Q9d AASSSSSS': '149.10 (5 seeds)', 'Q9d SASASASA': '189.64 (seed 0)',
@@ -62,7 +63,7 @@ def committed_runs():
     "Every run record in the committed results JSONs (except this study's own), with the file it came from."
     out = []
     for f in sorted(glob.glob(str(ROOT / 'results' / '*.json'))):
-        if Path(f).stem == STUDY: continue
+        if Path(f).stem == STUDY or Path(f).name in NOT_REUSED: continue
         for r in json.loads(Path(f).read_text()).get('runs', []):
             if isinstance(r, dict) and 'config' in r: out.append((Path(f).name, r))
     return out

@@ -40,6 +40,7 @@ from semsim.core import check_positive_int
 # %%
 #| hide
 from fastcore.test import test_eq, test_fail, test_close
+import torch.nn.functional as F
 import numpy as np
 import matplotlib.pyplot as plt
 from scipy.integrate import solve_ivp
@@ -463,6 +464,7 @@ test_fail(lambda: rollout(h0, v0, force_fn, 1.0, 0.1, 0.1, 5, method='rk4'), con
 # %%
 #| export
 INTEGRATORS = ('euler', 'verlet', 'first_order')   # the steps `integrate` can take
+VELOCITIES = ('buffer', 'positions')               # where the Euler step's velocity lives (see below)
 
 def integrate(force:Callable, # (l, h) -> (f, V or None): force and energy at layer l's positions h
               h0:Tensor, # initial positions, (..., d); v_0 = 0
@@ -473,9 +475,12 @@ def integrate(force:Callable, # (l, h) -> (f, V or None): force and energy at la
               integrator:str='euler', # one of INTEGRATORS
               project:Optional[Callable]=None, # h -> h after every step (e.g. a LayerNorm); None: identity
               final_force:bool=True, # 'verlet': also evaluate the force at h_L (it moves only v_L)
+              velocity:str='buffer', # 'euler': 'buffer' keeps v (not projected); 'positions' resets v = (h_new − h)/Δt after the projection
              ) -> dict: # positions [h_0..h_L], velocities [v_0..v_L], energies [V at each force evaluation]
     "The L-step loop of every SPLM, one implementation for the parallel forward and for decoding."
     if integrator not in INTEGRATORS: raise ValueError(f"integrator must be one of {INTEGRATORS}, got {integrator!r}")
+    if velocity not in VELOCITIES: raise ValueError(f"velocity must be one of {VELOCITIES}, got {velocity!r}")
+    if velocity == 'positions' and integrator != 'euler': raise ValueError(f"velocity='positions' is a form of the 'euler' step, got integrator {integrator!r}")
     check_positive_int('L', L)
     P = project if project is not None else (lambda h: h)
     h, v = h0, torch.zeros_like(h0)
@@ -492,9 +497,11 @@ def integrate(force:Callable, # (l, h) -> (f, V or None): force and energy at la
     else:
         for l in range(L):
             f, V = force(l, h); Vs.append(V)
-            if integrator == 'euler': h, v = damped_euler_step(h, v, f, m, gamma, dt)
-            else: h, v = first_order_step(h, f, m, dt), f / m
-            h = P(h)
+            if integrator == 'euler': h_new, v = damped_euler_step(h, v, f, m, gamma, dt)
+            else: h_new, v = first_order_step(h, f, m, dt), f / m
+            h_new = P(h_new)
+            if velocity == 'positions': v = (h_new - h) / dt             # δ/Δt: the velocity the next step sees is the projected one
+            h = h_new
             hs.append(h); vs.append(v)
     return {'positions': hs, 'velocities': vs, 'energies': Vs}
 
@@ -525,6 +532,32 @@ for _ in range(3): h = first_order_step(h, fw.force(h, dim=-1), 1.3, 0.1); h = h
 torch.testing.assert_close(tr['positions'][-1], h, rtol=0, atol=0)
 test_fail(lambda: integrate(counting_layer_force, h0, 1., 0., 0.1, 3, 'rk4'), contains='integrator must be one of')
 test_fail(lambda: integrate(counting_layer_force, h0, 1., 0., 0.1, 0), contains='L must be a positive integer')
+
+# %% [markdown]
+# **Where the velocity lives when there is a projection.** With a LayerNorm after every step there are two readings
+# of the damped Euler step, and the reference uses both. The SPLM (em_ln) keeps a velocity *buffer* that the LN never
+# touches: $v \leftarrow (v + \Delta t f/m)/(1+\Delta t\gamma)$, $h \leftarrow \mathrm{LN}(h + \Delta t v)$
+# (`velocity='buffer'`). PARF's Q9c and the Helmholtz hybrid rebuild the velocity from the positions after the LN,
+# $\delta = h - h_{\text{prev}}$, $h_{\text{new}} = \mathrm{LN}\big(h + \delta/(1+\Delta t\gamma) + \Delta t^2 f/(m(1+\Delta t\gamma))\big)$
+# (`velocity='positions'`: $v = \delta/\Delta t$). Without a projection the two are one update; with it they differ:
+
+# %%
+ln = lambda h: F.layer_norm(h, (h.shape[-1],))
+torch.manual_seed(0)
+h0, dt_, c_ = ln(torch.randn(5, 4, dtype=torch.float64)), 0.5, torch.randn(4, dtype=torch.float64)
+off_centre = lambda l, h: (-(h - c_), None)                    # a well off the origin: a force the LN does not absorb
+delta_form = [h0, h0]                                          # h_prev = h_0 at the first step: zero initial velocity
+for _ in range(4):
+    h, hp = delta_form[-1], delta_form[-2]
+    delta_form.append(ln(h + (h - hp) / (1 + dt_ * 0.2) + dt_ ** 2 / (1.3 * (1 + dt_ * 0.2)) * off_centre(0, h)[0]))
+tr_pos = integrate(off_centre, h0, 1.3, 0.2, dt_, 4, 'euler', project=ln, velocity='positions')
+torch.testing.assert_close(torch.stack(tr_pos['positions']), torch.stack(delta_form[1:]), atol=1e-12, rtol=0)
+tr_buf = integrate(off_centre, h0, 1.3, 0.2, dt_, 4, 'euler', project=ln)
+print('max |buffer − positions| after 4 steps:', float((tr_buf['positions'][-1] - tr_pos['positions'][-1]).abs().max()))
+assert (tr_buf['positions'][-1] - tr_pos['positions'][-1]).abs().max() > 1e-6      # the LN separates them
+tr_a, tr_b = (integrate(counting_layer_force, h0, 1.3, 0.2, 0.1, 3, 'euler', velocity=v) for v in VELOCITIES)
+torch.testing.assert_close(tr_a['positions'][-1], tr_b['positions'][-1], atol=1e-12, rtol=0)   # no projection: the same
+test_fail(lambda: integrate(counting_layer_force, h0, 1., 0., 0.1, 3, 'verlet', velocity='positions'), contains="form of the 'euler' step")
 
 # %% [markdown]
 # ## Braking: two tanh forms, and what SPLM uses instead

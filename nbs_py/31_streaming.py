@@ -279,7 +279,7 @@ def splm_decode_step(model, # the SPLMForCausalLM the cache was built with
             else: xi, states[l] = pool.step(states[l], h[:, 0])
             return pot.energy_and_force(xi.reshape(B, 1, -1), h, need_energy=False)[1], None
         h = integrate(force, h0, m, gamma, c.dt, c.L, c.integrator, project=model._ln if c.ln_after_step else None,
-                      final_force=False)['positions'][-1]                  # the same loop as the parallel forward
+                      final_force=False, velocity=c.velocity)['positions'][-1]                  # the same loop as the parallel forward
         cache.last_h, cache.pos, cache.n_seen, cache.max_pos = h[:, 0], cache.pos + 1, cache.n_seen + 1, cache.max_pos + 1
         out.append(F.linear(h, model.E.weight))
     return torch.cat(out, 1), cache

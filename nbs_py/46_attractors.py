@@ -97,7 +97,7 @@ def relax_dynamical(model, xi:Tensor, # context (D_xi,)
         en, f = V.energy_and_force(X, h)
         return f, en
     tr = integrate(force, seeds[None].to(X.dtype), m, model.gamma(), c.dt, n_steps, c.integrator,
-                   project=model._ln if c.ln_after_step else None, final_force=False)
+                   project=model._ln if c.ln_after_step else None, final_force=False, velocity=getattr(c, 'velocity', 'buffer'))
     return tr['positions'][-1][0]
 
 def relax_gradient(model, xi:Tensor, seeds:Tensor, h_bar:Tensor, h_std:Tensor, steps:int=1500, lr:float=0.05,

@@ -14,9 +14,10 @@ from torch import Tensor
 from .core import check_positive_int
 
 # %% auto #0
-__all__ = ['Number', 'INTEGRATORS', 'kinetic_energy', 'energy', 'lagrangian', 'potential_force', 'euler_lagrange_accel',
-           'damped_euler_step', 'verlet_kick_drift', 'verlet_kick', 'verlet_step', 'first_order_step',
-           'overdamped_step', 'rollout', 'integrate', 'tanh_brake', 'tanh_brake_offset', 'energy_monotone_gamma']
+__all__ = ['Number', 'INTEGRATORS', 'VELOCITIES', 'kinetic_energy', 'energy', 'lagrangian', 'potential_force',
+           'euler_lagrange_accel', 'damped_euler_step', 'verlet_kick_drift', 'verlet_kick', 'verlet_step',
+           'first_order_step', 'overdamped_step', 'rollout', 'integrate', 'tanh_brake', 'tanh_brake_offset',
+           'energy_monotone_gamma']
 
 # %% ../nbs/12_dynamics.ipynb #21125992
 Number = Union[int, float]
@@ -200,6 +201,7 @@ def rollout(h:Tensor, # initial positions, (..., d)
 
 # %% ../nbs/12_dynamics.ipynb #a2bcb268
 INTEGRATORS = ('euler', 'verlet', 'first_order')   # the steps `integrate` can take
+VELOCITIES = ('buffer', 'positions')               # where the Euler step's velocity lives (see below)
 
 def integrate(force:Callable, # (l, h) -> (f, V or None): force and energy at layer l's positions h
               h0:Tensor, # initial positions, (..., d); v_0 = 0
@@ -210,9 +212,12 @@ def integrate(force:Callable, # (l, h) -> (f, V or None): force and energy at la
               integrator:str='euler', # one of INTEGRATORS
               project:Optional[Callable]=None, # h -> h after every step (e.g. a LayerNorm); None: identity
               final_force:bool=True, # 'verlet': also evaluate the force at h_L (it moves only v_L)
+              velocity:str='buffer', # 'euler': 'buffer' keeps v (not projected); 'positions' resets v = (h_new − h)/Δt after the projection
              ) -> dict: # positions [h_0..h_L], velocities [v_0..v_L], energies [V at each force evaluation]
     "The L-step loop of every SPLM, one implementation for the parallel forward and for decoding."
     if integrator not in INTEGRATORS: raise ValueError(f"integrator must be one of {INTEGRATORS}, got {integrator!r}")
+    if velocity not in VELOCITIES: raise ValueError(f"velocity must be one of {VELOCITIES}, got {velocity!r}")
+    if velocity == 'positions' and integrator != 'euler': raise ValueError(f"velocity='positions' is a form of the 'euler' step, got integrator {integrator!r}")
     check_positive_int('L', L)
     P = project if project is not None else (lambda h: h)
     h, v = h0, torch.zeros_like(h0)
@@ -229,9 +234,11 @@ def integrate(force:Callable, # (l, h) -> (f, V or None): force and energy at la
     else:
         for l in range(L):
             f, V = force(l, h); Vs.append(V)
-            if integrator == 'euler': h, v = damped_euler_step(h, v, f, m, gamma, dt)
-            else: h, v = first_order_step(h, f, m, dt), f / m
-            h = P(h)
+            if integrator == 'euler': h_new, v = damped_euler_step(h, v, f, m, gamma, dt)
+            else: h_new, v = first_order_step(h, f, m, dt), f / m
+            h_new = P(h_new)
+            if velocity == 'positions': v = (h_new - h) / dt             # δ/Δt: the velocity the next step sees is the projected one
+            h = h_new
             hs.append(h); vs.append(v)
     return {'positions': hs, 'velocities': vs, 'energies': Vs}
 

@@ -97,7 +97,8 @@ def straight_through_topk(pi:Tensor, # scores π, (B,T,S)
 
 # %% ../nbs/27_parf.ipynb #72aef8c3
 PARF_SIZES = {**SHAKESPEARE_SIZES, 'v_hidden': 128}   # Q9c: d 128, L 8, max_len 256, V_θ hidden 128, depth 3
-Q9C = {**PARF_SIZES, **SARF_LOGFREQ, 'ln_after_step': True, 'init_gamma': 0.15}   # free γ from 0.15, logfreq mass, LN
+Q9C = {**PARF_SIZES, **SARF_LOGFREQ, 'ln_after_step': True, 'init_gamma': 0.15,   # free γ from 0.15, logfreq mass, LN,
+       'velocity': 'positions'}                                                      # δ = h − h_prev after the LN
 
 class PARFConfig(SPLMConfig):
     "SPLM configuration plus the PARF pair potential and its routing (semsimula-paper@eb95852: `parf/model_parf.py`, `PARFConfig`)."
@@ -136,7 +137,7 @@ PARFConfig.PRESETS = {
     'q9c': dict(Q9C),                                                 # PARF-augmented SPLM, dense pairs (6,535,718 params)
     'parf_sparse': {**Q9C, 'routing': 'sparse', 'route_k': 4},         # SparsePARFLM, k = 4
     # multi-ξ PARFLM: K = 8 log-spaced EMA channels, V_φ hidden 128, top-k 8, γ 0.30 fixed (TinyStories sizes)
-    'parflm_multixi': {**TINYSTORIES_SIZES, **SARF_LOGFREQ, 'ln_after_step': True, 'xi_pool': 'ema', 'xi_channels': 8,
+    'parflm_multixi': {**TINYSTORIES_SIZES, **SARF_LOGFREQ, 'ln_after_step': True, 'velocity': 'positions', 'xi_pool': 'ema', 'xi_channels': 8,
                        'xi_tau_max': 1000.0, 'fixed_gamma': 0.30, 'vphi_hidden': 128, 'routing': 'sparse', 'route_k': 8},
 }
 
@@ -311,7 +312,7 @@ def parf_decode_step(model, cache:PARFCache, # state after the previous tokens (
             cache.sources[l][rows, cache.pos] = h[:, 0]
             return (-g if fx is None else fx.detach() - g), None
         h = integrate(force, h0, m, gamma, c.dt, c.L, c.integrator, project=model._ln if c.ln_after_step else None,
-                      final_force=False)['positions'][-1]
+                      final_force=False, velocity=c.velocity)['positions'][-1]
         cache.last_h, cache.pos, cache.n_seen, cache.max_pos = h[:, 0], cache.pos + 1, cache.n_seen + 1, cache.max_pos + 1
         out.append(F.linear(h, model.E.weight))
     return torch.cat(out, 1), cache

@@ -19,7 +19,7 @@ from fastcore.basics import patch
 
 from .core import check_positive_ints
 from .lm import lm_loss, embed_inputs, resolve_cache
-from .dynamics import INTEGRATORS, integrate
+from .dynamics import INTEGRATORS, VELOCITIES, integrate
 from .context import XI_POOL_KINDS, XiPool, make_xi_pool
 from .potentials import POTENTIALS as POTENTIAL_CLASSES, Potential, make_potential
 from .streaming import splm_generation_inputs, streaming_forward
@@ -59,6 +59,7 @@ class _SPLMStateConfig(PretrainedConfig):
     integrator: str = 'euler'       # 'euler' (damped semi-implicit), 'verlet' (KDK, Strang damping), 'first_order'
     ln_after_step: bool = False     # LayerNorm without affine after every step and on h_0 (the em_ln family)
     ln_eps: float = 1e-5            # epsilon of that LayerNorm
+    velocity: str = 'buffer'        # 'euler' with LN: 'buffer' keeps v unnormalised (SPLM, em_ln); 'positions': v = δ/Δt after the LN (PARF Q9c)
     # --- context ξ
     xi_pool: str = 'cummean'        # 'cummean', 'ema', 'hippo_legt' or 's4d' (semsim.context)
     xi_channels: int = 1            # K, number of pooled channels (1 for 'cummean')
@@ -122,11 +123,14 @@ def validate_semsim(self:SPLMConfig):
     for k, allowed in (('xi_pool', XI_POOLS), ('potential', POTENTIALS), ('mass_mode', MASS_MODES),
                        ('integrator', INTEGRATORS), ('lambda_v_points', ('all', 'input')),
                        ('xi_s4d_init', ('legt', 'lin')), ('xi_alpha_dtype', (None, 'float32', 'float64')),
-                       ('logfreq_dtype', (None, 'float32', 'float64')), ('xi_grad', ('detach', 'live'))):
+                       ('logfreq_dtype', (None, 'float32', 'float64')), ('xi_grad', ('detach', 'live')),
+                       ('velocity', VELOCITIES)):
         if getattr(self, k) not in allowed: raise ValueError(f"{k} must be one of {allowed}, got {getattr(self, k)!r}")
     for k in ('dt', 'ln_eps', 'init_m', 'logfreq_init_alpha', 'tau', 'init_std', 'pos_init_std', 'xi_theta', 'gm_kappa', 'gm_amp'):
         v = getattr(self, k)
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0): raise ValueError(f"{k} must be a finite number > 0, got {v!r}")
+    if self.velocity == 'positions' and self.integrator != 'euler':
+        raise ValueError(f"velocity='positions' is a form of the 'euler' step, got integrator {self.integrator!r}")
     if self.fixed_gamma is not None and not (math.isfinite(self.fixed_gamma) and self.fixed_gamma >= 0):
         raise ValueError(f"fixed_gamma must be None or a finite number >= 0, got {self.fixed_gamma!r}")
     if self.fixed_gamma is None and self.integrator != 'first_order' and not (math.isfinite(self.init_gamma) and self.init_gamma > 0):
@@ -388,7 +392,7 @@ def integrate(self:SPLMForCausalLM, h0:Tensor, # initial positions (after the op
     st = {'leak': not c.causal_force, 'create_graph': self.training and grad, 'grad': grad, 'xi': None}
     with torch.enable_grad():
         tr = integrate(lambda l, h: self._force(h, st), h0, m, gamma, c.dt, c.L, c.integrator,
-                       project=self._ln if c.ln_after_step else None)
+                       project=self._ln if c.ln_after_step else None, velocity=c.velocity)
         h = tr['positions'][-1]
         tr['final_energy'] = self._energy(h, st) if need_final_energy and c.integrator != 'verlet' else None
     return tr

@@ -28,7 +28,8 @@ STUDIES = {
         question='The PARF family beside em_ln and MatchedGPT on Tiny Shakespeare, demo recipe (600 steps), seed 0',
         command=("for m in parf-q9c parf-sparse parflm-multixi splm-em-ln matched-gpt; do python -m semsim.train --preset demo "
                  "--model $m --max-steps 600 --set threads=1 --out runs/parf/$m --no-progress; done  (two at a time)"),
-        deviations=['the demo recipe (d 64, L 4, v_hidden 128, compact vocabulary, 600 steps of 8 x 64 tokens), not the reference 4000 steps at d 128',
+        deviations=["the PARF presets with the reference's δ-form velocity (velocity='positions', δ = h − h_prev after the LN)",
+                    'the demo recipe (d 64, L 4, v_hidden 128, compact vocabulary, 600 steps of 8 x 64 tokens), not the reference 4000 steps at d 128',
                     'parflm-multixi at demo sizes (its preset is the TinyStories scale-up)'],
         reference={'source': 'semsimula-paper@eb95852: notebooks/conservative_arch/parf/ (Shakespeare, 4000 steps, d 128)',
                    'val_ppl': {'parf-q9c': 210.54, 'parf-sparse': 176.65, 'splm-em-ln': 173.59, 'matched-gpt': 149.80}}),
@@ -55,9 +56,10 @@ STUDIES = {
     'live-vs-detach-q9c': dict(
         question="xi_grad and vphi_grad 'live' vs 'detach' on PARF Q9c (demo recipe, 600 steps), three seeds each",
         command=("for s in 0 1 2; do for mode in detach live; do python -m semsim.train --preset demo --model parf-q9c "
-                 "--max-steps 600 --set xi_grad=$mode --set vphi_grad=$mode --set seed=$s --set threads=1 "
+                 "--max-steps 600 --set xi_grad=$mode --set vphi_grad=$mode --set velocity=buffer --set seed=$s --set threads=1 "
                  "--out runs/lvd/parf-q9c-$mode-s$s --no-progress & done; wait; done"),
-        deviations=['the demo recipe (d 64, L 4, v_hidden 128, compact vocabulary, 600 steps of 8 x 64 tokens), not the reference 3k-step arm',
+        deviations=["velocity='buffer' (the em_ln velocity buffer): the runs predate the PARF presets' reference δ-form (velocity='positions'); the flag reproduces them",
+                    'the demo recipe (d 64, L 4, v_hidden 128, compact vocabulary, 600 steps of 8 x 64 tokens), not the reference 3k-step arm',
                     "'live' sets both paths live: ξ and the pair source"],
         reference={'source': 'the reference\'s gradient-starvation finding: a conservative arm 158.09 (detach) -> 127.73 (live) PPL at 3k steps'}),
 }
