@@ -447,6 +447,7 @@ def analyze_separator(model, # nn.Module, or a Hub name / saved folder (`semsim.
                       capacity:bool=False, capacity_steps:int=3000, # the capacity sweep (six V_ψ sizes)
                       jacobian:bool=False, k:int=16, # the Jacobian-symmetry test at PCA-k
                       oracle:Optional[bool]=None, # the oracle fit (None: when the model is a semsim SPLM)
+                      substack:Optional[bool]=None, # the sub-stack test (None: when the model has a `config.schedule`, a hybrid)
                       max_length:int=64, label:Optional[str]=None) -> dict:
     "Trajectories of the reference's split, the separator (and optionally oracle, capacity sweep, Jacobian test) as one dict."
     from semsim.trajectories import load_model, load_tokenizer, encode, model_label
@@ -463,6 +464,10 @@ def analyze_separator(model, # nn.Module, or a Hub name / saved folder (`semsim.
     if oracle or (oracle is None and _is_splm(m)):
         ids = [encode(tok, s, max_length) for _, s in sum(separator_split(corpus), [])]
         res['oracle'] = oracle_fit(m, ids).to_dict()
+    schedule = getattr(getattr(m, 'config', None), 'schedule', None)
+    if substack and not isinstance(schedule, str): raise ValueError("substack=True needs a model with a config.schedule over {A, S} (a hybrid)")
+    if (substack or (substack is None and isinstance(schedule, str))) and axis == 'depth':
+        res['substack'] = substack_separator(train, test, schedule, hidden=hidden, depth=depth, steps=steps, seed=seed)
     if capacity: res['capacity'] = capacity_sweep(train, test, steps=capacity_steps, seed=seed, axis=axis)
     if jacobian: res['jacobian'] = jacobian_symmetry(train, test, min(k, res['d'])).to_dict()
     if out is not None: _write_separator(res, Path(out))

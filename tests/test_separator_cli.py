@@ -67,3 +67,23 @@ def test_separator_model_without_hidden_states(shared_data):
         def forward(self, ids, **kw): return {'logits': self.emb(ids) @ self.emb.weight.T}
     with pytest.raises(ValueError, match="has no 'hidden_states'"):
         analyze_separator(LogitsOnly(), shared_data/'stp_corpus_50.json', tokenizer='gpt2', steps=5)
+
+
+def test_separator_substack_on_a_hybrid_run(shared_data, tiny_gpt2, tmp_path):
+    "A hybrid's run folder gets the sub-stack test automatically (a fresh V_ψ per A/S run of >= 3 blocks); a GPT-2 refuses it."
+    from semsim.train import train, make_config
+    corpus = json.loads((shared_data/'stp_corpus_50.json').read_text())
+    text = tmp_path/'text.txt'
+    text.write_text('\n'.join(s for sents in corpus['domains'].values() for s in sents) * 20 + '\n')
+    train(make_config('smoke', model='helmholtz-q9d', corpus=str(text), compact_vocab=True, d=16, n_head=2, v_hidden=32, max_len=64,
+                      schedule='AAASSS', batch_size=4, block_size=32, max_steps=4, eval_every=4, eval_iters=1, ckpt_every=4,
+                      progress=False, out=str(tmp_path/'run')))
+    out = tmp_path/'sep'
+    r = run('analyze', 'separator', '--model', tmp_path/'run', '--corpus', shared_data/'stp_corpus_50.json', '--out', out,
+            '--steps', '40', '--hidden', '16')
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out/'separator.json').read_text())
+    assert [(s['kind'], s['blocks']) for s in res['substack']['segments']] == [('A', [1, 3]), ('S', [4, 6])]
+    assert 'sub-stack S blocks 4-6: median TEST R²' in r.stdout
+    one_line_error(run('analyze', 'separator', '--model', tiny_gpt2, '--corpus', shared_data/'stp_corpus_50.json',
+                       '--out', tmp_path/'o', '--substack', '--steps', '10'), 'substack=True needs a model with a config.schedule')
