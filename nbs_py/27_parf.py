@@ -80,10 +80,9 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from fastcore.basics import patch
 
 from semsim.core import check_positive_ints
-from semsim.lm import (check_input_ids, check_position, check_new_tokens_mask, left_pad_lengths, roll_rows, lm_loss,
-                       lm_output, resolve_cache)
+from semsim.lm import check_new_tokens_mask, lm_loss, lm_output, resolve_cache
 from semsim.dynamics import integrate
-from semsim.streaming import SPLMCache, state_dtype
+from semsim.streaming import SPLMCache, state_dtype, rolled_prompt, prompt_readout, decode_ids
 from semsim.splm import SPLMConfig, SPLMForCausalLM, SHAKESPEARE_SIZES, TINYSTORIES_SIZES, SARF_LOGFREQ
 
 # %% [markdown]
@@ -470,25 +469,16 @@ def parf_prefill(model, input_ids:Tensor, # prompt, (B,T)
     "Run the prompt in one parallel pass; keep the pool states and every layer's source states."
     c = model.config
     if not c.causal_force: raise ValueError("causal_force=False (the leak) cannot be decoded with a cache: use use_cache=False")
-    ids = check_input_ids(input_ids, c.vocab_size)
-    B, T = ids.shape
-    n = left_pad_lengths(attention_mask, B, T, ids.device)
-    check_position(c.max_len, T - 1)
-    shift = T - n
-    r_ids = roll_rows(ids, shift)
+    r_ids, n, shift = rolled_prompt(model, input_ids, attention_mask)
+    B, T = r_ids.shape
     emb = model.E(r_ids)
     h0, m = model._ln(emb + model.P[:T]), model.mass(r_ids, emb)
     hs = model.integrate(h0, m, model.gamma())['positions']
-    sdt = state_dtype(ids.device)
+    sdt = state_dtype(r_ids.device)
     states = [model.xi_module.prefix_state(hs[l], n, sdt) for l in ([0] if c.xi_fixed else range(c.L))]
     sources = [hs[0].new_zeros(B, c.max_len, c.d) for _ in range(c.L)]
     for l in range(c.L): sources[l][:, :T] = hs[l]
-    hL = hs[-1]
-    last = hL.gather(1, (n - 1).view(B, 1, 1).expand(B, 1, c.d))[:, 0]
-    if logits_to_keep == 1: logits = F.linear(last, model.E.weight)[:, None]
-    else:
-        logits = roll_rows(F.linear(hL, model.E.weight), -shift)
-        if logits_to_keep: logits = logits[:, -logits_to_keep:]
+    last, logits = prompt_readout(model, hs[-1], n, shift, logits_to_keep)
     return logits, PARFCache(states, n.clone(), T, last, sources, model._extra_prefill(hs, n))
 
 # %%
@@ -499,11 +489,8 @@ def parf_decode_step(model, cache:PARFCache, # state after the previous tokens (
                     ) -> tuple: # (logits (B,n,V), cache)
     "Advance every row by its new token(s): the pool states in O(1), the pairs against the cached sources in O(T)."
     c = model.config
-    ids = check_input_ids(next_ids, c.vocab_size, name='next_ids')
-    if ids.dim() == 1: ids = ids[:, None]
+    ids = decode_ids(model, cache, next_ids)
     B, n = ids.shape
-    if B != cache.batch_size: raise ValueError(f"next_ids has batch size {B} but the cache holds {cache.batch_size} sequences")
-    check_position(c.max_len, cache.max_pos + n - 1)
     gamma, pool, rows, out = model.gamma(), model.xi_module, torch.arange(B, device=ids.device), []
     for j in range(n):
         emb = model.E(ids[:, j:j + 1])

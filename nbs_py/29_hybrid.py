@@ -57,14 +57,16 @@ from transformers import initialization as hf_init
 from fastcore.basics import patch
 
 from semsim.core import check_positive_ints
-from semsim.lm import (check_input_ids, check_position, check_new_tokens_mask, left_pad_lengths, roll_rows, lm_loss,
-                 lm_output, resolve_cache)
+from semsim.lm import check_new_tokens_mask, lm_loss, lm_output, resolve_cache
 from semsim.dynamics import damped_euler_step
-from semsim.streaming import SPLMCache, state_dtype
+from semsim.streaming import SPLMCache, state_dtype, rolled_prompt, prompt_readout, decode_ids
 from semsim.baselines import GPTBlock, KVCache
 from semsim.splm import SPLMConfig, SPLMForCausalLM, SARF_LOGFREQ
 
 # %%
+import json
+from pathlib import Path
+import pandas as pd
 import matplotlib.pyplot as plt
 from fastcore.test import test_eq, test_close, test_fail
 from semsim.lm import output_cache
@@ -304,26 +306,16 @@ def hybrid_prefill(model, input_ids:Tensor, # prompt, (B,T)
     "One parallel pass over the prompt (rows rolled so each starts at position 0), filling the KV cache and the pool states."
     c = model.config
     if not c.causal_force: raise ValueError("causal_force=False (the leak) cannot be decoded with a cache: use use_cache=False")
-    ids = check_input_ids(input_ids, c.vocab_size)
-    B, T = ids.shape
-    n = left_pad_lengths(attention_mask, B, T, ids.device)
-    check_position(c.max_len, T - 1)
-    shift = T - n
-    r_ids = roll_rows(ids, shift)                                          # tokens at [0, n_b), padding after them
+    r_ids, n, shift = rolled_prompt(model, input_ids, attention_mask)     # tokens at [0, n_b), padding after them
+    B, T = r_ids.shape
     emb = model.E(r_ids)
     kv, st = KVCache(max(len(model.blocks), 1)), {'leak': False, 'create_graph': False, 'grad': False, 'xi': None}
     s_in = []
     def force(j, h): s_in.append(h); return model._force(h, st)
     tr = run_schedule(model, emb + model.P[:T], model.mass(r_ids, emb), model.gamma(), lambda i, h: model.blocks[i](h, kv, i), force)
-    sdt = state_dtype(ids.device)
-    states = [model.xi_module.prefix_state(h, n, sdt) for h in s_in]
-    hL = tr['positions'][-1]
-    last = hL.gather(1, (n - 1).view(B, 1, 1).expand(B, 1, c.d))[:, 0]
-    if logits_to_keep == 1: logits = F.linear(last, model.E.weight)[:, None]
-    else:
-        logits = roll_rows(F.linear(hL, model.E.weight), -shift)
-        if logits_to_keep: logits = logits[:, -logits_to_keep:]
-    valid = torch.arange(T, device=ids.device)[None] < n[:, None]           # real columns of the cache
+    states = [model.xi_module.prefix_state(h, n, state_dtype(r_ids.device)) for h in s_in]
+    last, logits = prompt_readout(model, tr['positions'][-1], n, shift, logits_to_keep)
+    valid = torch.arange(T, device=r_ids.device)[None] < n[:, None]         # real columns of the cache
     return logits, HybridCache(states, n.clone(), T, last, kv, valid)
 
 # %%
@@ -334,11 +326,8 @@ def hybrid_decode_step(model, cache:HybridCache, # state after the previous toke
                       ) -> tuple: # (logits (B,n,V), cache)
     "Advance every row by its new token(s): attention against the cached keys, the S-steps from the pool states."
     c = model.config
-    ids = check_input_ids(next_ids, c.vocab_size, name='next_ids')
-    if ids.dim() == 1: ids = ids[:, None]
+    ids = decode_ids(model, cache, next_ids)
     B, n = ids.shape
-    if B != cache.batch_size: raise ValueError(f"next_ids has batch size {B} but the cache holds {cache.batch_size} sequences")
-    check_position(c.max_len, cache.max_pos + n - 1)
     gamma, pool, out = model.gamma(), model.xi_module, []
     for t in range(n):
         emb = model.E(ids[:, t:t + 1])
@@ -446,3 +435,28 @@ ax.bar(range(1, 9), steps, color=['tab:blue'] * 4 + ['tab:orange'] * 4)
 ax.set_xticks(range(1, 9), list('AAAASSSS')); ax.set_ylabel('mean ‖h_{ℓ+1} − h_ℓ‖'); ax.set_title('Q9d AAAASSSS at init')
 plt.tight_layout(); plt.show()
 assert torch.isfinite(steps).all() and (steps > 0).all()
+
+# %% [markdown]
+# ## Measured: the hybrids beside MatchedGPT on Tiny Shakespeare (CPU)
+#
+# From the family table (the *Results* page, `python experiments/family.py --reuse`): the demo recipe (d 64, 600 steps
+# of 8 × 64 tokens, compact vocabulary), the hybrids with their 8-block schedules, MatchedGPT at 4 blocks (the recipe's
+# L) and at 8 (the hybrids' depth). The reference's anchors are at d 128, 4,000 steps: Variant A k4m4 147.40, Q9d
+# AAAASSSS 145.86, AASSSSSS 149.10 (5 seeds), SASASASA 189.64 (seed 0), MatchedGPT 149.80 (5 seeds).
+
+# %%
+RESULTS = next(p/'results' for p in (Path.cwd(), *Path.cwd().parents) if (p/'results').is_dir())
+fam = json.loads((RESULTS/'family-shakespeare-cpu.json').read_text())
+rows = [r for r in fam['table'] if r['model'] in ('hybrid-a', 'helmholtz-q9d', 'matched-gpt')]
+hy = pd.DataFrame([{'member': r['member'], 'params': r['params'], 'seeds': r['seeds'], 'val PPL mean': round(r['val_ppl_mean'], 2),
+                    'sd': None if r['val_ppl_sd'] is None else round(r['val_ppl_sd'], 2),
+                    'Δ vs MatchedGPT (paired)': None if 'vs_matched_gpt' not in r else round(r['vs_matched_gpt']['mean_diff'], 2),
+                    'p': None if 'vs_matched_gpt' not in r else round(r['vs_matched_gpt']['paired_t_p'], 3),
+                    'reference': r['reference']} for r in rows]).set_index('member')
+hy
+
+# %%
+ppl = hy['val PPL mean']
+print('ordering:', ' < '.join(f'{m} {v:.1f}' for m, v in ppl.sort_values().items()))
+print(f"SASASASA / AAAASSSS: {ppl['Q9d SASASASA'] / ppl['Q9d AAAASSSS']:.2f} here, {189.64 / 135.03:.2f} in the reference (seed 0)")
+assert ppl['Q9d SASASASA'] > ppl['Q9d AAAASSSS']   # the interleaved stripe is the worst layout, as in the reference

@@ -16,10 +16,9 @@ from transformers import initialization as hf_init
 from fastcore.basics import patch
 
 from .core import check_positive_ints
-from .lm import (check_input_ids, check_position, check_new_tokens_mask, left_pad_lengths, roll_rows, lm_loss,
-                 lm_output, resolve_cache)
+from .lm import check_new_tokens_mask, lm_loss, lm_output, resolve_cache
 from .dynamics import damped_euler_step
-from .streaming import SPLMCache, state_dtype
+from .streaming import SPLMCache, state_dtype, rolled_prompt, prompt_readout, decode_ids
 from .baselines import GPTBlock, KVCache
 from .splm import SPLMConfig, SPLMForCausalLM, SARF_LOGFREQ
 
@@ -185,26 +184,16 @@ def hybrid_prefill(model, input_ids:Tensor, # prompt, (B,T)
     "One parallel pass over the prompt (rows rolled so each starts at position 0), filling the KV cache and the pool states."
     c = model.config
     if not c.causal_force: raise ValueError("causal_force=False (the leak) cannot be decoded with a cache: use use_cache=False")
-    ids = check_input_ids(input_ids, c.vocab_size)
-    B, T = ids.shape
-    n = left_pad_lengths(attention_mask, B, T, ids.device)
-    check_position(c.max_len, T - 1)
-    shift = T - n
-    r_ids = roll_rows(ids, shift)                                          # tokens at [0, n_b), padding after them
+    r_ids, n, shift = rolled_prompt(model, input_ids, attention_mask)     # tokens at [0, n_b), padding after them
+    B, T = r_ids.shape
     emb = model.E(r_ids)
     kv, st = KVCache(max(len(model.blocks), 1)), {'leak': False, 'create_graph': False, 'grad': False, 'xi': None}
     s_in = []
     def force(j, h): s_in.append(h); return model._force(h, st)
     tr = run_schedule(model, emb + model.P[:T], model.mass(r_ids, emb), model.gamma(), lambda i, h: model.blocks[i](h, kv, i), force)
-    sdt = state_dtype(ids.device)
-    states = [model.xi_module.prefix_state(h, n, sdt) for h in s_in]
-    hL = tr['positions'][-1]
-    last = hL.gather(1, (n - 1).view(B, 1, 1).expand(B, 1, c.d))[:, 0]
-    if logits_to_keep == 1: logits = F.linear(last, model.E.weight)[:, None]
-    else:
-        logits = roll_rows(F.linear(hL, model.E.weight), -shift)
-        if logits_to_keep: logits = logits[:, -logits_to_keep:]
-    valid = torch.arange(T, device=ids.device)[None] < n[:, None]           # real columns of the cache
+    states = [model.xi_module.prefix_state(h, n, state_dtype(r_ids.device)) for h in s_in]
+    last, logits = prompt_readout(model, tr['positions'][-1], n, shift, logits_to_keep)
+    valid = torch.arange(T, device=r_ids.device)[None] < n[:, None]         # real columns of the cache
     return logits, HybridCache(states, n.clone(), T, last, kv, valid)
 
 # %% ../nbs/29_hybrid.ipynb #fe4c8830
@@ -214,11 +203,8 @@ def hybrid_decode_step(model, cache:HybridCache, # state after the previous toke
                       ) -> tuple: # (logits (B,n,V), cache)
     "Advance every row by its new token(s): attention against the cached keys, the S-steps from the pool states."
     c = model.config
-    ids = check_input_ids(next_ids, c.vocab_size, name='next_ids')
-    if ids.dim() == 1: ids = ids[:, None]
+    ids = decode_ids(model, cache, next_ids)
     B, n = ids.shape
-    if B != cache.batch_size: raise ValueError(f"next_ids has batch size {B} but the cache holds {cache.batch_size} sequences")
-    check_position(c.max_len, cache.max_pos + n - 1)
     gamma, pool, out = model.gamma(), model.xi_module, []
     for t in range(n):
         emb = model.E(ids[:, t:t + 1])

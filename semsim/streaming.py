@@ -16,8 +16,8 @@ from .lm import (check_input_ids, check_position, check_new_tokens_mask, left_pa
 from .dynamics import integrate
 
 # %% auto #0
-__all__ = ['SPLM_MODEL_TYPE', 'state_dtype', 'SPLMCache', 'check_streamable', 'splm_prefill', 'splm_decode_step',
-           'streaming_forward', 'splm_generation_inputs']
+__all__ = ['SPLM_MODEL_TYPE', 'state_dtype', 'SPLMCache', 'check_streamable', 'rolled_prompt', 'prompt_readout', 'decode_ids',
+           'splm_prefill', 'splm_decode_step', 'streaming_forward', 'splm_generation_inputs']
 
 # %% ../nbs/31_streaming.ipynb #d19da62b
 def state_dtype(device) -> torch.dtype:
@@ -75,6 +75,38 @@ def check_streamable(model): # an SPLMForCausalLM
         raise ValueError("causal_force=False (the historical leak) is not causal: token t's force depends on later tokens "
                          "through ξ, so no streaming state can reproduce it; use use_cache=False (full recompute)")
 
+def rolled_prompt(model, # a semsim causal LM (config with vocab_size and max_len)
+                  input_ids:Tensor, # prompt, (B,T)
+                  attention_mask:Optional[Tensor]=None, # (B,T): 1 token, 0 left padding
+                 ) -> tuple: # (rolled ids (B,T), tokens per row n (B,), padding per row (B,))
+    "Check a prompt and roll every row so that its tokens sit at [0, n_b): prefill runs as if each row were alone."
+    c = model.config
+    ids = check_input_ids(input_ids, c.vocab_size)
+    B, T = ids.shape
+    n = left_pad_lengths(attention_mask, B, T, ids.device)
+    check_position(c.max_len, T - 1)
+    return roll_rows(ids, T - n), n, T - n
+
+def prompt_readout(model, hL:Tensor, # final states of the rolled prompt, (B,T,d)
+                   n:Tensor, shift:Tensor, # from `rolled_prompt`
+                   logits_to_keep:int=0) -> tuple: # (h_L of each row's last token (B,d), logits (B,T or k,V))
+    "The last token's state (for the cache) and the prompt's logits back in the left-padded layout."
+    B, T, d = hL.shape
+    last = hL.gather(1, (n - 1).view(B, 1, 1).expand(B, 1, d))[:, 0]
+    if logits_to_keep == 1: return last, F.linear(last, model.E.weight)[:, None]   # generate(): the last token only
+    logits = roll_rows(F.linear(hL, model.E.weight), -shift)
+    return last, (logits[:, -logits_to_keep:] if logits_to_keep else logits)
+
+def decode_ids(model, cache, # the model and the cache the new tokens extend
+               next_ids:Tensor) -> Tensor: # (B,) or (B,n) -> (B,n)
+    "Check the new tokens against the vocabulary, the cache's batch and the positional table."
+    ids = check_input_ids(next_ids, model.config.vocab_size, name='next_ids')
+    if next_ids.dim() == 1: ids = ids.reshape(-1, 1)                      # (B,): one token per row
+    B, n = ids.shape
+    if B != cache.batch_size: raise ValueError(f"next_ids has batch size {B} but the cache holds {cache.batch_size} sequences")
+    check_position(model.config.max_len, cache.max_pos + n - 1)
+    return ids
+
 def _h0_mass(model, ids:Tensor, # (B,T)
              pos:Tensor, # positions, (T,) or (B,T)
             ) -> tuple: # (h_0 (B,T,d), m (B,T,1))
@@ -92,22 +124,13 @@ def splm_prefill(model, # a causal SPLMForCausalLM
     "Run the prompt in one parallel pass; return its logits and the recurrent state after it."
     check_streamable(model)
     c = model.config
-    ids = check_input_ids(input_ids, c.vocab_size)
-    B, T = ids.shape
-    n = left_pad_lengths(attention_mask, B, T, ids.device)
-    check_position(c.max_len, T - 1)
-    shift = T - n                                                          # padding per row
-    r_ids = roll_rows(ids, shift)                                          # row b's tokens at [0, n_b)
-    h0, m = _h0_mass(model, r_ids, torch.arange(T, device=ids.device))
+    r_ids, n, shift = rolled_prompt(model, input_ids, attention_mask)     # row b's tokens at [0, n_b)
+    T = r_ids.shape[1]
+    h0, m = _h0_mass(model, r_ids, torch.arange(T, device=r_ids.device))
     hs = model.integrate(h0, m, model.gamma())['positions']                # h_0 .. h_L, (B,T,d) each
-    sdt = state_dtype(ids.device)
+    sdt = state_dtype(r_ids.device)
     states = [model.xi_module.prefix_state(hs[l], n, sdt) for l in ([0] if c.xi_fixed else range(c.L))]
-    hL = hs[-1]
-    last = hL.gather(1, (n - 1).view(B, 1, 1).expand(B, 1, hL.shape[-1]))[:, 0]
-    if logits_to_keep == 1: logits = F.linear(last, model.E.weight)[:, None]   # generate(): the last token only
-    else:
-        logits = roll_rows(F.linear(hL, model.E.weight), -shift)           # back to the left-padded layout
-        if logits_to_keep: logits = logits[:, -logits_to_keep:]
+    last, logits = prompt_readout(model, hs[-1], n, shift, logits_to_keep)
     return logits, SPLMCache(states, n.clone(), T, last)
 
 # %% ../nbs/31_streaming.ipynb #2047b359
@@ -118,11 +141,8 @@ def splm_decode_step(model, # the SPLMForCausalLM the cache was built with
                     ) -> tuple: # (logits (B,n,V), cache)
     "Advance every row by its new token(s): O(L) work per token at any context length."
     c = model.config
-    ids = check_input_ids(next_ids, c.vocab_size, name='next_ids')
-    if next_ids.dim() == 1: ids = next_ids[:, None]
+    ids = decode_ids(model, cache, next_ids)
     B, n = ids.shape
-    if B != cache.batch_size: raise ValueError(f"next_ids has batch size {B} but the cache holds {cache.batch_size} sequences")
-    check_position(c.max_len, cache.max_pos + n - 1)
     gamma, pool, pot, states, out = model.gamma(), model.xi_module, model.V_theta, cache.states, []
     for j in range(n):
         h0, m = _h0_mass(model, ids[:, j:j + 1], cache.pos[:, None])       # (B,1,d), (B,1,1)
