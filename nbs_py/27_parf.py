@@ -80,9 +80,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from fastcore.basics import patch
 
 from semsim.core import check_positive_ints
-from semsim.lm import check_new_tokens_mask, lm_loss, lm_output, resolve_cache
 from semsim.dynamics import integrate
-from semsim.streaming import SPLMCache, state_dtype, rolled_prompt, prompt_readout, decode_ids
+from semsim.streaming import SPLMCache, state_dtype, rolled_prompt, prompt_readout, decode_ids, streaming_forward
 from semsim.splm import SPLMConfig, SPLMForCausalLM, SHAKESPEARE_SIZES, TINYSTORIES_SIZES, SARF_LOGFREQ
 
 # %% [markdown]
@@ -513,27 +512,16 @@ def parf_decode_step(model, cache:PARFCache, # state after the previous tokens (
             return (-g if fx is None else fx.detach() - g), None
         h = integrate(force, h0, m, gamma, c.dt, c.L, c.integrator, project=model._ln if c.ln_after_step else None,
                       final_force=False, velocity=c.velocity)['positions'][-1]
-        cache.last_h, cache.pos, cache.n_seen, cache.max_pos = h[:, 0], cache.pos + 1, cache.n_seen + 1, cache.max_pos + 1
+        cache.advance(h[:, 0])
         out.append(F.linear(h, model.E.weight))
     return torch.cat(out, 1), cache
 
 # %%
 #| export
 @patch
-def _stream(self:PARFForCausalLM, input_ids:Optional[Tensor]=None, cache=None, attention_mask=None, use_cache:bool=True,
-            labels=None, logits_to_keep:int=0, inputs_embeds=None, past_key_values=None, **kwargs):
+def _stream(self:PARFForCausalLM, *args, **kwargs):
     "The forward with a PARFCache: parallel prefill, then one token at a time against the cached sources."
-    if inputs_embeds is not None: raise ValueError("the streaming PARF model needs input_ids; inputs_embeds is not supported with a cache")
-    if input_ids is None: raise ValueError("pass input_ids")
-    past = resolve_cache(cache, past_key_values)
-    if past is None: logits, cache = parf_prefill(self, input_ids, attention_mask, logits_to_keep)
-    else:
-        if not isinstance(past, PARFCache): raise TypeError(f"the cache must be the PARFCache of an earlier call with use_cache=True, got {type(past).__name__}")
-        ids = input_ids if input_ids.dim() == 2 else input_ids[None]
-        check_new_tokens_mask(attention_mask, ids.shape[0], past.get_seq_length(), ids.shape[1])
-        logits, cache = parf_decode_step(self, past, ids)
-        if logits_to_keep: logits = logits[:, -logits_to_keep:]
-    return lm_output(logits, lm_loss(logits, labels) if labels is not None else None, cache if use_cache else None)
+    return streaming_forward(self, *args, prefill=parf_prefill, decode=parf_decode_step, cache_cls=PARFCache, **kwargs)
 
 AutoConfig.register(PARFConfig.model_type, PARFConfig, exist_ok=True)
 AutoModelForCausalLM.register(PARFConfig, PARFForCausalLM, exist_ok=True)

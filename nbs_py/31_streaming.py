@@ -168,6 +168,9 @@ class SPLMCache:
         self.states, self.pos, self.n_seen, self.last_h = states, pos, n_seen, last_h
         self.max_pos = int(pos.max())  # largest next position (a Python int: no tensor reduction per token)
     def get_seq_length(self, layer_idx:int=0) -> int: return self.n_seen
+    def advance(self, last_h:Tensor): # h_L of the token just decoded, (B,d)
+        "Every row has consumed one more token."
+        self.last_h, self.pos, self.n_seen, self.max_pos = last_h, self.pos + 1, self.n_seen + 1, self.max_pos + 1
     @property
     def batch_size(self) -> int: return self.pos.shape[0]
     @property
@@ -300,7 +303,7 @@ def splm_decode_step(model, # the SPLMForCausalLM the cache was built with
             return pot.energy_and_force(xi.reshape(B, 1, -1), h, need_energy=False)[1], None
         h = integrate(force, h0, m, gamma, c.dt, c.L, c.integrator, project=model._ln if c.ln_after_step else None,
                       final_force=False, velocity=c.velocity)['positions'][-1]                  # the same loop as the parallel forward
-        cache.last_h, cache.pos, cache.n_seen, cache.max_pos = h[:, 0], cache.pos + 1, cache.n_seen + 1, cache.max_pos + 1
+        cache.advance(h[:, 0])
         out.append(F.linear(h, model.E.weight))
     return torch.cat(out, 1), cache
 
@@ -437,18 +440,21 @@ def streaming_forward(model, # a causal SPLMForCausalLM
                       logits_to_keep:int=0, # 0: all positions; k: the last k
                       inputs_embeds:Optional[Tensor]=None,
                       past_key_values:Optional[SPLMCache]=None, # `cache` under its pre-5.24 name
+                      prefill=None, # (model, ids, mask, logits_to_keep) -> (logits, cache); None: splm_prefill
+                      decode=None, # (model, cache, ids) -> (logits, cache); None: splm_decode_step
+                      cache_cls:type=SPLMCache, # the cache type `decode` continues (a subclass's own, e.g. PARFCache)
                       **kwargs) -> CausalLMOutputWithPast:
-    "SPLM forward with a recurrent cache: parallel prefill that returns the state, then O(1)-per-token steps."
-    if inputs_embeds is not None: raise ValueError("the streaming SPLM needs input_ids (masses and cache follow token ids); inputs_embeds is not supported with a cache")
+    "A forward with a cache: parallel prefill that returns the state, then token steps (the SPLM's, or a subclass's pair)."
+    if inputs_embeds is not None: raise ValueError(f"the streaming {type(model).__name__} needs input_ids (masses and cache follow token ids); inputs_embeds is not supported with a cache")
     if input_ids is None: raise ValueError("pass input_ids")
     past = resolve_cache(cache, past_key_values)
-    if past is None: logits, cache = splm_prefill(model, input_ids, attention_mask, logits_to_keep)
+    if past is None: logits, cache = (prefill or splm_prefill)(model, input_ids, attention_mask, logits_to_keep)
     else:
-        if not isinstance(past, SPLMCache):
-            raise TypeError(f"the cache must be the SPLMCache of an earlier call with use_cache=True, got {type(past).__name__}")
+        if not isinstance(past, cache_cls):
+            raise TypeError(f"the cache must be the {cache_cls.__name__} of an earlier call with use_cache=True, got {type(past).__name__}")
         ids = input_ids if input_ids.dim() == 2 else input_ids[None]
         check_new_tokens_mask(attention_mask, ids.shape[0], past.get_seq_length(), ids.shape[1])
-        logits, cache = splm_decode_step(model, past, ids)
+        logits, cache = (decode or splm_decode_step)(model, past, ids)
         if logits_to_keep: logits = logits[:, -logits_to_keep:]
     loss = lm_loss(logits, labels) if labels is not None else None
     return lm_output(logits, loss, cache if use_cache else None)

@@ -16,9 +16,8 @@ from transformers import initialization as hf_init
 from fastcore.basics import patch
 
 from .core import check_positive_ints
-from .lm import check_new_tokens_mask, lm_loss, lm_output, resolve_cache
 from .dynamics import damped_euler_step
-from .streaming import SPLMCache, state_dtype, rolled_prompt, prompt_readout, decode_ids
+from .streaming import SPLMCache, state_dtype, rolled_prompt, prompt_readout, decode_ids, streaming_forward
 from .baselines import GPTBlock, KVCache
 from .splm import SPLMConfig, SPLMForCausalLM, SARF_LOGFREQ
 
@@ -217,25 +216,14 @@ def hybrid_decode_step(model, cache:HybridCache, # state after the previous toke
         tr = run_schedule(model, emb + model.P[cache.pos][:, None], model.mass(ids[:, t:t + 1], emb), gamma,
                           lambda i, h: model.blocks[i](h, cache.kv, i, mask), force)
         h = tr['positions'][-1]
-        cache.last_h, cache.pos, cache.n_seen, cache.max_pos = h[:, 0], cache.pos + 1, cache.n_seen + 1, cache.max_pos + 1
+        cache.advance(h[:, 0])
         out.append(F.linear(h, model.E.weight))
     return torch.cat(out, 1), cache
 
 @patch
-def _stream(self:HybridForCausalLM, input_ids:Optional[Tensor]=None, cache=None, attention_mask=None, use_cache:bool=True,
-            labels=None, logits_to_keep:int=0, inputs_embeds=None, past_key_values=None, **kwargs):
+def _stream(self:HybridForCausalLM, *args, **kwargs):
     "The forward with a HybridCache: parallel prefill, then one token at a time."
-    if inputs_embeds is not None: raise ValueError("the streaming hybrid needs input_ids; inputs_embeds is not supported with a cache")
-    if input_ids is None: raise ValueError("pass input_ids")
-    past = resolve_cache(cache, past_key_values)
-    if past is None: logits, cache = hybrid_prefill(self, input_ids, attention_mask, logits_to_keep)
-    else:
-        if not isinstance(past, HybridCache): raise TypeError(f"the cache must be the HybridCache of an earlier call with use_cache=True, got {type(past).__name__}")
-        ids = input_ids if input_ids.dim() == 2 else input_ids[None]
-        check_new_tokens_mask(attention_mask, ids.shape[0], past.get_seq_length(), ids.shape[1])
-        logits, cache = hybrid_decode_step(self, past, ids)
-        if logits_to_keep: logits = logits[:, -logits_to_keep:]
-    return lm_output(logits, lm_loss(logits, labels) if labels is not None else None, cache if use_cache else None)
+    return streaming_forward(self, *args, prefill=hybrid_prefill, decode=hybrid_decode_step, cache_cls=HybridCache, **kwargs)
 
 AutoConfig.register(HybridConfig.model_type, HybridConfig, exist_ok=True)
 AutoModelForCausalLM.register(HybridConfig, HybridForCausalLM, exist_ok=True)

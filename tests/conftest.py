@@ -19,3 +19,29 @@ def shared_data():
     d = os.environ.get('SEMSIM_DATA_DIR')
     if not d or not Path(d).is_dir(): pytest.skip('SEMSIM_DATA_DIR not set')
     return Path(d)
+
+
+WORDS = 'the king and queen of a small city walked through the old market at night while soldiers sang'.split()
+
+
+def write_salad(path:Path, n_lines:int=600) -> Path:
+    "A word-salad training text (10 words a line from WORDS, seeded): enough for a few steps of a tiny model."
+    import random
+    rng = random.Random(0)
+    path.write_text('\n'.join(' '.join(rng.choice(WORDS) for _ in range(10)) + '.' for _ in range(n_lines)), encoding='utf-8')
+    return path
+
+
+@pytest.fixture
+def salad(tmp_path):
+    "The word-salad corpus as a file."
+    return write_salad(tmp_path/'salad.txt')
+
+
+def run_train(argv) -> tuple:
+    "(status, stdout, stderr) of `semsim.train.main(argv)`, in process."
+    import contextlib, io
+    from semsim.train import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err): rc = main(argv)
+    return rc, out.getvalue(), err.getvalue()

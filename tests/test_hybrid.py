@@ -1,6 +1,5 @@
 """The attention hybrids (semsim.hybrid): registry names, Hugging Face save/load, the leak audit, live vs detach,
 cached generate() equal to recompute, bad configs, and training through `semsim train --model` (a leaking one refused)."""
-import contextlib, io, random
 
 import pytest
 import torch
@@ -11,7 +10,8 @@ from semsim.causal import audit
 from semsim.models import build_model, model_spec
 from semsim.hybrid import HybridConfig, HybridForCausalLM, HybridCache
 from semsim.lm import output_cache
-from semsim.train import main, read_log
+from semsim.train import read_log
+from conftest import run_train
 
 hf_logging.set_verbosity_error()
 torch.set_num_threads(1)
@@ -88,24 +88,14 @@ def test_output_mechanics_refused_with_a_clear_error():
     with pytest.raises(ValueError, match='output_mechanics'): _model('hybrid-a')(torch.randint(0, 61, (1, 5)), output_mechanics=True)
 
 
-WORDS = 'the king and queen of a small city walked through the old market at night while soldiers sang'.split()
 ARGS = ['--set', 'compact_vocab=true', '--set', 'd=16', '--set', 'n_head=2', '--set', 'v_hidden=32', '--set', 'batch_size=4',
         '--set', 'block_size=16', '--set', 'eval_every=4', '--set', 'eval_iters=2', '--set', 'ckpt_every=4',
         '--set', 'max_steps=8', '--set', 'warmup=2', '--set', 'threads=1', '--no-progress']
 
 
 def _run(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err): rc = main(argv)
-    return rc, err.getvalue()
-
-
-@pytest.fixture
-def salad(tmp_path):
-    rng = random.Random(0)
-    p = tmp_path/'salad.txt'
-    p.write_text('\n'.join(' '.join(rng.choice(WORDS) for _ in range(10)) + '.' for _ in range(400)), encoding='utf-8')
-    return p
+    rc, _, err = run_train(argv)
+    return rc, err
 
 
 def test_train_hybrids_and_leaky_refused(tmp_path, isolated_cache, salad):

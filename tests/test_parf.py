@@ -1,6 +1,6 @@
 """The PARF family (semsim.parf, semsim.fock): registry names, Hugging Face save/load, the leak audit, live vs detach, the
 τ schedule, and training through `semsim train --model` (a leaking PARF model is refused)."""
-import contextlib, io, json, random
+import json
 
 import pytest
 import torch
@@ -11,7 +11,8 @@ from semsim.causal import audit
 from semsim.models import build_model
 from semsim.parf import PARFConfig, PARFForCausalLM, TINY
 from semsim.fock import FockConfig, FockForCausalLM
-from semsim.train import main, read_log
+from semsim.train import read_log
+from conftest import run_train
 
 hf_logging.set_verbosity_error()
 torch.set_num_threads(1)
@@ -78,24 +79,14 @@ def test_bad_config(kw, msg):
     with pytest.raises(ValueError, match=msg): PARFConfig(**{**SMALL, **kw})
 
 
-WORDS = 'the king and queen of a small city walked through the old market at night while soldiers sang'.split()
 ARGS = ['--set', 'compact_vocab=true', '--set', 'd=16', '--set', 'L=2', '--set', 'v_hidden=32', '--set', 'batch_size=4',
         '--set', 'block_size=16', '--set', 'eval_every=4', '--set', 'eval_iters=2', '--set', 'ckpt_every=4',
         '--set', 'max_steps=8', '--set', 'warmup=2', '--set', 'threads=1', '--no-progress']
 
 
 def _run(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err): rc = main(argv)
-    return rc, err.getvalue()
-
-
-@pytest.fixture
-def salad(tmp_path):
-    rng = random.Random(0)
-    p = tmp_path/'salad.txt'
-    p.write_text('\n'.join(' '.join(rng.choice(WORDS) for _ in range(10)) + '.' for _ in range(400)), encoding='utf-8')
-    return p
+    rc, _, err = run_train(argv)
+    return rc, err
 
 
 def test_train_sparse_anneals_tau_and_leak_refused(tmp_path, isolated_cache, salad):

@@ -6,26 +6,16 @@ from pathlib import Path
 import pytest
 
 from semsim.train import main, read_log, latest_checkpoint
+from conftest import run_train
 
-WORDS = 'the king and queen of a small city walked through the old market at night while soldiers sang'.split()
 TINY = ['--set', 'compact_vocab=true', '--set', 'd=16', '--set', 'L=2', '--set', 'v_hidden=32', '--set', 'batch_size=4',
         '--set', 'block_size=16', '--set', 'eval_every=5', '--set', 'eval_iters=2', '--set', 'ckpt_every=5',
         '--set', 'threads=1', '--no-progress']
 
 
-@pytest.fixture
-def salad(tmp_path):
-    rng = random.Random(0)
-    p = tmp_path/'salad.txt'
-    p.write_text('\n'.join(' '.join(rng.choice(WORDS) for _ in range(10)) + '.' for _ in range(600)), encoding='utf-8')
-    return p
-
-
 def run(argv):
     "(status, stdout, stderr) of main(argv)."
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err): rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
+    return run_train(argv)
 
 
 @pytest.mark.parametrize('argv, msg', [

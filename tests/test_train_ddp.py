@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_salad
 
 FAMILIES = ('splm-multixi', 'splm-sq3', 'matched-gpt')
 V, T, B = 64, 12, 4
@@ -82,13 +83,8 @@ def test_ddp_gradients_equal_single_process(tmp_path):
             torch.testing.assert_close(ddp[name]['params'][n], p.detach(), rtol=1e-10, atol=1e-12, msg=lambda m: f'{name} {n}: {m}')
 
 
-WORDS = 'the king and queen of a small city walked through the old market at night while soldiers sang'.split()
-
-
 def test_torchrun_training_rank0_outputs(tmp_path, isolated_cache):
-    rng = random.Random(0)
-    text = tmp_path/'salad.txt'
-    text.write_text('\n'.join(' '.join(rng.choice(WORDS) for _ in range(10)) + '.' for _ in range(800)), encoding='utf-8')
+    text = write_salad(tmp_path/'salad.txt', 800)
     out = tmp_path/'run'
     r = torchrun('-m', 'semsim.train', '--preset', 'smoke', '--model', 'splm-em-ln', '--out', str(out), '--no-progress',
                  '--max-steps', '6', '--set', f'corpus={text}', '--set', 'compact_vocab=true', '--set', 'd=16',
