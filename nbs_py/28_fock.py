@@ -431,7 +431,7 @@ print(f"Fock-PARFLM {fk['val PPL']:.2f} val PPL vs SparsePARFLM {tab.loc['parf-s
 test_eq(fr['runs'][0]['steps'], 600); assert math.isfinite(fk['val PPL'])
 
 # %% [markdown]
-# At this budget the honest Fock-PARFLM lands 3 % below the SparsePARFLM it extends, on one seed — inside the
-# seed-to-seed spread the PARF chapter measured for Q9c (14–37 PPL between seeds of the same arm), so the registers
-# neither help nor hurt measurably at 600 steps; nothing here resembles the leaking model's 7.69. Its tokens/s were
-# measured while two other training runs shared the two cores, so that column is a lower bound for it.
+# The ratio above is one seed at 600 steps: read it against the seed-to-seed spread of this recipe (the PARF
+# chapter's live-vs-detach study, three seeds per arm) before reading a register effect into it; nothing here
+# resembles the leaking model's 7.69. The tokens/s were measured while another training run shared the two cores,
+# so that column is a lower bound.

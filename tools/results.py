@@ -33,6 +33,15 @@ STUDIES = {
                     'parflm-multixi at demo sizes (its preset is the TinyStories scale-up)'],
         reference={'source': 'semsimula-paper@eb95852: notebooks/conservative_arch/parf/ (Shakespeare, 4000 steps, d 128)',
                    'val_ppl': {'parf-q9c': 210.54, 'parf-sparse': 176.65, 'splm-em-ln': 173.59, 'matched-gpt': 149.80}}),
+    'parf-shakespeare-cpu-buffer': dict(
+        question="The PARF family with the em_ln velocity buffer (velocity='buffer'), demo recipe (600 steps), seed 0: the form semsim's PARF had before its presets took the reference's δ-form",
+        command=("for m in parf-q9c parf-sparse parflm-multixi fock-parflm; do python -m semsim.train --preset demo --model $m "
+                 "--max-steps 600 --set velocity=buffer --set threads=1 --out runs/parf-buffer/$m --no-progress; done  (two at a time)"),
+        deviations=['the demo recipe (d 64, L 4, v_hidden 128, compact vocabulary, 600 steps of 8 x 64 tokens), not the reference 4000 steps at d 128',
+                    'parflm-multixi at demo sizes (its preset is the TinyStories scale-up)',
+                    "velocity='buffer': the velocity is the unnormalised buffer of em_ln, not the reference's δ = h − h_prev after the LN"],
+        reference={'source': 'semsimula-paper@eb95852: notebooks/conservative_arch/parf/ (Shakespeare, 4000 steps, d 128)',
+                   'val_ppl': {'parf-q9c': 210.54, 'parf-sparse': 176.65}}),
     'fock-shakespeare-cpu': dict(
         question='Fock-PARFLM (prefix-causal registers) on Tiny Shakespeare, demo recipe (600 steps), seed 0, beside parf-shakespeare-cpu',
         command=("python -m semsim.train --preset demo --model fock-parflm --max-steps 600 --set threads=1 "
