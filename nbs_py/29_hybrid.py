@@ -276,7 +276,8 @@ torch.testing.assert_close(hs[3] - hs[2], hs[2] - hs[1], atol=1e-12, rtol=0)
 # The reference's attention blocks accepted a KV cache its code never built; semsim's do. `HybridCache` is the
 # SPLM's recurrent cache (one ξ-pool state per S-step, positions, the last state) plus a `KVCache` of every A-block and
 # the validity of each cached column, so a left-padded prompt's padding is never attended to. Per new token the
-# S-part costs $O(1)$ and the A-part $O(T)$, as attention must.
+# S-part costs $O(1)$ and the A-part $O(T)$, as attention must; at d 128 the cache grows at half MatchedGPT's rate
+# (4 of 8 blocks keep keys and values), measured by `bench/bench_hybrid_decode.py` on the *Performance* page.
 
 # %%
 #| export

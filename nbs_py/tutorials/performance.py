@@ -22,6 +22,7 @@
 import warnings; warnings.filterwarnings('ignore', message='IProgress not found')
 import json
 from pathlib import Path
+import pandas as pd
 import matplotlib.pyplot as plt
 from fastcore.test import test_eq, test_close
 import semsim
@@ -34,7 +35,7 @@ for k, v in M.items():
     hw = v['hardware']
     print(f"{k:24s} {hw['date']}  {hw['cpu']}, {hw['cores']} cores, {hw['torch_threads']} thread(s), torch {hw['torch']}, "
           f"load {hw['load_avg_1_5_15'][0]}")
-test_eq(sorted(set(M) - {'device_check_cuda'}), ['decode', 'flops', 'forces', 'memory', 'train_profile', 'train_throughput_cpu', 'vs_attention', 'xi_pools'])
+test_eq(sorted(set(M) - {'device_check_cuda'}), ['decode', 'flops', 'forces', 'hybrid_decode', 'memory', 'train_profile', 'train_throughput_cpu', 'vs_attention', 'xi_pools'])
 
 # %% [markdown]
 # ## Decoding: latency against the context
@@ -90,6 +91,25 @@ test_eq([r['bytes_per_sequence']['gpt_kv'] for r in va['rows']], [2 * 8 * T * 12
 test_eq(len({r['bytes_per_sequence']['splm_mlp'] for r in va['rows']}), 1)
 print(f"SPLM state: {va['rows'][0]['bytes_per_sequence']['splm_mlp']:,} bytes at every T; "
       f"KV cache at T = {Ts[-1]:,}: {va['rows'][-1]['bytes_per_sequence']['gpt_kv'] / 2**20:.0f} MiB")
+
+# %% [markdown]
+# ## Decoding a hybrid: half a KV cache
+#
+# A hybrid (chapter *Attention hybrids*) keeps keys and values for its attention blocks only and the recurrent state
+# for its S-steps (`bench/bench_hybrid_decode.py`): Q9d AAAASSSS at d 128 beside MatchedGPT (8 attention blocks) and
+# em_ln (8 S-steps), batch 1.
+
+# %%
+hd = M['hybrid_decode']
+hdt = pd.DataFrame([{'model': n, **{f'ms/token @ {T}': round(1e3 * hd['latency_s'][n][str(T)], 2) for T in hd['contexts']},
+                     **{f'cache bytes @ {T}': f"{hd['cache_bytes'][n][str(T)]:,}" for T in hd['contexts']}} for n in hd['models']]).set_index('model')
+hdt
+
+# %%
+print(f"Q9d cache growth {hd['cache_growth_vs_matched']:.2f} of MatchedGPT's; cached generate {hd['prompt']} + {hd['new_tokens']} "
+      f"{hd['speedup']:.1f}x recompute, identical tokens {hd['identical_tokens']}")
+assert hd['identical_tokens'] and abs(hd['cache_growth_vs_matched'] - 0.5) < 0.01
+test_eq(len(set(hd['cache_bytes']['splm-em-ln'].values())), 1)
 
 # %% [markdown]
 # ## Streaming against full recompute
