@@ -66,6 +66,44 @@ def interleaved(fns:dict, repeats:int=5, warmup:int=1) -> dict:
     return {k: dict(median_s=statistics.median(v), min_s=min(v), max_s=max(v), n=len(v)) for k, v in times.items()}
 
 
+def rounds(fns:dict, repeats:int=11, warmup:int=1,
+           before=None) -> dict: # {name: [seconds, one per round]}
+    """Time the callables in rounds, each called once per round, the order rotated every round.
+
+    Ratios taken within a round (`ratio_stats`) cancel the machine's slow drift (load, clock) that separate medians
+    keep; the rotation cancels any order effect (the cache state one call leaves the next). `before()`, if given, runs
+    untimed before every call (e.g. to restore the weights a training step changed)."""
+    names = list(fns)
+    for _ in range(warmup):
+        for f in fns.values():
+            if before is not None: before()
+            f()
+    times = {k: [] for k in names}
+    for i in range(repeats):
+        for k in names[i % len(names):] + names[:i % len(names)]:
+            if before is not None: before()
+            sync(); t0 = time.perf_counter(); fns[k](); sync()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def summary(times:dict) -> dict: # {name: dict(median_s, min_s, max_s, n)}
+    return {k: dict(median_s=statistics.median(v), min_s=min(v), max_s=max(v), n=len(v)) for k, v in times.items()}
+
+
+def ratio_stats(num:list, den:list) -> dict:
+    """The median of the per-round ratios num/den, its 95 % bootstrap interval (`scipy.stats.bootstrap`, percentile)
+    and the exact one-sided sign test that the ratio exceeds 1 (`scipy.stats.binomtest`)."""
+    import numpy as np
+    from scipy.stats import binomtest, bootstrap
+    r = np.asarray(num) / np.asarray(den)
+    ci = bootstrap((r,), np.median, confidence_level=0.95, method='percentile', n_resamples=2000, random_state=0).confidence_interval
+    wins = int((r > 1).sum())
+    return dict(ratio=float(np.median(r)), ratio_ci95=[float(ci.low), float(ci.high)], wins=wins, n=len(r),
+                sign_test_p=float(binomtest(wins, len(r), 0.5, alternative='greater').pvalue),
+                ratios=[round(float(x), 4) for x in r])
+
+
 def save(name:str, data:dict, args) -> Path:
     args.results.mkdir(parents=True, exist_ok=True)
     path = args.results / f'{name}.json'
