@@ -350,10 +350,13 @@ def evaluate(model:nn.Module, batches:Sequence, # (x, y) pairs, each (B,T)
 # second-order force (an em_ln TinyStories run reached 29.47 PPL as a precision artifact) and switched TF32 off for
 # it; here it stays off for those models, while MatchedGPT and the closed-form potentials keep it. `bench/device_check.py`
 # measures the force and logits difference with TF32 on and off. `torch.compile` is applied where it is valid:
-# MatchedGPT and the SPLMs whose potential has a closed-form force (SQ1–SQ3). The MLP potential's force is `autograd.grad(V.sum(), h,
-# create_graph=True)` inside the forward, and training through it needs a double backward that `torch.compile`
-# does not support: those models stay eager, and the progress bar says so. None of this path runs on a CPU (amp is
-# off, nothing compiles), so CPU runs are bitwise reproducible.
+# MatchedGPT and the SPLMs whose potential has a closed-form force (SQ1–SQ3, the Gaussian mixture). The MLP
+# potential's force is `autograd.grad(V.sum(), h, create_graph=True)` inside the forward, and training through it
+# needs a double backward that `torch.compile` does not support: those models stay eager, and the progress bar and
+# the summary say so. `tests/test_train_compile.py` trains every registry member that compiles with `compile='on'`
+# on a CPU (traced by dynamo and AOTAutograd) and checks its losses, gradient norms and validation losses against the
+# eager run's. By default none of this path runs on a CPU (amp is off, nothing compiles), so CPU runs are bitwise
+# reproducible.
 
 # %%
 #| export

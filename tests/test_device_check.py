@@ -33,6 +33,9 @@ def test_device_check_cpu_quick(tmp_path):
         assert name in res[section], key
         assert f'{res[section][name]:.6g}' == value if isinstance(res[section][name], float) else str(res[section][name]) == value
     for m in ('splm_mlp', 'splm_sq3', 'matched_gpt'): assert res['train'][f'{m}.eager.tokens_per_s'] > 0
+    # the compiled rows run (traced with aot_eager under --quick) where the trainer compiles, and only there
+    for m in ('splm_sq3', 'matched_gpt'): assert res['train'][f'{m}.compiled.tokens_per_s'] > 0
+    assert 'autograd force' in res['train']['splm_mlp.compiled.skipped'] and res['row_errors'] == []
     assert res['sq3']['force_max_rel_diff'] < 1e-4 and res['sq3']['force_ratio'] > 0
     assert res['tf32']['force_rel_diff_tf32_on_vs_off'] == 0.0       # no TF32 on a CPU: both sides are the same fp32
     assert 0 < res['tf32']['force_rel_diff_fp32_vs_fp64'] < 1e-4
@@ -50,3 +53,21 @@ def test_device_check_rejects_bad_input(tmp_path):
 def test_device_check_without_cuda_measures_nothing(tmp_path):
     r = run('--out', str(tmp_path))
     assert r.returncode == 2 and 'CUDA requested but not available' in r.stdout and not list(tmp_path.iterdir())
+
+
+def test_a_failed_compile_costs_its_row_only(tmp_path, monkeypatch, capsys):
+    "A compiled row that fails is recorded with its error, the eager figures stand, and the exit status is 1."
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('device_check', SCRIPT)
+    dc = importlib.util.module_from_spec(spec); spec.loader.exec_module(dc)
+    def broken_compile(model, **kw):
+        def call(*a, **k): raise RuntimeError('planted compile failure')
+        return call
+    monkeypatch.setattr(dc.torch, 'compile', broken_compile)
+    rc = dc.main(['--device', 'cpu', '--quick', '--only', 'train', '--out', str(tmp_path)])
+    res = json.loads((tmp_path / 'device_check_cpu.json').read_text())
+    assert rc == 1 and res['status'] == {'train': 'ok'}
+    assert res['row_errors'] == ['train.splm_sq3.compiled', 'train.matched_gpt.compiled']
+    assert 'planted compile failure' in res['train']['splm_sq3.compiled.error']
+    for m in ('splm_mlp', 'splm_sq3', 'matched_gpt'): assert res['train'][f'{m}.eager.tokens_per_s'] > 0
+    assert 'rows that failed' in capsys.readouterr().out

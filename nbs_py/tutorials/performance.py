@@ -371,8 +371,10 @@ assert sv['max_rel_grad_diff'] < 1e-4
 # tokens/s of SPLM-MLP, SPLM-SQ3 and MatchedGPT at the TinyStories scale-up shape (d = 256, L = 8, B = 16, T = 512)
 # with `torch.compile` off and on, the SQ3 force and step ratios on CUDA (the "~2× faster force" claim, to be
 # confirmed or refuted there), decode latency against the context with peak CUDA memory, and the force and logits
-# difference with TF32 on and off (the trainer keeps TF32 off for autograd forces, *Training*). Its CPU form
-# (`--device cpu --quick`) runs in the test suite; its CUDA figures appear here once a GPU run is committed.
+# difference with TF32 on and off (the trainer keeps TF32 off for autograd forces, *Training*). A compiled row that
+# fails is recorded with its error while the eager figures stand (and the exit status says so). Its CPU form
+# (`--device cpu --quick`: tiny shapes, the compiled rows traced with `aot_eager`) runs in the test suite; its CUDA
+# figures appear here once a GPU run is committed.
 
 # %%
 dcu = M.get('device_check_cuda')
