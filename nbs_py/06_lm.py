@@ -121,6 +121,9 @@ def check_input_ids(input_ids:Tensor, # token ids, (B,T) or (T,)
     if input_ids.ndim != 2 or input_ids.shape[1] == 0: raise ValueError(f"{name} must have shape (B,T) with T ≥ 1, got {tuple(input_ids.shape)}")
     if max_len is not None and input_ids.shape[1] > max_len:
         raise ValueError(f"sequence length T={input_ids.shape[1]} exceeds max_len={max_len} (the positional table)")
+    if torch.compiler.is_compiling():   # under torch.compile: checked on the device, no host sync and no graph break
+        torch._assert_async(((input_ids >= 0) & (input_ids < vocab_size)).all(), f"{name}: token ids must lie in [0, {vocab_size})")
+        return input_ids
     lo, hi = int(input_ids.min()), int(input_ids.max())
     if lo < 0 or hi >= vocab_size: raise ValueError(f"{name}: token ids must lie in [0, {vocab_size}), found range [{lo}, {hi}]")
     return input_ids
@@ -168,6 +171,18 @@ test_fail(lambda: check_input_ids(torch.zeros(1, 0, dtype=torch.long), 11), cont
 test_fail(lambda: embed_inputs(E, None, None, 11, 4, 8), contains='pass input_ids')
 test_fail(lambda: embed_inputs(E, torch.tensor([[1, 2]]), torch.zeros(1, 3, 4), 11, 4, 8), contains='disagree')
 check_position(8, 7); test_fail(lambda: check_position(8, 8), contains='past max_len=8')
+
+# %% [markdown]
+# Under `torch.compile` the range of the ids is checked on the device (`torch._assert_async`) instead of by reading
+# the smallest and largest id back to the host: a compiled forward stays one graph (`fullgraph=True` below would
+# fail on a graph break) with no host synchronisation per step, and a bad id fails with the same message.
+
+# %%
+ids_checked = torch.compile(lambda x: check_input_ids(x, 11, 8) * 1, backend='aot_eager', fullgraph=True)
+test_eq(ids_checked(torch.tensor([[1, 10]])), torch.tensor([[1, 10]]))
+test_fail(lambda: ids_checked(torch.tensor([[1, 11]])), contains='token ids must lie in [0, 11)')
+test_fail(lambda: ids_checked(torch.tensor([[-1, 2]])), contains='token ids must lie in [0, 11)')
+torch._dynamo.reset()   # drop the compiled code (it holds this notebook's namespace)
 
 
 # %% [markdown]

@@ -56,6 +56,9 @@ def check_input_ids(input_ids:Tensor, # token ids, (B,T) or (T,)
     if input_ids.ndim != 2 or input_ids.shape[1] == 0: raise ValueError(f"{name} must have shape (B,T) with T ≥ 1, got {tuple(input_ids.shape)}")
     if max_len is not None and input_ids.shape[1] > max_len:
         raise ValueError(f"sequence length T={input_ids.shape[1]} exceeds max_len={max_len} (the positional table)")
+    if torch.compiler.is_compiling():   # under torch.compile: checked on the device, no host sync and no graph break
+        torch._assert_async(((input_ids >= 0) & (input_ids < vocab_size)).all(), f"{name}: token ids must lie in [0, {vocab_size})")
+        return input_ids
     lo, hi = int(input_ids.min()), int(input_ids.max())
     if lo < 0 or hi >= vocab_size: raise ValueError(f"{name}: token ids must lie in [0, {vocab_size}), found range [{lo}, {hi}]")
     return input_ids

@@ -8,7 +8,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / 'bench' / 'device_check.py'
-LINE = re.compile(r'^RESULT (train|sq3|decode|tf32)\.[\w.]+ (-?\d+(\.\d+)?(e[+-]?\d+)?|inf|nan|None) [\w/]+$')
+LINE = re.compile(r'^RESULT (train|sq3|decode|tf32|trainer)\.[\w.]+ (-?\d+(\.\d+)?(e[+-]?\d+)?|inf|nan|None|True|False) [\w/]+$')
 
 
 def run(*args, timeout=300):
@@ -24,7 +24,7 @@ def test_device_check_cpu_quick(tmp_path):
     bad = [l for l in lines if not LINE.match(l)]
     assert lines and not bad, bad
     res = json.loads((tmp_path / 'device_check_cpu.json').read_text())
-    assert res['status'] == {s: 'ok' for s in ('train', 'sq3', 'decode', 'tf32')}, res['status']
+    assert res['status'] == {s: 'ok' for s in ('train', 'sq3', 'decode', 'tf32', 'trainer')}, res['status']
     assert {'hardware', 'shape', 'models', 'wall_s', 'quick', 'device'} <= set(res) and res['quick'] and res['device'] == 'cpu'
     # every printed figure is in the JSON with the printed value
     for l in lines:
@@ -39,6 +39,9 @@ def test_device_check_cpu_quick(tmp_path):
     assert res['sq3']['force_max_rel_diff'] < 1e-4 and res['sq3']['force_ratio'] > 0
     assert res['tf32']['force_rel_diff_tf32_on_vs_off'] == 0.0       # no TF32 on a CPU: both sides are the same fp32
     assert 0 < res['tf32']['force_rel_diff_fp32_vs_fp64'] < 1e-4
+    for m in ('splm_multixi', 'splm_sq3'):       # the trainer end to end, and the saved run's cached decoding
+        assert res['trainer'][f'{m}.finite'] is True and res['trainer'][f'{m}.cached_vs_recompute_logits_rel_diff'] < 1e-5
+    assert res['trainer']['splm_multixi.how']['amp'] == 'off' and res['trainer']['splm_sq3.how']['compile'] == 'eager'
     assert {p.name: p.read_bytes() for p in (ROOT / 'bench' / 'measured').glob('*.json')} == measured
 
 
@@ -71,3 +74,17 @@ def test_a_failed_compile_costs_its_row_only(tmp_path, monkeypatch, capsys):
     assert 'planted compile failure' in res['train']['splm_sq3.compiled.error']
     for m in ('splm_mlp', 'splm_sq3', 'matched_gpt'): assert res['train'][f'{m}.eager.tokens_per_s'] > 0
     assert 'rows that failed' in capsys.readouterr().out
+
+
+def test_device_run_script(tmp_path):
+    "bench/device_run.sh, the command a session with a GPU sends: semsim from the checkout, JSON and log under $OUT."
+    env = {**os.environ, 'OUT': str(tmp_path), 'PATH': f"{Path(sys.executable).parent}:{os.environ['PATH']}", 'OMP_NUM_THREADS': '1'}
+    r = subprocess.run(['bash', str(ROOT / 'bench' / 'device_run.sh'), '--device', 'cpu', '--quick', '--only', 'decode'],
+                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert 'torch ' in r.stdout and '| transformers ' in r.stdout
+    res = json.loads((tmp_path / 'device_check_cpu.json').read_text())
+    assert res['status'] == {'decode': 'ok'} and 'RESULT decode.' in (tmp_path / 'device_check.log').read_text()
+    r = subprocess.run(['bash', str(ROOT / 'bench' / 'device_run.sh'), '--device', 'cpu', '--quick', '--only', 'nope'],
+                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert r.returncode == 2                                    # the check's own exit status comes through the tee

@@ -64,3 +64,18 @@ def test_an_autograd_force_stays_eager(tmp_path, isolated_cache, salad, aot_eage
     assert rc == 0, err
     assert json.loads((out/'summary.json').read_text())['compile'] == 'eager (autograd force: double backward)'
     assert aot_eager == []
+
+
+@pytest.mark.parametrize('name', closed_form_members())
+def test_one_graph_and_ids_still_checked(name):
+    "The compiled forward with loss is one graph (no graph break, no host sync); out-of-range ids still raise, on the device."
+    torch._dynamo.reset(); torch.manual_seed(0)
+    model = build_model(name, d=16, L=2, vocab_size=50, max_len=16).train()
+    ids = torch.randint(0, 50, (2, 8))
+    ex = torch._dynamo.explain(model)(ids, labels=ids)
+    assert (ex.graph_count, ex.graph_break_count) == (1, 0), [b.reason for b in ex.break_reasons]
+    compiled = torch.compile(model, backend='aot_eager')
+    compiled(ids, labels=ids)
+    ids[1, 3] = 50
+    with pytest.raises(RuntimeError, match=r'input_ids: token ids must lie in \[0, 50\)'): compiled(ids, labels=ids)
+    torch._dynamo.reset()

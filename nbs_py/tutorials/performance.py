@@ -371,17 +371,21 @@ assert sv['max_rel_grad_diff'] < 1e-4
 # tokens/s of SPLM-MLP, SPLM-SQ3 and MatchedGPT at the TinyStories scale-up shape (d = 256, L = 8, B = 16, T = 512)
 # with `torch.compile` off and on, the SQ3 force and step ratios on CUDA (the "~2× faster force" claim, to be
 # confirmed or refuted there), decode latency against the context with peak CUDA memory, and the force and logits
-# difference with TF32 on and off (the trainer keeps TF32 off for autograd forces, *Training*). A compiled row that
-# fails is recorded with its error while the eager figures stand (and the exit status says so). Its CPU form
-# (`--device cpu --quick`: tiny shapes, the compiled rows traced with `aot_eager`) runs in the test suite; its CUDA
-# figures appear here once a GPU run is committed.
+# difference with TF32 on and off (the trainer keeps TF32 off for autograd forces, *Training*), and the trainer end
+# to end with a user's CUDA defaults (bf16 autocast, TF32 and `torch.compile` where valid; losses finite, the saved
+# run's cached decoding against a recompute). A row that fails (a compiled step, say) is recorded with its error
+# while the section's other figures stand, and the exit status says so. `bench/device_run.sh` runs it on a bare
+# machine with PyTorch and transformers and no network (semsim from the checkout, the two pure-Python wheels it
+# lacks carried in `.whl/` by `make device-wheels`). Its CPU form (`--device cpu --quick`: tiny shapes, the
+# compiled rows traced with `aot_eager`) runs in the test suite; its CUDA figures appear here once a GPU run is
+# committed.
 
 # %%
 dcu = M.get('device_check_cuda')
 if dcu is None: print('bench/measured/device_check_cuda.json: not measured yet (no GPU has been available to this project)')
 else:
     print(f"{dcu['hardware'].get('gpu')}: sections {dcu['status']}")
-    for sec in ('train', 'sq3', 'decode', 'tf32'):
+    for sec in ('train', 'sq3', 'decode', 'tf32', 'trainer'):
         for k, v in dcu.get(sec, {}).items():
             if isinstance(v, (int, float)): print(f"  {sec}.{k}: {v:.4g}")
 

@@ -24,9 +24,10 @@
 # The two hybrids (chapter *Attention hybrids*) take the force of their S-blocks by `autograd.grad` too, so they also
 # run eager and with TF32 off (the reference found that TF32 corrupts that second-order force).
 #
-# On a CUDA GPU the trainer uses bf16 autocast and TF32, and compiles MatchedGPT and the SQ3 model (closed-form
-# force) with `torch.compile`; the multi-ξ MLP model stays eager (its force is an `autograd.grad` inside the
-# forward, trained through with a double backward that `torch.compile` does not support). Expect the numbers to
+# On a CUDA GPU the trainer runs every model under bf16 autocast, and MatchedGPT and the SQ3 model (closed-form
+# force) also with TF32 matmuls and `torch.compile`; the multi-ξ MLP model stays eager with TF32 off (its force is an
+# `autograd.grad` inside the forward, trained through with a double backward that `torch.compile` does not support).
+# The test suite trains every registry member under bf16 autocast, and the compiled ones compiled, on a CPU. Expect the numbers to
 # differ somewhat from the reference's (different hardware, bf16, the data stream's seeds); the gap between the
 # models is the point.
 #
