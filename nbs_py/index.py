@@ -34,7 +34,7 @@
 # make test   # the whole suite; ends with one line "N passed, N failed"
 # ```
 #
-# To use semsim in your own work: `pip install -e .` from a clone (Python ≥ 3.9, torch ≥ 2.2, transformers ≥ 5.0). Data is found in
+# To use semsim in your own work: `pip install -e .` from a clone (Python ≥ 3.10, torch ≥ 2.2, transformers ≥ 5.4; tested on Python 3.11 with the versions in `requirements/lock.txt`, and with transformers 5.4 by `make test-oldest`). Data is found in
 # `$SEMSIM_DATA_DIR` when you set it, else in the user cache (`~/.cache/semsim`), else downloaded; the GPT-2
 # tokenizer works offline.
 
