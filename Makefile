@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 
-.PHONY: install demo test test-latest test-oldest lock nbs export clean-nbs sync update lab readme docs site bench bench-memory bench-profile device-check device-wheels help results-live results-live-em-ln results-live-q9c results-fock results-family results-parf
+.PHONY: install demo test test-latest test-oldest lock nbs export clean-nbs sync update lab readme docs site bench bench-memory bench-profile bench-compile device-check device-wheels help results-live results-live-em-ln results-live-q9c results-fock results-family results-parf
 
 help:
 	@echo "make demo   — create .venv, install, run the main job"
@@ -32,6 +32,7 @@ help:
 	@echo "make lab    — JupyterLab on the chapters (either form opens; saving writes both)"
 	@echo "make bench  — run the benchmarks in bench/"
 	@echo "make bench-memory / bench-profile — training-step memory, where the SPLM step's time goes (JSON to bench/measured/)"
+	@echo "make bench-compile — eager vs torch.compile training step on this CPU, SQ3 SPLM and MatchedGPT (JSON to bench/measured/)"
 	@echo "make device-check — on a CUDA machine: bench/device_check.py (<= 8 min), JSON to bench/measured/"
 	@echo "make device-wheels — the wheels bench/device_run.sh needs on a lent GPU machine's bare image (into .whl/)"
 	@echo "make results-separator — train the separator chapter's three models and rewrite results/separator-shakespeare-cpu.json"
@@ -142,6 +143,9 @@ bench-memory: $(STAMP)
 
 bench-profile: $(STAMP)
 	$(PY) bench/bench_train_profile.py --save
+
+bench-compile: $(STAMP)
+	$(PY) bench/bench_train_compile.py --save
 
 # What only a GPU can tell (issue 18): one call of at most 8 minutes; `--device cpu --quick` runs in make test.
 device-check: $(STAMP)

@@ -15,7 +15,8 @@ def run(name, *args, timeout=300):
 
 
 def test_every_question_has_a_script():
-    assert BENCHES == ['decode', 'flops', 'forces', 'hybrid_decode', 'memory', 'train_profile', 'train_throughput', 'vs_attention', 'xi_pools']
+    assert BENCHES == ['decode', 'flops', 'forces', 'hybrid_decode', 'memory', 'train_compile', 'train_profile', 'train_throughput',
+                       'vs_attention', 'xi_pools']
 
 
 @pytest.mark.parametrize('name', BENCHES)

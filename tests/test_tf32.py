@@ -23,3 +23,13 @@ def test_tf32_follows_the_potential_not_the_name():
     model = build_model('splm-sq3', **TINY)
     model.V_theta.closed_form = False
     assert tf32_allowed(model_spec('splm-sq3'), model, CUDA) is False
+
+
+def test_tf32_allowed_exactly_for_the_closed_form_members():
+    "Across the whole registry: TF32 on CUDA for MatchedGPT and the closed-form SQ3 and Gaussian-mixture SPLMs only."
+    from semsim.models import MODELS
+    allowed = []
+    for name in MODELS:
+        torch.manual_seed(0)
+        if tf32_allowed(model_spec(name), build_model(name, **TINY), CUDA): allowed.append(name)
+    assert sorted(allowed) == ['matched-gpt', 'splm-em-gm', 'splm-sq3']
