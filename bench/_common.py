@@ -3,7 +3,7 @@
 Each `bench_*.py` answers one question and prints its ratio on the last line. Results go to bench/results/ (ignored
 by git); `--save` also copies them to bench/measured/ (committed: the numbers the Performance page plots).
 """
-import argparse, json, os, platform, shutil, statistics, subprocess, sys, time
+import argparse, contextlib, json, os, platform, shutil, statistics, subprocess, sys, time
 from pathlib import Path
 
 import torch
@@ -52,6 +52,16 @@ def setup(args):
 
 def sync():
     if torch.cuda.is_available(): torch.cuda.synchronize()
+
+
+def train_step(model, opt, ids, fwd=None, amp=contextlib.nullcontext) -> float:
+    "One training step of the trainer's kind: forward with loss (through fwd, e.g. a compiled model), backward, clip 1.0, AdamW."
+    opt.zero_grad(set_to_none=True)
+    with amp(): loss = (model if fwd is None else fwd)(ids, labels=ids).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.item()
 
 
 def interleaved(fns:dict, repeats:int=5, warmup:int=1) -> dict:

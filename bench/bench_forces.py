@@ -33,7 +33,7 @@ import copy, statistics, sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
-from _common import parser, setup, rounds, summary, ratio_stats, save, verdict
+from _common import parser, setup, rounds, summary, ratio_stats, save, verdict, train_step as trainer_step
 from semsim.potentials import SQ3Potential
 from semsim.splm import SPLMConfig, SPLMForCausalLM
 
@@ -96,13 +96,7 @@ def main():
     ids = torch.randint(0, cfg.vocab_size, (Bs, T))
     def train_step(ids_, closed_form):
         model.V_theta.closed_form = closed_form
-        try:
-            opt.zero_grad(set_to_none=True)
-            loss = model(ids_, labels=ids_).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            return loss.item()
+        try: return trainer_step(model, opt, ids_)
         finally: model.V_theta.closed_form = True
 
     # Every timed step starts from the same weights and optimiser state: a step changes them, and a few dozen steps on

@@ -12,7 +12,7 @@ import copy, sys, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
-from _common import parser, setup, rounds, summary, ratio_stats, save
+from _common import parser, setup, rounds, summary, ratio_stats, save, train_step
 from semsim.models import build_model
 
 MODELS = {'splm_sq3': ('splm-sq3', {}), 'matched_gpt': ('matched-gpt', {'n_head': 4})}
@@ -33,13 +33,7 @@ def main():
         opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
         w0 = copy.deepcopy(model.state_dict())
         compiled = torch.compile(model, backend=backend)
-        def step(fwd):
-            opt.zero_grad(set_to_none=True)
-            loss = fwd(ids, labels=ids).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            return loss.item()
+        def step(fwd): return train_step(model, opt, ids, fwd)
         def restore():
             model.load_state_dict(w0); opt.state.clear()
         restore(); t0 = time.perf_counter(); l_c = step(compiled); t_first = time.perf_counter() - t0

@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 import torch.nn.functional as F
-from _common import parser, setup, interleaved, save
+from _common import parser, setup, interleaved, save, train_step
 from semsim.models import build_model
 from semsim.lm import lm_loss
 from semsim.potentials import MLPPotential, Potential, mlp_energy_and_force
@@ -69,13 +69,7 @@ def main():
     ids = torch.randint(0, V, (B, T))
     pot = mlp.V_theta
 
-    def step(model, opt):
-        opt.zero_grad(set_to_none=True)
-        loss = model(ids, labels=ids).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        return loss.item()
+    def step(model, opt): return train_step(model, opt, ids)
     def patched(attr, impl):
         "fn -> fn run with pot.<attr> replaced by impl."
         def run(fn):

@@ -12,7 +12,7 @@ from contextlib import nullcontext
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
-from _common import parser, setup, interleaved, save
+from _common import parser, setup, interleaved, save, train_step
 from semsim.splm import SPLMConfig, SPLMForCausalLM
 from semsim.baselines import MatchedGPTConfig, MatchedGPTForCausalLM
 
@@ -37,13 +37,7 @@ def main():
         opts[k] = torch.optim.AdamW(m.parameters(), lr=3e-4)
     ids = torch.randint(0, V, (B, T), device=dev)
     amp = (lambda: torch.autocast('cuda', dtype=torch.bfloat16)) if dev.type == 'cuda' else nullcontext
-    def step(k):
-        m, opt = models[k], opts[k]
-        opt.zero_grad(set_to_none=True)
-        with amp(): loss = m(ids, labels=ids).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
-        opt.step()
+    def step(k): train_step(models[k], opts[k], ids, amp=amp)
     t = interleaved({k: (lambda k=k: step(k)) for k in models}, repeats=args.repeats, warmup=1)
     rows = {k: dict(step_s=v['median_s'], tokens_per_s=B * T / v['median_s'],
                     params=sum(p.numel() for p in models[k].parameters())) for k, v in t.items()}

@@ -29,7 +29,7 @@ import argparse, contextlib, json, math, os, statistics, sys, time, traceback
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
-from _common import ROOT, MEASURED, RESULTS, hardware
+from _common import ROOT, MEASURED, RESULTS, hardware, train_step
 from semsim.models import build_model, model_spec
 from semsim.train import tf32_allowed
 from semsim.lm import output_cache
@@ -112,15 +112,9 @@ def make(key:str, S:dict, dev:torch.device, max_len:int):
 
 
 def train_step_fn(model, fwd, ids, amp):
-    "One training step of the trainer's kind: forward with loss, backward, clip 1.0, AdamW."
+    "A fresh AdamW and the trainer's step on it, as a callable of no arguments."
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with amp(): loss = fwd(ids, labels=ids).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-    return step
+    return lambda: train_step(model, opt, ids, fwd, amp)
 
 
 def section_train(ck:Check, S:dict, dev:torch.device, quick:bool):
