@@ -192,6 +192,8 @@ def _add_analysis_options(p):
     g.add_argument('--capacity-sweep', action='store_true', help='separator: also the six-size V_psi capacity sweep (3000 steps each)')
     g.add_argument('--substack', action='store_true', help='separator: the sub-stack test on a hybrid (automatic when the model has a schedule)')
     g.add_argument('--jacobian', action='store_true', help='separator: also the velocity-aware Jacobian-symmetry test at PCA-16')
+    g.add_argument('--pair', action='store_true', help='separator: also the generalised pair test (a learned pair potential over each prefix)')
+    g.add_argument('--pair-hidden', type=int, default=64, help='separator: width of the pair potential V_psi^2 (with --pair)')
     g = p.add_argument_group('retrofit and markov-order')
     g.add_argument('--mass', choices=['auto', 'attention', 'model', 'one'], default='auto',
                    help="retrofit: per-token mass (auto: an SPLM's own, else attention received, else 1)")
@@ -224,12 +226,14 @@ def _run_separator(args) -> int:
     model, tok = _analysis_model(args.model, args.tokenizer)
     r = analyze_separator(model, args.corpus, args.out, tokenizer=tok, axis=args.axis, steps=args.steps, hidden=args.hidden,
                           depth=args.depth, capacity=args.capacity_sweep, jacobian=args.jacobian, substack=args.substack or None,
+                          pair=args.pair, pair_hidden=args.pair_hidden,
                           max_length=args.max_length or 64,
                           label=args.model)
     f = r['fit']
     print(f"{args.model}: {args.axis}-axis separator, median TEST R² {f['median_r2']:.3f} (velocity only "
           f"{float(np.median(f['r2_velocity_only'])):.3f}), pooled {f['pooled_r2']:.3f}, {f['profile']}")
     if 'oracle' in r: print(f"oracle: min R² {min(r['oracle']['r2']):.6f}, α {np.mean(r['oracle']['alpha']):.4f}, β {np.mean(r['oracle']['beta']):.4f}")
+    if 'pair' in r: print(f"pair test: median TEST R² {r['pair']['median_r2']:.3f} with the pair term, {r['pair']['median_r2_shared']:.3f} one-body alone")
     if 'jacobian' in r: print(f"Jacobian symmetry: max gap {r['jacobian']['max_gap']:.3f} ({'pass' if r['jacobian']['passed'] else 'FAIL'})")
     for sg in r.get('substack', {}).get('segments', []): print(f"sub-stack {sg['kind']} blocks {sg['blocks'][0]}-{sg['blocks'][1]}: median TEST R² {sg['median_r2']:.3f}")
     print(f"wrote {args.out}/separator.json and separator_profile.png")

@@ -20,8 +20,8 @@ from .core import check_positive_int
 __all__ = ['PROFILES', 'CAPACITY_CONFIGS', 'separator_split', 'separator_trajectories', 'separator_samples', 'r2_score',
            'per_layer_r2', 'velocity_only', 'SharedPotential', 'potential_params', 'classify_profile', 'SeparatorFit',
            'separator_fit', 'OracleFit', 'integrator_constants', 'oracle_fit', 'capacity_sweep', 'duplication_matrix',
-           'JacobianSymmetry', 'jacobian_symmetry', 'schedule_segments', 'substack_separator', 'plot_profiles',
-           'analyze_separator']
+           'JacobianSymmetry', 'jacobian_symmetry', 'schedule_segments', 'substack_separator', 'PairPotential',
+           'pair_samples', 'PairFit', 'pair_separator_fit', 'plot_profiles', 'analyze_separator']
 
 # %% ../nbs/42_separator.ipynb #d3358e46
 def separator_split(corpus=None, # `{domain: [sentences]}`, a corpus path, or None for $SEMSIM_DATA_DIR/stp_corpus_50.json
@@ -417,6 +417,146 @@ def substack_separator(train, test, # trajectories or samples, as for `separator
     full = separator_fit(train, test, **kw)
     return {'schedule': schedule, 'segments': segs, 'full_median_r2': full.median_r2, 'full_pooled_r2': full.pooled_r2}
 
+# %% ../nbs/42_separator.ipynb #f4a69fe1
+class PairPotential(nn.Module):
+    "V_ψ²: an MLP [x_t; x_s] (2d) -> hidden -> GELU -> ... -> 1, weights N(0, 0.02²); `grad` sums ∇₁V_ψ² over each prefix."
+    def __init__(self, d:int, hidden:int=64, depth:int=2):
+        super().__init__()
+        self.V = SharedPotential(2 * d, hidden, depth)
+    def forward(self, xt:Tensor, xs:Tensor) -> Tensor: # targets (..., d), sources (..., d) -> V (...)
+        return self.V(torch.cat([xt, xs], -1))
+    def grad(self, x:Tensor, # positions, (n, T, d)
+             mask:Tensor, # valid tokens, (n, T) bool
+             create_graph:bool=True) -> Tensor: # Σ_{s<t} ∇₁V_ψ²(x_t, x_s), (n, T, d)
+        "The pair gradient on every token from its prefix, differentiable in ψ when create_graph."
+        n, T, d = x.shape
+        causal = torch.tril(torch.ones(T, T, dtype=torch.bool, device=x.device), -1)           # s < t
+        w = (causal & mask[:, :, None] & mask[:, None, :]).to(x.dtype)                         # (n, T, T)
+        with torch.enable_grad():
+            xt = x.detach().requires_grad_(True)
+            V = self(xt[:, :, None].expand(n, T, T, d), x.detach()[:, None].expand(n, T, T, d))   # V(x_t, x_s), (n, T, T)
+            g, = torch.autograd.grad((V * w).sum(), xt, create_graph=create_graph)
+        return g
+
+# %% ../nbs/42_separator.ipynb #71289259
+def pair_samples(trajs:Sequence, # (L+1, T, d) tensors or `Trajectory` objects
+                 layers:Optional[tuple]=None) -> dict: # blocks (a, b), 1-based inclusive; None: all
+    "Depth-axis units, one per (sentence, layer): x, v, y (n, T_max, d), mask (n, T_max), layer (n,)."
+    xs, vs, ys, ls = [], [], [], []
+    for t in trajs:
+        h = _as_states(t); L = h.shape[0] - 1
+        x = h - h.mean(1, keepdim=True)                                    # per sentence, per layer
+        a, b = layers or (1, L)
+        if not 1 <= a < b <= L: raise ValueError(f"layers must be blocks (a, b) with 1 <= a < b <= L={L}, got {layers}")
+        for l in range(a, b): xs.append(x[l]); vs.append(x[l] - x[l - 1]); ys.append(x[l + 1] - x[l]); ls.append(l)
+    if not xs: raise ValueError("no trajectories given")
+    pad = lambda ts: nn.utils.rnn.pad_sequence(ts, batch_first=True)
+    return {'x': pad(xs), 'v': pad(vs), 'y': pad(ys), 'mask': pad([torch.ones(len(t), dtype=torch.bool) for t in xs]),
+            'layer': torch.tensor(ls)}
+
+def _flat(u:dict) -> dict:
+    "The token samples of `separator_samples` from units (valid tokens only, unit by unit)."
+    m = u['mask']
+    return {'x': u['x'][m], 'v': u['v'][m], 'y': u['y'][m], 'layer': u['layer'][:, None].expand_as(m)[m]}
+
+# %% ../nbs/42_separator.ipynb #d6b9496f
+@dataclass
+class PairFit:
+    "Result of `pair_separator_fit`: per-layer TEST R² with the pair term, of the one-body potential alone and of velocity-only."
+    layers: list                # layer ids ℓ
+    r2_test: list               # TEST R²_ℓ of the pair fit (V_ψ¹ and V_ψ²)
+    r2_train: list              # TRAIN R²_ℓ of the pair fit
+    r2_shared: list             # TEST R²_ℓ of `separator_fit` (V_ψ¹ alone) on the same samples
+    r2_velocity_only: list      # TEST R²_ℓ of ŷ = α_ℓ v
+    alpha: list                 # fitted α_ℓ
+    beta: list                  # fitted β_ℓ (one-body force)
+    delta: list                 # fitted δ_ℓ (pair force)
+    median_r2: float            # median over layers of r2_test
+    median_r2_shared: float     # the same for V_ψ¹ alone
+    pooled_r2: float            # TEST R² of the pair fit over all layers together
+    n_train: int                # TRAIN units (sentence, layer)
+    n_test: int                 # TEST units
+    hidden: int                 # V_ψ¹ width
+    pair_hidden: int            # V_ψ² width
+    depth: int                  # hidden layers of both
+    steps: int                  # optimiser steps
+    params: int                 # parameters of V_ψ¹ and V_ψ² together
+    loss_curve: list = field(default_factory=list)  # training loss every 100 steps
+    @property
+    def gain(self) -> list: # TEST R² gain of the pair fit over V_ψ¹ alone, per layer
+        return [a - b for a, b in zip(self.r2_test, self.r2_shared)]
+    def to_dict(self) -> dict: return {**asdict(self), 'gain': self.gain}
+    def __repr__(self):
+        return (f"PairFit({len(self.layers)} layers: median TEST R² {self.median_r2:.3f} with the pair term, "
+                f"{self.median_r2_shared:.3f} one-body alone, velocity-only {np.median(self.r2_velocity_only):.3f})")
+
+# %% ../nbs/42_separator.ipynb #cbcee66b
+def _pair_predict(V1, V2, coef:tuple, pos:Tensor, u:dict, idx:Tensor, create_graph:bool) -> tuple:
+    "(ŷ, ∇V_ψ¹, Σ∇₁V_ψ²) of the units idx: ŷ = α_ℓ v − β_ℓ ∇V_ψ¹(x) − δ_ℓ Σ_{s<t} ∇₁V_ψ²(x_t, x_s), each (n, T, d)."
+    x, m, k = u['x'][idx], u['mask'][idx], pos[u['layer'][idx]]
+    n, T, d = x.shape
+    (a, b, c) = (t[k, None, None] for t in coef)
+    g1 = V1.grad(x.reshape(-1, d), create_graph=create_graph).view(n, T, d)
+    g2 = V2.grad(x, m, create_graph=create_graph)
+    return a * u['v'][idx] - b * g1 - c * g2, g1, g2
+
+def _train_pair(tr:dict, ids:list, hidden:int, pair_hidden:int, depth:int, steps:int, batch:int, seed:int, lr:float):
+    "(V_ψ¹, V_ψ², (α, β, δ), position of each layer id, loss every 100 steps) on TRAIN units."
+    torch.manual_seed(seed)
+    d = tr['x'].shape[-1]; V1, V2 = SharedPotential(d, hidden, depth), PairPotential(d, pair_hidden, depth)
+    pos = torch.full((max(ids) + 1,), -1, dtype=torch.long); pos[torch.tensor(ids)] = torch.arange(len(ids))
+    coef = tuple(nn.Parameter(torch.zeros(len(ids))) for _ in range(3))
+    params = [*V1.parameters(), *V2.parameters(), *coef]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4, betas=(0.9, 0.95))
+    g, N, curve = torch.Generator().manual_seed(seed), tr['x'].shape[0], []
+    for step in range(steps):
+        i = torch.randint(0, N, (batch,), generator=g)
+        yhat, g1, g2 = _pair_predict(V1, V2, coef, pos, tr, i, True)
+        m = tr['mask'][i]
+        loss = F.mse_loss(yhat[m], tr['y'][i][m]) + 1e-5 * (g1[m].pow(2).mean() + g2[m].pow(2).mean())
+        opt.zero_grad(set_to_none=True); loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0); opt.step()
+        if step % 100 == 0 or step == steps - 1: curve.append(loss.detach().item())
+    return V1, V2, tuple(c.detach() for c in coef), pos, curve
+
+def _pair_predict_all(V1, V2, coef:tuple, pos:Tensor, u:dict, chunk:int=64) -> Tensor: # (N, d), in `_flat`'s order
+    "ŷ of every valid token of the units, in chunks."
+    out = []
+    for j in range(0, len(u['layer']), chunk):
+        idx = torch.arange(j, min(j + chunk, len(u['layer'])))
+        out.append(_pair_predict(V1, V2, coef, pos, u, idx, False)[0].detach()[u['mask'][idx]])
+    return torch.cat(out)
+
+# %% ../nbs/42_separator.ipynb #7f755385
+def pair_separator_fit(train, # TRAIN: (L+1, T, d) tensors / `Trajectory` objects, or units from `pair_samples`
+                       test, # TEST, the same kinds
+                       hidden:int=256, # V_ψ¹ width
+                       pair_hidden:int=64, # V_ψ² width
+                       depth:int=2, # hidden layers of V_ψ¹ and V_ψ²
+                       steps:int=2000, # AdamW steps (of each fit)
+                       seed:int=0, # seeds the initialisations and the batches
+                       layers:Optional[tuple]=None, # a contiguous sub-stack of blocks (a, b)
+                       batch:int=64, # units (sentence, layer) per step, drawn with replacement
+                       lr:float=3e-3) -> PairFit: # AdamW learning rate
+    "The generalised pair test: Δx_ℓ ≈ α_ℓ v − β_ℓ ∇V_ψ¹(x_t) − δ_ℓ Σ_{s<t} ∇₁V_ψ²(x_t, x_s), beside V_ψ¹ alone."
+    for k, v in (('hidden', hidden), ('pair_hidden', pair_hidden), ('depth', depth), ('steps', steps), ('batch', batch)):
+        check_positive_int(k, v)
+    tr, te = (u if isinstance(u, dict) else pair_samples(u, layers) for u in (train, test))
+    if tr['x'].shape[-1] != te['x'].shape[-1]: raise ValueError(f"TRAIN has width {tr['x'].shape[-1]}, TEST {te['x'].shape[-1]}")
+    ids = sorted(set(tr['layer'].tolist()))
+    missing = sorted(set(te['layer'].tolist()) - set(ids))
+    if missing: raise ValueError(f"TEST has layers {missing} that TRAIN lacks")
+    V1, V2, coef, pos, curve = _train_pair(tr, ids, hidden, pair_hidden, depth, steps, batch, seed, lr)
+    ftr, fte = _flat(tr), _flat(te)
+    p_tr, p_te = (_pair_predict_all(V1, V2, coef, pos, u) for u in (tr, te))
+    r_te = per_layer_r2(fte['y'], p_te, fte['layer'], ids)
+    one = separator_fit(ftr, fte, hidden=hidden, depth=depth, steps=steps, seed=seed, lr=lr)
+    d = tr['x'].shape[-1]
+    return PairFit(ids, r_te, per_layer_r2(ftr['y'], p_tr, ftr['layer'], ids), one.r2_test, one.r2_velocity_only,
+                   *(c.tolist() for c in coef), float(np.nanmedian(r_te)), one.median_r2, r2_score(fte['y'], p_te),
+                   tr['x'].shape[0], te['x'].shape[0], hidden, pair_hidden, depth, steps,
+                   potential_params(d, hidden, depth) + potential_params(2 * d, pair_hidden, depth), curve)
+
 # %% ../nbs/42_separator.ipynb #530e114f
 def plot_profiles(fits:dict, # label -> SeparatorFit (or its to_dict())
                   reference:Optional[dict]=None, # label -> per-layer TEST R² of the reference, drawn dotted
@@ -448,10 +588,12 @@ def analyze_separator(model, # nn.Module, or a Hub name / saved folder (`semsim.
                       jacobian:bool=False, k:int=16, # the Jacobian-symmetry test at PCA-k
                       oracle:Optional[bool]=None, # the oracle fit (None: when the model is a semsim SPLM)
                       substack:Optional[bool]=None, # the sub-stack test (None: when the model has a `config.schedule`, a hybrid)
+                      pair:bool=False, pair_hidden:int=64, # the generalised pair test (depth axis), V_ψ² width
                       max_length:int=64, label:Optional[str]=None) -> dict:
-    "Trajectories of the reference's split, the separator (and optionally oracle, capacity sweep, Jacobian test) as one dict."
+    "Trajectories of the reference's split, the separator (and optionally oracle, pair test, capacity sweep, Jacobian test) as one dict."
     from semsim.trajectories import load_model, load_tokenizer, encode, model_label
     if axis not in ('depth', 'token'): raise ValueError(f"axis must be 'depth' or 'token', got {axis!r}")
+    if pair and axis != 'depth': raise ValueError("pair=True: the generalised pair test runs on the depth axis")
     separator_split(corpus)                                                   # the corpus's errors before a model is loaded
     name = label or (str(model) if isinstance(model, (str, Path)) else model_label(model))
     m = load_model(model) if not isinstance(model, nn.Module) else model
@@ -468,6 +610,7 @@ def analyze_separator(model, # nn.Module, or a Hub name / saved folder (`semsim.
     if substack and not isinstance(schedule, str): raise ValueError("substack=True needs a model with a config.schedule over {A, S} (a hybrid)")
     if (substack or (substack is None and isinstance(schedule, str))) and axis == 'depth':
         res['substack'] = substack_separator(train, test, schedule, hidden=hidden, depth=depth, steps=steps, seed=seed)
+    if pair: res['pair'] = pair_separator_fit(train, test, hidden, pair_hidden, depth, steps, seed).to_dict()
     if capacity: res['capacity'] = capacity_sweep(train, test, steps=capacity_steps, seed=seed, axis=axis)
     if jacobian: res['jacobian'] = jacobian_symmetry(train, test, min(k, res['d'])).to_dict()
     if out is not None: _write_separator(res, Path(out))

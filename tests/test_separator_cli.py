@@ -12,14 +12,19 @@ from test_analyze_cli import run, one_line_error, tiny_gpt2   # noqa: F401 (the 
 def test_separator_on_a_saved_gpt2(shared_data, tiny_gpt2, tmp_path):
     out = tmp_path/'out'
     r = run('analyze', 'separator', '--model', tiny_gpt2, '--corpus', shared_data/'stp_corpus_50.json', '--out', out,
-            '--steps', '60', '--hidden', '32', '--jacobian')
+            '--steps', '60', '--hidden', '32', '--jacobian', '--pair', '--pair-hidden', '8')
     assert r.returncode == 0, r.stderr
     assert 'depth-axis separator, median TEST R²' in r.stdout and 'Jacobian symmetry: max gap' in r.stdout
+    assert 'pair test: median TEST R²' in r.stdout
     assert sorted(p.name for p in out.iterdir()) == ['separator.json', 'separator_profile.png']
     assert (out/'separator_profile.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     res = json.loads((out/'separator.json').read_text())
     assert (res['n_train_sentences'], res['n_test_sentences'], res['L'], res['fit']['layers']) == (40, 10, 2, [1])
     assert res['fit']['n_test'] > 0 and len(res['jacobian']['gap']) == 1 and 'oracle' not in res
+    pr = res['pair']                                  # the same TEST tokens as the one-body fit, one unit per sentence
+    assert pr['layers'] == [1] and (pr['n_train'], pr['n_test'], pr['pair_hidden']) == (40, 10, 8) and len(pr['gain']) == 1
+    one_line_error(run('analyze', 'separator', '--model', tiny_gpt2, '--corpus', shared_data/'stp_corpus_50.json',
+                       '--out', tmp_path/'tok', '--axis', 'token', '--pair', '--steps', '2'), 'pair test runs on the depth axis')
 
 
 def test_separator_token_axis_on_a_semsim_run_with_oracle(shared_data, tmp_path):
