@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 
-.PHONY: install demo test test-latest test-oldest lock nbs export clean-nbs sync update lab readme docs site bench bench-memory bench-profile bench-compile device-check device-wheels help results-live results-live-em-ln results-live-q9c results-fock results-family results-parf
+.PHONY: install demo test test-latest test-oldest lock nbs export clean-nbs sync update lab readme docs site bench bench-memory bench-profile bench-compile device-check device-wheels help results-live results-live-em-ln results-live-q9c results-fock results-family results-parf results-pair
 
 help:
 	@echo "make demo   — create .venv, install, run the main job"
@@ -36,6 +36,7 @@ help:
 	@echo "make device-check — on a CUDA machine: bench/device_check.py (<= 8 min), JSON to bench/measured/"
 	@echo "make device-wheels — the wheels bench/device_run.sh needs on a lent GPU machine's bare image (into .whl/)"
 	@echo "make results-separator — train the separator chapter's three models and rewrite results/separator-shakespeare-cpu.json"
+	@echo "make results-pair — the generalised pair test on em_ln, PARF Q9c and MatchedGPT (results/pair-shakespeare-cpu.json)"
 	@echo "make results-menu — the retro-fit menu and the Markov-order test on those models (results/retrofit-*.json, markov-order-*.json)"
 	@echo "make results-mechanics — train an SQ3 and a Verlet SPLM, then energy drift and attractors (results/mechanics-shakespeare-cpu.json)"
 	@echo "make results-live — xi_grad live vs detach on the multi-xi SPLM, three seeds (results/live-vs-detach.json)"
@@ -173,6 +174,14 @@ results-separator: $(STAMP)
 	  $(PY) -m semsim.train --preset demo --model $$m --set L=8 --set compact_vocab=false --max-steps 1000 $$x \
 	  --out runs/separator/$$m --no-progress & done; wait
 	$(PY) tools/separator_study.py runs/separator --capacity-steps 1000
+
+# The generalised pair test on em_ln, PARF Q9c and MatchedGPT at the separator chapter's recipe (about 25 min of
+# training and 15 of fits on 2 cores).
+results-pair: $(STAMP)
+	for m in splm-em-ln parf-q9c matched-gpt; do x=; [ $$m = splm-em-ln ] && x='--set fixed_gamma=0.1'; \
+	  $(PY) -m semsim.train --preset demo --model $$m --set L=8 --set compact_vocab=false --max-steps 1000 $$x \
+	  --set threads=1 --out runs/pair/$$m --no-progress & done; wait
+	$(PY) tools/pair_study.py runs/pair
 
 # The retro-fit menu and the Markov-order test on the separator chapter's three models (about 10 min on 2 cores).
 results-menu: $(STAMP)
