@@ -54,7 +54,7 @@
 # | `semsim.reference`, `semsim.causal` | loading the reference repository's checkpoints; the causal-violation probe | [Reference](24_reference.html), [Causality](25_causal.html) |
 # | `semsim.train_config`, `semsim.runs`, `semsim.train`, `semsim.streaming`, `semsim.flops` | typed run configs and presets; checkpoints and logs that survive a kill; one trainer from laptop to GPU; O(1)-per-token decoding behind `generate()`; FLOP counts | [Configuration](30_config.html), [Runs](30_runs.html), [Training](30_train.html), [Streaming](31_streaming.html) |
 # | `semsim.trajectories`, `semsim.stp` | hidden-state trajectories of any causal LM; the STP–acceleration identity and statistics | [STP](41_stp.html) |
-# | `semsim.separator` | the shared-potential separator (one V_ψ for all layers), its oracle, capacity sweep, token axis, Jacobian-symmetry test and the sub-stack test of hybrids | [Separator](42_separator.html) |
+# | `semsim.separator` | the shared-potential separator (one V_ψ for all layers), its oracle, capacity sweep, token axis, Jacobian-symmetry test, the sub-stack test of hybrids and the generalised pair test (a learned pair potential over the prefix) | [Separator](42_separator.html) |
 # | `semsim.retrofit` | the conservative retro-fit menu E1–E5: wells, damping, first-order flow, curl and gauge terms against the static null | [Retro-fit menu](43_retrofit.html) |
 # | `semsim.markov_order` | the Markov-order test of last-layer token trajectories (kernel ridge, leave-one-sentence-out, decision letter) | [Markov order](44_markov_order.html) |
 # | `semsim.mechanics` | energy along depth: H = kinetic + potential per layer, its drift slope and bandwidth; the integrators' order at γ = 0 | [Mechanics](45_mechanics.html) |
