@@ -1071,7 +1071,7 @@ print(f'V_φ off moves the trajectory by {moved:.2f}x the norm of its steps')
 # %%
 test_close(np.array(of_exact.r2), np.ones(3), eps=1e-10)
 test_close(np.array(of_exact.alpha), np.full(3, of_exact.expected_alpha), eps=1e-8)
-assert max(of_preset.r2) < 0.99 and not of_preset.exact_form and moved > 0.5
+assert max(of_preset.r2) < 0.99 and not of_preset.exact_form and moved > 1   # "more than its steps"
 
 # %% [markdown]
 # ## The whole diagnostic on one model
@@ -1336,3 +1336,59 @@ for axis in ('depth', 'token'):
                    + (['--capacity-sweep', '--jacobian'] if axis == 'depth' else []), check=True)
 gpt2 = json.loads(Path('results/separator-gpt2-depth/separator.json').read_text())
 print(gpt2['fit']['median_r2'], gpt2['fit']['profile'], gpt2['jacobian']['max_gap'])
+
+# %% [markdown]
+# ### The generalised pair test on trained models
+#
+# `make results-pair` trains em_ln (γ 0.10), PARF Q9c and MatchedGPT at the recipe above and runs
+# `tools/pair_study.py`: the pair test on the same 40/10 split, with the one-body `separator_fit` beside it on the
+# same tokens and the same number of steps, and the oracle for the two SPLMs. The record is
+# `results/pair-shakespeare-cpu.json`; every number below is read from it.
+
+# %%
+pstudy = json.loads((RESULTS/'pair-shakespeare-cpu.json').read_text())
+PM = pstudy['models']
+PN = {'splm-em-ln': 'SPLM em_ln, γ 0.10', 'parf-q9c': 'PARF Q9c', 'matched-gpt': 'MatchedGPT'}
+best_cap = max(c['median_r2'] for c in study['capacity_matched_gpt']['capacity'])
+print(pstudy['budget']); print('fit:', pstudy['fit'], '| study:', pstudy['study_command'])
+pd.DataFrame([{'model': PN[m], 'val PPL': r['run']['val_ppl'], 'velocity only': float(np.median(r['pair']['r2_velocity_only'])),
+               'one-body V¹': r['pair']['median_r2_shared'], 'with pair V²': r['pair']['median_r2'],
+               'median gain': float(np.median(r['pair']['gain'])), 'layers gaining': f"{sum(g > 0 for g in r['pair']['gain'])}/{len(r['pair']['gain'])}",
+               'oracle median R²': float(np.median(r['oracle']['r2'])) if 'oracle' in r else np.nan} for m, r in PM.items()]).set_index('model').round(3)
+
+# %%
+gains = pd.DataFrame([{'model': PN[m], 'layer ℓ': l, 'TEST R² gain of the pair term': g}
+                      for m, r in PM.items() for l, g in zip(r['pair']['layers'], r['pair']['gain'])])
+ax = sns.lineplot(gains, x='layer ℓ', y='TEST R² gain of the pair term', hue='model', marker='o')
+ax.axhline(0, color='grey', lw=0.8); ax.figure.set_size_inches(6, 3); plt.tight_layout(); plt.show()
+g_ = {m: r['pair'] for m, r in PM.items()}
+print(f"MatchedGPT: one-body {g_['matched-gpt']['median_r2_shared']:.3f} -> with pair {g_['matched-gpt']['median_r2']:.3f}; "
+      f"best one-body V_ψ of the capacity sweep {best_cap:.3f}")
+print('PARF Q9c gain per layer:', [round(x, 3) for x in g_['parf-q9c']['gain']])
+
+# %% [markdown]
+# Attention is where the pair term helps (one seed of each fit). On MatchedGPT it lifts the TEST $R^2$ at every layer,
+# the median by about a tenth, past the best one-body $V_\psi$ of every size the capacity sweep tried (1,000 steps
+# each; printed above), while adding only a small pair network: part of what a block does to a token is a function of
+# the tokens before it, and a learned pair potential captures some of it. It still stays far below the SPLMs: most of
+# attention's update is not a sum of pairwise conservative forces of this form either. On the two SPLMs one-body
+# potentials already explain almost all of the update and the pair term adds little; on em_ln its small gain is
+# positive at every layer, as expected where $V_\theta(\xi, h)$ sees the prefix through the pooled context $\xi$,
+# which a one-body $V_\psi(h)$ cannot. PARF's gain is largest at its first layer, where the fitted pair coefficient
+# $|\delta_\ell|$ is also largest. Both SPLMs' learned fits beat their own oracle: with the LayerNorm after the step
+# the update is not of the regressed form (previous section), and a learned potential absorbs part of the projection,
+# so the test measures how well *some* potential explains the update, not whether it is the model's own. A trained Q9c
+# is therefore far from the "$R^2 = 1$ by construction" of the note.
+
+# %%
+gm = {m: float(np.median(p['gain'])) for m, p in g_.items()}
+assert all(g > 0 for g in g_['matched-gpt']['gain']) and g_['matched-gpt']['median_r2'] > best_cap
+assert 0.05 < gm['matched-gpt'] < 0.15 and gm['matched-gpt'] > 5 * max(gm['splm-em-ln'], gm['parf-q9c'])
+assert max(gm['splm-em-ln'], gm['parf-q9c']) < 0.02 and all(g > 0 for g in g_['splm-em-ln']['gain'])
+assert g_['matched-gpt']['median_r2'] < min(g_['splm-em-ln']['median_r2'], g_['parf-q9c']['median_r2']) - 0.2
+pq = g_['parf-q9c']; assert int(np.argmax(pq['gain'])) == 0 == int(np.argmax(np.abs(pq['delta'])))
+for m in ('splm-em-ln', 'parf-q9c'):
+    assert g_[m]['median_r2_shared'] > float(np.median(PM[m]['oracle']['r2']))
+assert min(PM['parf-q9c']['oracle']['r2']) < 0.9
+pair_params = potential_params(2 * 64, pstudy['fit']['pair_hidden'], 2)
+assert pair_params < 0.1 * potential_params(64, 256, 2)       # "a small pair network"
