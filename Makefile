@@ -176,7 +176,7 @@ results-separator: $(STAMP)
 	$(PY) tools/separator_study.py runs/separator --capacity-steps 1000
 
 # The generalised pair test on em_ln, PARF Q9c and MatchedGPT at the separator chapter's recipe (about 25 min of
-# training and 15 of fits on 2 cores).
+# training and 25 of fits, three seeds, on 2 cores).
 results-pair: $(STAMP)
 	for m in splm-em-ln parf-q9c matched-gpt; do x=; [ $$m = splm-em-ln ] && x='--set fixed_gamma=0.1'; \
 	  $(PY) -m semsim.train --preset demo --model $$m --set L=8 --set compact_vocab=false --max-steps 1000 $$x \

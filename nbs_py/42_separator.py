@@ -1342,8 +1342,9 @@ print(gpt2['fit']['median_r2'], gpt2['fit']['profile'], gpt2['jacobian']['max_ga
 #
 # `make results-pair` trains em_ln (γ 0.10), PARF Q9c and MatchedGPT at the recipe above and runs
 # `tools/pair_study.py`: the pair test on the same 40/10 split, with the one-body `separator_fit` beside it on the
-# same tokens and the same number of steps, and the oracle for the two SPLMs. The record is
-# `results/pair-shakespeare-cpu.json`; every number below is read from it.
+# same tokens and the same number of steps, and the oracle for the two SPLMs. Each fit runs with three seeds
+# (initialisation and batches); the per-layer figures are seed 0's, the seed ranges are in the last columns. The
+# record is `results/pair-shakespeare-cpu.json`; every number below is read from it.
 
 # %%
 pstudy = json.loads((RESULTS/'pair-shakespeare-cpu.json').read_text())
@@ -1354,6 +1355,8 @@ print(pstudy['budget']); print('fit:', pstudy['fit'], '| study:', pstudy['study_
 pd.DataFrame([{'model': PN[m], 'val PPL': r['run']['val_ppl'], 'velocity only': float(np.median(r['pair']['r2_velocity_only'])),
                'one-body V¹': r['pair']['median_r2_shared'], 'with pair V²': r['pair']['median_r2'],
                'median gain': float(np.median(r['pair']['gain'])), 'layers gaining': f"{sum(g > 0 for g in r['pair']['gain'])}/{len(r['pair']['gain'])}",
+               'gain, all seeds (min–max)': f"{min(r['seeds']['median_gain']):.3f}–{max(r['seeds']['median_gain']):.3f}",
+               'with pair, all seeds': f"{min(r['seeds']['median_r2']):.3f}–{max(r['seeds']['median_r2']):.3f}",
                'oracle median R²': float(np.median(r['oracle']['r2'])) if 'oracle' in r else np.nan} for m, r in PM.items()]).set_index('model').round(3)
 
 # %%
@@ -1367,28 +1370,33 @@ print(f"MatchedGPT: one-body {g_['matched-gpt']['median_r2_shared']:.3f} -> with
 print('PARF Q9c gain per layer:', [round(x, 3) for x in g_['parf-q9c']['gain']])
 
 # %% [markdown]
-# Attention is where the pair term helps (one seed of each fit). On MatchedGPT it lifts the TEST $R^2$ at every layer,
-# the median by about a tenth, past the best one-body $V_\psi$ of every size the capacity sweep tried (1,000 steps
-# each; printed above), while adding only a small pair network: part of what a block does to a token is a function of
-# the tokens before it, and a learned pair potential captures some of it. It still stays far below the SPLMs: most of
-# attention's update is not a sum of pairwise conservative forces of this form either. On the two SPLMs one-body
-# potentials already explain almost all of the update and the pair term adds little; on em_ln its small gain is
-# positive at every layer, as expected where $V_\theta(\xi, h)$ sees the prefix through the pooled context $\xi$,
-# which a one-body $V_\psi(h)$ cannot. PARF's gain is largest at its first layer, where the fitted pair coefficient
-# $|\delta_\ell|$ is also largest. Both SPLMs' learned fits beat their own oracle: with the LayerNorm after the step
-# the update is not of the regressed form (previous section), and a learned potential absorbs part of the projection,
-# so the test measures how well *some* potential explains the update, not whether it is the model's own. A trained Q9c
-# is therefore far from the "$R^2 = 1$ by construction" of the note.
+# Attention is where the pair term helps, on every seed. On MatchedGPT it lifts the TEST $R^2$ at every layer, the
+# median by 0.06 to 0.10 across the seeds (table), past the best one-body $V_\psi$ of every size the capacity sweep
+# tried (1,000 steps each; printed above), while adding only a small pair network: part of what a block does to a
+# token is a function of the tokens before it, and a learned pair potential captures some of it. It still stays far
+# below the SPLMs: most of attention's update is not a sum of pairwise conservative forces of this form either. On the
+# two SPLMs one-body potentials already explain almost all of the update and the pair term adds little; on em_ln its
+# small gain is positive at every layer, as expected where $V_\theta(\xi, h)$ sees the prefix through the pooled
+# context $\xi$, which a one-body $V_\psi(h)$ cannot. PARF's gain is largest at its first layer, where the fitted pair
+# coefficient $|\delta_\ell|$ is also largest. Both SPLMs' learned fits beat their own oracle: with the LayerNorm
+# after the step the update is not of the regressed form (previous section), and a learned potential absorbs part of
+# the projection, so the test measures how well *some* potential explains the update, not whether it is the model's
+# own. A trained Q9c is therefore far from the "$R^2 = 1$ by construction" of the note.
 
 # %%
 gm = {m: float(np.median(p['gain'])) for m, p in g_.items()}
 assert all(g > 0 for g in g_['matched-gpt']['gain']) and g_['matched-gpt']['median_r2'] > best_cap
-assert 0.05 < gm['matched-gpt'] < 0.15 and gm['matched-gpt'] > 5 * max(gm['splm-em-ln'], gm['parf-q9c'])
+assert gm['matched-gpt'] > 5 * max(gm['splm-em-ln'], gm['parf-q9c'])
+assert round(min(PM['matched-gpt']['seeds']['median_gain']), 2) == 0.06 and round(max(PM['matched-gpt']['seeds']['median_gain']), 2) == 0.10
 assert max(gm['splm-em-ln'], gm['parf-q9c']) < 0.02 and all(g > 0 for g in g_['splm-em-ln']['gain'])
 assert g_['matched-gpt']['median_r2'] < min(g_['splm-em-ln']['median_r2'], g_['parf-q9c']['median_r2']) - 0.2
 pq = g_['parf-q9c']; assert int(np.argmax(pq['gain'])) == 0 == int(np.argmax(np.abs(pq['delta'])))
 for m in ('splm-em-ln', 'parf-q9c'):
     assert g_[m]['median_r2_shared'] > float(np.median(PM[m]['oracle']['r2']))
 assert min(PM['parf-q9c']['oracle']['r2']) < 0.9
+sg = {m: r['seeds'] for m, r in PM.items()}                   # the same on every seed
+assert min(sg['matched-gpt']['median_gain']) > max(max(sg['splm-em-ln']['median_gain']), max(sg['parf-q9c']['median_gain']))
+assert all(n == sg[m]['n_layers'] for m in ('matched-gpt', 'splm-em-ln') for n in sg[m]['layers_gaining'])
+assert max(sg['matched-gpt']['median_r2']) < min(min(sg['splm-em-ln']['median_r2']), min(sg['parf-q9c']['median_r2'])) - 0.2
 pair_params = potential_params(2 * 64, pstudy['fit']['pair_hidden'], 2)
 assert pair_params < 0.1 * potential_params(64, 256, 2)       # "a small pair network"
