@@ -830,6 +830,7 @@ class PairPotential(nn.Module):
              create_graph:bool=True) -> Tensor: # Σ_{s<t} ∇₁V_ψ²(x_t, x_s), (n, T, d)
         "The pair gradient on every token from its prefix, differentiable in ψ when create_graph."
         n, T, d = x.shape
+        if mask.shape != (n, T): raise ValueError(f"mask must be (n, T) = {(n, T)} like x's first two axes, got {tuple(mask.shape)}")
         causal = torch.tril(torch.ones(T, T, dtype=torch.bool, device=x.device), -1)           # s < t
         w = (causal & mask[:, :, None] & mask[:, None, :]).to(x.dtype)                         # (n, T, T)
         with torch.enable_grad():
@@ -884,6 +885,7 @@ u, s = pair_samples(demo), separator_samples(demo)
 test_eq((u['x'].shape, u['mask'].sum().item()), ((9, 9, 3), s['x'].shape[0]))
 for k in ('x', 'v', 'y', 'layer'): test_eq(_flat(u)[k], s[k])
 test_fail(lambda: pair_samples(demo, layers=(0, 3)), contains='1 <= a < b <= L=4')
+test_fail(lambda: Vp2.grad(x, mask[:, :4]), contains='mask must be (n, T)')
 
 # %% [markdown]
 # ### `pair_separator_fit`
@@ -1105,6 +1107,13 @@ def plot_profiles(fits:dict, # label -> SeparatorFit (or its to_dict())
 #| export
 def _is_splm(model) -> bool: return hasattr(model, 'V_theta') and hasattr(model, '_force')
 
+def split_ids(tokenizer, # encode(text) -> ids, or a semsim VocabCodec
+              corpus=None, # as for `separator_split`
+              max_length:int=64) -> list: # [(T_i,) ids], TRAIN sentences then TEST
+    "Token ids of every sentence of the separator's split (the oracle's input)."
+    from semsim.trajectories import encode
+    return [encode(tokenizer, s, max_length) for _, s in sum(separator_split(corpus), [])]
+
 def analyze_separator(model, # nn.Module, or a Hub name / saved folder (`semsim.trajectories.load_model`)
                       corpus=None, # `{domain: [sentences]}` or a path; default $SEMSIM_DATA_DIR/stp_corpus_50.json
                       out=None, # folder for separator.json and separator_profile.png
@@ -1117,7 +1126,7 @@ def analyze_separator(model, # nn.Module, or a Hub name / saved folder (`semsim.
                       pair:bool=False, pair_hidden:int=64, # the generalised pair test (depth axis), V_ψ² width
                       max_length:int=64, label:Optional[str]=None) -> dict:
     "Trajectories of the reference's split, the separator (and optionally oracle, pair test, capacity sweep, Jacobian test) as one dict."
-    from semsim.trajectories import load_model, load_tokenizer, encode, model_label
+    from semsim.trajectories import load_model, load_tokenizer, model_label
     if axis not in ('depth', 'token'): raise ValueError(f"axis must be 'depth' or 'token', got {axis!r}")
     if pair and axis != 'depth': raise ValueError("pair=True: the generalised pair test runs on the depth axis")
     separator_split(corpus)                                                   # the corpus's errors before a model is loaded
@@ -1130,8 +1139,7 @@ def analyze_separator(model, # nn.Module, or a Hub name / saved folder (`semsim.
     res = {'model': name, 'axis': axis, 'n_train_sentences': len(train), 'n_test_sentences': len(test), 'L': L, 'd': train[0].shape[-1],
            'fit': separator_fit(train, test, hidden, depth, steps, seed, axis).to_dict()}
     if oracle or (oracle is None and _is_splm(m)):
-        ids = [encode(tok, s, max_length) for _, s in sum(separator_split(corpus), [])]
-        res['oracle'] = oracle_fit(m, ids).to_dict()
+        res['oracle'] = oracle_fit(m, split_ids(tok, corpus, max_length)).to_dict()
     schedule = getattr(getattr(m, 'config', None), 'schedule', None)
     if substack and not isinstance(schedule, str): raise ValueError("substack=True needs a model with a config.schedule over {A, S} (a hybrid)")
     if (substack or (substack is None and isinstance(schedule, str))) and axis == 'depth':

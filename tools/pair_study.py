@@ -26,8 +26,7 @@ def task(run_dir, steps, batch, pair_hidden, seed):
     torch.set_num_threads(1)
     sys.path.insert(0, str(ROOT))
     from semsim.train import load_run
-    from semsim.separator import separator_trajectories, pair_separator_fit, oracle_fit, separator_split, _is_splm
-    from semsim.trajectories import encode
+    from semsim.separator import separator_trajectories, pair_separator_fit, oracle_fit, split_ids, _is_splm
     from semsim.runs import run_record
     t0 = time.time()
     model, codec, _ = load_run(run_dir)
@@ -35,8 +34,7 @@ def task(run_dir, steps, batch, pair_hidden, seed):
     rec = run_record(run_dir); rec.pop('config', None)
     out = {'run': rec, 'pair': pair_separator_fit(train, test, steps=steps, batch=batch, pair_hidden=pair_hidden, seed=seed).to_dict()}
     if _is_splm(model) and seed == 0:
-        ids = [encode(codec, s, 64) for _, s in sum(separator_split(), [])]
-        out['oracle'] = oracle_fit(model, ids).to_dict()
+        out['oracle'] = oracle_fit(model, split_ids(codec)).to_dict()
     out['seconds'] = time.time() - t0
     return out
 

@@ -30,8 +30,7 @@ def _load(run_dir):
 
 def task(kind, run_dir, steps, capacity_steps):
     "One unit of work in its own process: ('fit', dir) -> fits, Jacobian, oracle; ('capacity', dir) -> the sweep."
-    from semsim.separator import separator_fit, jacobian_symmetry, oracle_fit, capacity_sweep, separator_split, _is_splm
-    from semsim.trajectories import encode
+    from semsim.separator import separator_fit, jacobian_symmetry, oracle_fit, capacity_sweep, split_ids, _is_splm
     from semsim.runs import run_record
     t0 = time.time()
     model, codec, (train, test) = _load(run_dir)
@@ -42,8 +41,7 @@ def task(kind, run_dir, steps, capacity_steps):
            'token': separator_fit(train, test, steps=steps, axis='token').to_dict(),
            'jacobian': jacobian_symmetry(train, test, k=16).to_dict()}
     if _is_splm(model):
-        ids = [encode(codec, s, 64) for _, s in sum(separator_split(), [])]
-        out['oracle'] = oracle_fit(model, ids).to_dict()
+        out['oracle'] = oracle_fit(model, split_ids(codec)).to_dict()
     out['seconds'] = time.time() - t0
     return out
 
